@@ -1,0 +1,55 @@
+"""The ``ctfm`` command. Each sub-command lives in its own module with a ``register(subparsers)`` function.
+
+Modules here import only argparse at module level, so ``ctfm --help`` stays fast; the work is imported inside
+each command's handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: Sub-command modules, in the order ``ctfm --help`` lists them.
+COMMAND_MODULES = (
+    "ctfm.cli.quickstart",
+    "ctfm.cli.embed",
+    "ctfm.cli.export",
+    "ctfm.cli.prepare",
+    "ctfm.cli.idc",
+    "ctfm.cli.models",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctfm", description="CT foundation models: data, pretraining, embedding.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:  # a command still being written must not break the others
+            if err.name != name:
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    from ctfm.errors import CTFMError
+
+    try:
+        return int(args.func(args) or 0)
+    except CTFMError as err:
+        print(f"ctfm {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Reading, validating, generating and caching CT volumes."""

@@ -1,0 +1,79 @@
+"""Read a CT scan (NIfTI, NRRD, MHA or a DICOM series folder) into a validated MONAI MetaTensor.
+
+SimpleITK reads every format the same way, so one code path serves them all. The result follows MONAI's
+convention: channel first, array axes in the image's index order, ``affine`` mapping voxel indices to RAS mm.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.data import MetaTensor
+
+from ctfm.errors import InvalidScanError
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_MODALITY_TAG = "0008|0060"
+
+#: Lowest value a CT in Hounsfield units must reach somewhere: air is about -1000 HU.
+AIR_CHECK_HU = -500.0
+
+
+def affine_from_sitk(image: sitk.Image) -> np.ndarray:
+    """Voxel-index -> RAS-mm affine of a 3D SimpleITK image (SimpleITK itself works in LPS)."""
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * np.asarray(image.GetSpacing(), dtype=np.float64)
+    lps[:3, 3] = image.GetOrigin()
+    return _LPS_TO_RAS @ lps
+
+
+def read_image(path: Path) -> sitk.Image:
+    """Read a file or a DICOM series folder with SimpleITK, turning its errors into one that names the path."""
+    if not path.exists():
+        raise InvalidScanError(path, "no such file or directory")
+    if path.is_dir():
+        from ctfm.data.dicom import read_dicom_series
+
+        return read_dicom_series(path)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        reason = next((line for line in str(err).splitlines() if line.strip()), "unknown reason").strip()
+        raise InvalidScanError(path, f"cannot be read as an image (corrupt, truncated or unsupported): {reason}")
+
+
+def validate_ct_array(path: Path | str | None, array: np.ndarray, *, check_hu: bool = True) -> None:
+    """Raise InvalidScanError for a volume no CT model should see: not 3D, non-finite, or not in HU."""
+    if array.ndim != 3 or min(array.shape) < 2:
+        raise InvalidScanError(path, f"is not a 3D volume (shape {tuple(array.shape)}); CT-FM needs a 3D scan")
+    finite = np.isfinite(array)
+    if not finite.all():
+        raise InvalidScanError(path, f"contains {int(array.size - finite.sum())} non-finite voxels (NaN or inf)")
+    if check_hu and float(array.min()) > AIR_CHECK_HU:
+        raise InvalidScanError(
+            path,
+            f"lowest intensity is {float(array.min()):.1f}, but a CT in Hounsfield units has air near -1000: "
+            "the scan is probably normalised already or lacks its rescale intercept (pass check_hu=False to override)",
+        )
+
+
+def read_ct(path: str | Path, *, check_hu: bool = True) -> MetaTensor:
+    """Read and validate one CT scan; returns a float32 ``(1, I, J, K)`` MetaTensor in HU with its RAS affine."""
+    path = Path(path)
+    image = read_image(path)
+    if image.GetDimension() != 3:
+        raise InvalidScanError(path, f"is {image.GetDimension()}D; CT-FM needs a 3D scan")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InvalidScanError(path, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; CT is scalar")
+    if image.HasMetaDataKey(_MODALITY_TAG) and image.GetMetaData(_MODALITY_TAG).strip() not in ("CT", ""):
+        raise InvalidScanError(path, f"modality is {image.GetMetaData(_MODALITY_TAG).strip()!r}, not CT")
+    # SimpleITK arrays are (k, j, i); MONAI wants index order (i, j, k) to match the affine's columns.
+    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False).transpose(2, 1, 0)
+    validate_ct_array(path, array, check_hu=check_hu)
+    affine = torch.as_tensor(affine_from_sitk(image), dtype=torch.float64)
+    meta = {"filename_or_obj": str(path), "original_affine": affine.clone(), "spatial_shape": array.shape}
+    return MetaTensor(torch.from_numpy(np.ascontiguousarray(array))[None], affine=affine, meta=meta)

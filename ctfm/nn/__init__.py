@@ -1,0 +1,14 @@
+"""Networks: the CT-FM encoder, SegResNetDS with a CT-FM encoder, and heads."""
+
+from ctfm.nn.encoder import ARCHITECTURES, build_model, ct_fm_encoder, ct_fm_segresnet, encoder_of, pooled_features
+from ctfm.nn.heads import ProjectionHead
+
+__all__ = [
+    "ARCHITECTURES",
+    "ProjectionHead",
+    "build_model",
+    "ct_fm_encoder",
+    "ct_fm_segresnet",
+    "encoder_of",
+    "pooled_features",
+]

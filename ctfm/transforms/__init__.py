@@ -1,0 +1,5 @@
+"""CT preprocessing and contrastive view generation."""
+
+from ctfm.transforms.preprocess import CTPreprocessing, LoadCT
+
+__all__ = ["CTPreprocessing", "LoadCT"]

@@ -1,0 +1,95 @@
+"""The one canonical CT preprocessing shared by pretraining, embedding and every recipe.
+
+Pretraining saw scans oriented SPL (array axes z, y, x), resampled to 3 x 1 x 1 mm, clipped to [-1024, 2048] HU
+and scaled to [0, 1], cropped to the body and padded with air to at least one patch. Embedding a scan any other
+way shifts its features, so every entry point goes through :class:`CTPreprocessing`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, CropForeground, Orientation, ScaleIntensityRange, Spacing, SpatialPad, Transform
+
+from ctfm.data.reader import read_ct
+
+#: Pretraining geometry: (z, y, x) voxel spacing in mm after orientation SPL.
+PRETRAINING_SPACING = (3.0, 1.0, 1.0)
+#: HU window mapped to [0, 1]; air (-1024 HU) becomes exactly 0, which is also the padding value.
+HU_RANGE = (-1024.0, 2048.0)
+#: Pretraining patch (z, y, x) in voxels: 7.2 x 12.8 x 12.8 cm at PRETRAINING_SPACING.
+PATCH_SIZE = (24, 128, 128)
+#: MONAI's axis labels for RAS affines, passed explicitly so orientation never depends on a changing default.
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+class LoadCT(Transform):
+    """Path -> validated HU MetaTensor; a MetaTensor passes through (so in-memory scans share the pipeline)."""
+
+    def __init__(self, check_hu: bool = True):
+        self.check_hu = check_hu
+
+    def __call__(self, image: str | Path | MetaTensor) -> MetaTensor:
+        if isinstance(image, MetaTensor):
+            return image if image.ndim == 4 else image[None]
+        return read_ct(image, check_hu=self.check_hu)
+
+
+@dataclass(frozen=True)
+class CTPreprocessing:
+    """Settings of the canonical preprocessing; calling it maps a path or HU MetaTensor to model input.
+
+    ``spacing=None`` keeps the native voxel size (the public model card's variant). ``body_threshold_hu`` decides
+    what counts as foreground for the crop: voxels above it (default -500 HU: body, not air or noise in air).
+    """
+
+    spacing: tuple[float, float, float] | None = PRETRAINING_SPACING
+    hu_range: tuple[float, float] = HU_RANGE
+    min_size: tuple[int, int, int] = PATCH_SIZE
+    crop_foreground: bool = True
+    body_threshold_hu: float = -500.0
+    check_hu: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("spacing", "hu_range", "min_size"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
+
+    @property
+    def body_threshold(self) -> float:
+        """``body_threshold_hu`` on the [0, 1] scale the crop sees."""
+        low, high = self.hu_range
+        return (self.body_threshold_hu - low) / (high - low)
+
+    def transforms(self) -> Compose:
+        """The MONAI pipeline itself, for users who want to extend it."""
+        low, high = self.hu_range
+        threshold = self.body_threshold
+        steps: list[Transform] = [LoadCT(check_hu=self.check_hu), Orientation(axcodes="SPL", labels=RAS_LABELS)]
+        if self.spacing is not None:
+            steps.append(Spacing(pixdim=self.spacing, mode="bilinear", padding_mode="border"))
+        steps.append(ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True))
+        if self.crop_foreground:
+            steps.append(CropForeground(select_fn=lambda x: x > threshold, allow_smaller=True))
+        steps.append(SpatialPad(spatial_size=self.min_size, mode="constant", value=0.0))
+        return Compose(steps)
+
+    def __call__(self, image: str | Path | MetaTensor) -> MetaTensor:
+        out = self.transforms()(image)
+        return out.float() if out.dtype != torch.float32 else out
+
+
+def as_model_input(array: np.ndarray | torch.Tensor, min_size: Sequence[int] = PATCH_SIZE) -> MetaTensor:
+    """Wrap an already preprocessed ``(z, y, x)`` or ``(1, z, y, x)`` array in [0, 1], padding it to ``min_size``."""
+    tensor = torch.as_tensor(np.asarray(array) if not isinstance(array, torch.Tensor) else array, dtype=torch.float32)
+    if tensor.ndim == 3:
+        tensor = tensor[None]
+    if tensor.ndim != 4 or tensor.shape[0] != 1:
+        raise ValueError(f"expected a (z, y, x) or (1, z, y, x) array, got shape {tuple(tensor.shape)}")
+    return SpatialPad(spatial_size=tuple(min_size), mode="constant", value=0.0)(MetaTensor(tensor))
