@@ -1,0 +1,5 @@
+"""Self-supervised pretraining modules."""
+
+from ctfm.ssl.simclr import IntraSampleSimCLR
+
+__all__ = ["IntraSampleSimCLR"]
