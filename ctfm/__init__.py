@@ -1,3 +1,40 @@
-"""ctfm: native-3D contrastive CT foundation models."""
+"""ctfm: native-3D contrastive CT foundation models.
+
+``import ctfm`` is light: torch, MONAI and the rest load on first use of the attribute that needs them.
+
+    import ctfm
+    model = ctfm.load("ct-fm")                 # or a directory / .safetensors file
+    vector = ctfm.embed(model, "scan.nii.gz")  # 512-d embedding of the whole scan
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "load": "ctfm.hub",
+    "list_models": "ctfm.hub",
+    "save_pretrained": "ctfm.hub",
+    "embed": "ctfm.embed",
+    "embed_patches": "ctfm.embed",
+    "CTPreprocessing": "ctfm.transforms.preprocess",
+    "read_ct": "ctfm.data.reader",
+    "export_encoder": "ctfm.export",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ctfm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))

@@ -1,0 +1,37 @@
+"""``ctfm embed``: scans -> a Parquet table of path and embedding."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("embed", help="embed CT scans into a Parquet table (path, embedding)")
+    parser.add_argument("paths", nargs="+", help="NIfTI / NRRD / MHA files or DICOM series folders")
+    parser.add_argument("--model", default="ct-fm", help="model name (see `ctfm models`) or local path")
+    parser.add_argument("--out", required=True, help="Parquet file to write")
+    parser.add_argument("--reduce", choices=("mean", "min", "max"), default="mean", help="patch -> scan reduction")
+    parser.add_argument("--overlap", type=float, default=0.0, help="fraction of a patch shared by neighbours")
+    parser.add_argument("--batch-size", type=int, default=4, help="patches per forward pass")
+    parser.add_argument("--patch-size", type=int, nargs=3, default=(24, 128, 128), metavar=("Z", "Y", "X"))
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    parser.add_argument("--native-spacing", action="store_true", help="do not resample (the model card's variant)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ctfm.embed_table import embed_to_parquet
+
+    report = embed_to_parquet(
+        args.paths,
+        args.out,
+        model=args.model,
+        reduce=args.reduce,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        patch_size=tuple(args.patch_size),
+        device=args.device,
+        native_spacing=args.native_spacing,
+    )
+    print(report.summary())
+    return 0 if report.embedded else 1

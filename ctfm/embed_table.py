@@ -1,0 +1,80 @@
+"""Embed many scans into one table, skipping and reporting the ones that cannot be read."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from torch import nn
+from tqdm.auto import tqdm
+
+from ctfm.embed import Reduction, embed
+from ctfm.errors import InvalidScanError
+from ctfm.transforms.preprocess import PATCH_SIZE, PRETRAINING_SPACING, CTPreprocessing
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbeddingReport:
+    """What a corpus run did: the table it wrote and each scan it skipped with the reason."""
+
+    out: Path
+    embedded: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"embedded {self.embedded} scan(s) into {self.out}; skipped {len(self.skipped)}"]
+        lines += [f"  skipped {path}: {reason}" for path, reason in self.skipped]
+        return "\n".join(lines)
+
+
+def embed_to_parquet(
+    paths: Iterable[str | Path],
+    out: str | Path,
+    *,
+    model: str | nn.Module = "ct-fm",
+    reduce: Reduction = "mean",
+    overlap: float = 0.0,
+    batch_size: int = 4,
+    patch_size: Sequence[int] = PATCH_SIZE,
+    device: str = "cpu",
+    native_spacing: bool = False,
+) -> EmbeddingReport:
+    """Embed each scan and write ``path, embedding`` rows to ``out`` (Parquet, written atomically)."""
+    if isinstance(model, str):
+        from ctfm.hub import load
+
+        model = load(model, device=device)
+    preprocess = CTPreprocessing(spacing=None if native_spacing else PRETRAINING_SPACING, min_size=tuple(patch_size))
+    out = Path(out)
+    report = EmbeddingReport(out=out)
+    rows = []
+    for path in tqdm(list(paths), desc="embedding scans", unit="scan"):
+        try:
+            vector = embed(
+                model,
+                path,
+                patch_size=patch_size,
+                overlap=overlap,
+                reduce=reduce,
+                batch_size=batch_size,
+                preprocess=preprocess,
+                progress=False,
+            )
+        except InvalidScanError as err:
+            logger.warning("skipping %s", err)
+            report.skipped.append((str(path), err.problem))
+            continue
+        rows.append({"path": str(path), "embedding": vector.numpy().tolist()})
+    report.embedded = len(rows)
+    if rows:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(out.name + ".partial")
+        pd.DataFrame(rows).to_parquet(partial, index=False)
+        os.replace(partial, out)
+    return report
