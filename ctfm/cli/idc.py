@@ -1,0 +1,78 @@
+"""``ctfm idc query|download|convert``: from an SQL selection on the IDC index to a pretraining datalist."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("idc", help="select, download and convert CT series from the Imaging Data Commons")
+    commands = parser.add_subparsers(dest="idc_command", metavar="STEP", required=True)
+
+    query = commands.add_parser("query", help="run a data_queries/*.sql selection on the IDC index")
+    query.add_argument("sql", help="SQL file (see data_queries/)")
+    query.add_argument("--param", type=_pair, action="append", default=[], metavar="NAME=VALUE",
+                       help="value of a $NAME parameter of the SQL file (repeatable)")
+    query.add_argument("--table", type=_pair, action="append", default=[], metavar="NAME=PARQUET",
+                       help="make a parquet file available as table NAME (e.g. your copy of ct_index)")
+    query.add_argument("--no-fetch", action="store_true",
+                       help="never fetch tables that idc-index-data does not bundle (stay offline)")
+    query.add_argument("--out", help="selection CSV to write; without it only the summary is printed")
+    query.set_defaults(func=run_query)
+
+    download = commands.add_parser("download", help="download the series of a selection CSV with s5cmd")
+    download.add_argument("selection", help="selection CSV written by `ctfm idc query`")
+    download.add_argument("--out", required=True, help="download folder: one sub-folder per series")
+    download.add_argument("--endpoint-url", help="S3 endpoint of a mirror (default: the public IDC buckets on AWS)")
+    download.add_argument("--workers", type=int, default=64, help="parallel transfers (default 64)")
+    download.add_argument("--retries", type=int, default=3, help="extra rounds for incomplete series (default 3)")
+    download.set_defaults(func=run_download)
+
+    convert = commands.add_parser("convert", help="convert downloaded DICOM series to NIfTI and write the datalist")
+    convert.add_argument("dicom_dir", help="download folder of `ctfm idc download` (or any folder of series)")
+    convert.add_argument("--out", required=True, help="folder for the volumes, their JSON sidecars and datalist.csv")
+    convert.add_argument("--workers", type=int, default=None, help="conversion processes (default: CPU count)")
+    convert.set_defaults(func=run_convert)
+
+
+def run_query(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ctfm.idc.index import query, summarize
+    from ctfm.idc.selection import write_csv_atomically
+
+    selection = query(Path(args.sql), dict(args.param), tables=dict(args.table), fetch=not args.no_fetch)
+    print(f"{args.sql}: {summarize(selection)}")
+    if args.out:
+        write_csv_atomically(selection, Path(args.out))
+        print(f"wrote {len(selection):,} rows to {args.out}")
+    return 0
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from ctfm.idc.transfer import REPORT_FILE, download
+    from ctfm.idc.index import summarize
+    from ctfm.idc.selection import read_selection
+
+    selection = read_selection(args.selection)
+    print(f"{args.selection}: {summarize(selection)}", flush=True)
+    report = download(selection, args.out, endpoint_url=args.endpoint_url, workers=args.workers, retries=args.retries)
+    print(report.summary())
+    if not report.ok:
+        print(f"details in {report.out_dir / REPORT_FILE}; run the same command again to retry")
+    return 0 if report.ok else 1
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from ctfm.idc.volumes import convert
+
+    report = convert(args.dicom_dir, args.out, workers=args.workers)
+    print(report.summary())
+    return 0 if report.ok else 1

@@ -1,0 +1,31 @@
+-- A reproducible random subset of $n series from the offline CT-FM pretraining selection
+-- (data_queries/ctfm_pretraining_offline.sql: CT Image Storage, original data, more than $min_instances instances,
+-- first released in IDC v$max_idc_version or earlier). Series are ordered by md5(SeriesInstanceUID, seed), so the
+-- same seed gives the same series on any machine and DuckDB version, and a larger $n extends a smaller one.
+-- Runs on the bundled `index` table (offline).
+--
+-- $n: number of series to pick
+-- $seed = 0: any text or number; another seed gives another subset
+-- $min_instances = 50: keep series with more instances than this
+-- $max_idc_version = 14: keep series first released in this IDC version or earlier
+SELECT
+    SeriesInstanceUID,
+    StudyInstanceUID,
+    PatientID,
+    collection_id,
+    crdc_series_uuid,
+    aws_bucket,
+    instanceCount,
+    series_size_MB,
+    Modality,
+    BodyPartExamined,
+    license_short_name,
+    series_init_idc_version
+FROM "index"
+WHERE Modality = 'CT'
+    AND SOPClassUID = '1.2.840.10008.5.1.4.1.1.2'
+    AND analysis_result_id IS NULL
+    AND instanceCount > $min_instances::BIGINT
+    AND series_init_idc_version <= $max_idc_version::BIGINT
+ORDER BY md5(SeriesInstanceUID || ':' || $seed::VARCHAR)
+LIMIT $n::BIGINT

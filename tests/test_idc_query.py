@@ -1,0 +1,131 @@
+"""SQL selections on the real bundled IDC index (idc-index-data), run with DuckDB: filters, parameters, summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import idc_index_data
+import pandas as pd
+import pytest
+
+from ctfm.cli import main
+from ctfm.idc import IDCError, query, summarize
+from ctfm.idc.index import SelectionSummary, load_sql
+from ctfm.idc.selection import REQUIRED_COLUMNS
+
+QUERIES = Path(__file__).resolve().parents[1] / "data_queries"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+@pytest.mark.parametrize("path", sorted(QUERIES.glob("*.sql")), ids=lambda path: path.name)
+def test_every_query_declares_exactly_its_parameters_and_selects_the_required_columns(path):
+    selection = load_sql(path)
+    statement = duckdb.connect().extract_statements(selection.text)
+    assert len(statement) == 1
+    assert set(selection.defaults) == set(statement[0].named_parameters)
+    assert all(selection.descriptions[name] for name in selection.defaults)
+    code = "\n".join(line for line in selection.text.splitlines() if not line.lstrip().startswith("--"))
+    select_list = code.split("FROM", 1)[0]
+    assert all(column in select_list for column in REQUIRED_COLUMNS)
+
+
+def test_offline_pretraining_selection_applies_the_ctfm_filters():
+    selection = query(QUERIES / "ctfm_pretraining_offline.sql")
+    assert set(REQUIRED_COLUMNS) <= set(selection.columns)
+    assert selection["SeriesInstanceUID"].is_unique
+    assert (selection["instanceCount"] > 50).all()
+    assert (selection["series_init_idc_version"] <= 14).all()
+    assert set(selection["Modality"]) == {"CT"}
+    if idc_index_data.__version__ == "25.0.5":  # IDC v25, as measured with idc-index's own IDCClient
+        assert summarize(selection) == SelectionSummary(154_840, 33_176, 82_252, 66, pytest.approx(14_109_693.5, 1e-6))
+    else:
+        assert len(selection) > 100_000
+
+
+def test_parameters_are_bound_not_pasted():
+    lidc = query(QUERIES / "collection.sql", {"collection_id": "LIDC_IDRI"})
+    assert len(lidc) > 1000 and set(lidc["collection_id"]) == {"lidc_idri"}
+    injected = query(QUERIES / "collection.sql", {"collection_id": "lidc_idri' OR '1'='1"})
+    assert injected.empty
+
+
+def test_header_defaults_apply_and_given_values_override_them():
+    fewer = query(QUERIES / "collection.sql", {"collection_id": "lidc_idri", "min_instances": "300"})
+    default = query(QUERIES / "collection.sql", {"collection_id": "lidc_idri"})
+    assert 0 < len(fewer) < len(default)
+    assert (fewer["instanceCount"] > 300).all()
+    licensed = query(QUERIES / "license.sql")
+    assert set(licensed["license_short_name"]) <= {"CC BY 3.0", "CC BY 4.0"}
+
+
+def test_random_subset_is_reproducible_and_grows_by_extension():
+    three = query(QUERIES / "random_subset.sql", {"n": 3, "seed": 7})["SeriesInstanceUID"].tolist()
+    five = query(QUERIES / "random_subset.sql", {"n": "5", "seed": "7"})["SeriesInstanceUID"].tolist()
+    other = query(QUERIES / "random_subset.sql", {"n": 5, "seed": 8})["SeriesInstanceUID"].tolist()
+    assert len(set(five)) == 5 and five[:3] == three
+    assert set(other) != set(five)
+
+
+def test_missing_and_unknown_parameters_name_the_file_and_the_parameter():
+    with pytest.raises(IDCError, match=r"collection.sql: missing value for parameter\(s\) collection_id \(the IDC"):
+        query(QUERIES / "collection.sql")
+    with pytest.raises(IDCError, match=r"unknown parameter\(s\) colection_id; it takes collection_id, min_instances"):
+        query(QUERIES / "collection.sql", {"colection_id": "nlst"})
+    with pytest.raises(IDCError, match="no such SQL file"):
+        query(QUERIES / "no_such_query.sql")
+
+
+def test_exact_pretraining_selection_on_ct_and_geometry_tables(tmp_path):
+    """The exact query, run on small stand-ins of ct_index and volume_geometry_index for four real series."""
+    uids = query(QUERIES / "random_subset.sql", {"n": 4})["SeriesInstanceUID"].tolist()
+    ct_index = pd.DataFrame({
+        "SeriesInstanceUID": uids,
+        "SliceThickness": [2.5, 0.625, 2.5, 2.5],
+        "ImageType": [["ORIGINAL", "PRIMARY", "AXIAL"], ["ORIGINAL", "PRIMARY", "AXIAL"],
+                      ["ORIGINAL", "PRIMARY", "LOCALIZER"], ["ORIGINAL", "PRIMARY", "AXIAL"]],
+    })
+    geometry = pd.DataFrame({"SeriesInstanceUID": uids, "unique_slice_positions": [True, True, True, False],
+                             "slice_spacing_mm": [2.5, 0.5, 2.5, 2.5]})
+    ct_index.to_parquet(tmp_path / "ct_index.parquet")
+    geometry.to_parquet(tmp_path / "volume_geometry_index.parquet")
+    tables = {"ct_index": tmp_path / "ct_index.parquet", "volume_geometry_index": tmp_path / "volume_geometry_index.parquet"}
+
+    exact = query(QUERIES / "ctfm_pretraining.sql", tables=tables, fetch=False)
+    assert exact["SeriesInstanceUID"].tolist() == [uids[0]]  # too thin, a localizer, duplicated positions: out
+    assert exact.loc[0, "SliceThickness"] == 2.5
+    thin = query(QUERIES / "ctfm_pretraining.sql", {"min_thickness_mm": 0.5}, tables=tables, fetch=False)
+    assert sorted(thin["SeriesInstanceUID"]) == sorted(uids[:2])
+
+
+def test_a_table_that_is_not_bundled_is_named_when_fetching_is_off(monkeypatch, tmp_path):
+    monkeypatch.setattr("ctfm.idc.index.idc_index_cache_dir", lambda: tmp_path)
+    with pytest.raises(IDCError, match="needs table (ct_index|volume_geometry_index), which idc-index-data does not"):
+        query(QUERIES / "ctfm_pretraining.sql", fetch=False)
+
+
+def test_summary_counts_and_sizes():
+    frame = pd.DataFrame({"SeriesInstanceUID": ["1", "2", "3"], "PatientID": ["a", "a", "b"],
+                          "StudyInstanceUID": ["s", "t", "t"], "collection_id": ["c"] * 3,
+                          "series_size_MB": [1000.0, 1500.0, 500.0]})
+    summary = summarize(frame)
+    assert summary == SelectionSummary(series=3, patients=2, studies=2, collections=1, size_mb=3000.0)
+    assert str(summary) == "3 series, 2 studies, 2 patients, 1 collections, 3.0 GB"
+
+
+def test_cli_query_prints_the_summary_and_writes_the_selection(tmp_path, capsys):
+    out = tmp_path / "selection.csv"
+    code = main(["idc", "query", str(QUERIES / "collection.sql"), "--param", "collection_id=lidc_idri",
+                 "--param", "min_instances=400", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    written = pd.read_csv(out, dtype=str)
+    assert f"{len(written):,} series" in printed and "patients" in printed
+    assert set(REQUIRED_COLUMNS) <= set(written.columns)
+    assert (written["instanceCount"].astype(int) > 400).all()
+
+
+def test_cli_query_reports_a_bad_parameter_cleanly(capsys):
+    code = main(["idc", "query", str(QUERIES / "collection.sql")])
+    assert code == 1
+    assert "missing value for parameter(s) collection_id" in capsys.readouterr().err
