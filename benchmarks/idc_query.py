@@ -57,7 +57,10 @@ def measure(method: str, sql_path: str, repeats: int) -> dict:
     for _ in range(repeats):
         output = subprocess.run(
             [sys.executable, __file__, "--child", method, "--sql", sql_path],
-            check=True, capture_output=True, text=True, cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
         ).stdout
         runs.append(json.loads(output.strip().splitlines()[-1]))
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}

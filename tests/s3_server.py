@@ -38,13 +38,13 @@ class LocalS3:
     def __exit__(self, *exc: object) -> None:
         self._server.stop()
 
-    def put_series(self, folder: Path, *, skip: int = 0) -> tuple[str, int]:
-        """Upload a DICOM series folder under a fresh crdc_series_uuid; ``skip`` leaves out that many files.
+    def put_series(self, folder: Path, *, series_uuid: str | None = None) -> tuple[str, int]:
+        """Upload a DICOM series folder under ``series_uuid`` (default: a fresh one), as IDC names its objects.
 
         Returns the uuid and the number of files uploaded.
         """
-        series_uuid = str(uuid.uuid4())
-        files = sorted(folder.glob("*.dcm"))[skip:]
+        series_uuid = series_uuid or str(uuid.uuid4())
+        files = sorted(folder.glob("*.dcm"))
         for path in files:
             self.client.put_object(
                 Bucket=IDC_BUCKET, Key=f"{series_uuid}/{uuid.uuid4()}.dcm", Body=path.read_bytes(), ACL="public-read"
@@ -52,7 +52,9 @@ class LocalS3:
         return series_uuid, len(files)
 
 
-def selection_row(series_uuid: str, folder: Path, *, instance_count: int, collection_id: str = "test_collection") -> dict:
+def selection_row(
+    series_uuid: str, folder: Path, *, instance_count: int, collection_id: str = "test_collection"
+) -> dict:
     """The selection row (as ``ctfm idc query`` writes it) of a series written by ``write_dicom_series``."""
     import pydicom
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import pydicom
 import pytest
+from s3_server import LocalS3, selection_row
 
 from ctfm.cli import main
 from ctfm.data.sample import generate_ct, write_dicom_series
 from ctfm.idc import IDCError, download
 from ctfm.idc.selection import SELECTION_FILE, read_selection
-from s3_server import LocalS3, selection_row
 
 SLICES = 8
 
@@ -26,8 +26,9 @@ def bucket_series(s3, tmp_path_factory) -> dict[str, dict]:
     """A complete series, and one whose selection row claims one more instance than the bucket holds."""
     rows = {}
     for name, seed, claim_extra in (("complete", 1, 0), ("short", 2, 1)):
-        folder = write_dicom_series(generate_ct((SLICES, 16, 16), (2.5, 1.0, 1.0), seed=seed),
-                                    tmp_path_factory.mktemp(name))
+        folder = write_dicom_series(
+            generate_ct((SLICES, 16, 16), (2.5, 1.0, 1.0), seed=seed), tmp_path_factory.mktemp(name)
+        )
         series_uuid, uploaded = s3.put_series(folder)
         rows[name] = selection_row(series_uuid, folder, instance_count=uploaded + claim_extra)
     return rows
@@ -48,7 +49,11 @@ def test_complete_series_lands_in_its_final_folder_and_short_one_stays_partial(s
     assert not short_final.exists()
     assert len(list(short_final.with_name(short_final.name + ".partial").glob("*.dcm"))) == SLICES
     [incomplete] = report.incomplete
-    assert (incomplete.series_uid, incomplete.found, incomplete.expected) == (short["SeriesInstanceUID"], SLICES, SLICES + 1)
+    assert (incomplete.series_uid, incomplete.found, incomplete.expected) == (
+        short["SeriesInstanceUID"],
+        SLICES,
+        SLICES + 1,
+    )
     assert not report.ok
     assert report.rounds == 2  # the second round brought no new file, so the remaining retries were not spent
 
@@ -102,8 +107,21 @@ def test_selection_without_required_columns_is_refused(tmp_path):
 def test_cli_downloads_and_exits_nonzero_when_a_series_is_incomplete(s3, bucket_series, tmp_path, capsys):
     csv = tmp_path / "selection.csv"
     pd.DataFrame([bucket_series["complete"], bucket_series["short"]]).to_csv(csv, index=False)
-    code = main(["idc", "download", str(csv), "--out", str(tmp_path / "dicom"), "--endpoint-url", s3.endpoint_url,
-                 "--workers", "2", "--retries", "1"])
+    code = main(
+        [
+            "idc",
+            "download",
+            str(csv),
+            "--out",
+            str(tmp_path / "dicom"),
+            "--endpoint-url",
+            s3.endpoint_url,
+            "--workers",
+            "2",
+            "--retries",
+            "1",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 1
     assert "2 series" in out  # the summary printed before downloading

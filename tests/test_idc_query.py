@@ -79,17 +79,31 @@ def test_missing_and_unknown_parameters_name_the_file_and_the_parameter():
 def test_exact_pretraining_selection_on_ct_and_geometry_tables(tmp_path):
     """The exact query, run on small stand-ins of ct_index and volume_geometry_index for four real series."""
     uids = query(QUERIES / "random_subset.sql", {"n": 4})["SeriesInstanceUID"].tolist()
-    ct_index = pd.DataFrame({
-        "SeriesInstanceUID": uids,
-        "SliceThickness": [2.5, 0.625, 2.5, 2.5],
-        "ImageType": [["ORIGINAL", "PRIMARY", "AXIAL"], ["ORIGINAL", "PRIMARY", "AXIAL"],
-                      ["ORIGINAL", "PRIMARY", "LOCALIZER"], ["ORIGINAL", "PRIMARY", "AXIAL"]],
-    })
-    geometry = pd.DataFrame({"SeriesInstanceUID": uids, "unique_slice_positions": [True, True, True, False],
-                             "slice_spacing_mm": [2.5, 0.5, 2.5, 2.5]})
+    ct_index = pd.DataFrame(
+        {
+            "SeriesInstanceUID": uids,
+            "SliceThickness": [2.5, 0.625, 2.5, 2.5],
+            "ImageType": [
+                ["ORIGINAL", "PRIMARY", "AXIAL"],
+                ["ORIGINAL", "PRIMARY", "AXIAL"],
+                ["ORIGINAL", "PRIMARY", "LOCALIZER"],
+                ["ORIGINAL", "PRIMARY", "AXIAL"],
+            ],
+        }
+    )
+    geometry = pd.DataFrame(
+        {
+            "SeriesInstanceUID": uids,
+            "unique_slice_positions": [True, True, True, False],
+            "slice_spacing_mm": [2.5, 0.5, 2.5, 2.5],
+        }
+    )
     ct_index.to_parquet(tmp_path / "ct_index.parquet")
     geometry.to_parquet(tmp_path / "volume_geometry_index.parquet")
-    tables = {"ct_index": tmp_path / "ct_index.parquet", "volume_geometry_index": tmp_path / "volume_geometry_index.parquet"}
+    tables = {
+        "ct_index": tmp_path / "ct_index.parquet",
+        "volume_geometry_index": tmp_path / "volume_geometry_index.parquet",
+    }
 
     exact = query(QUERIES / "ctfm_pretraining.sql", tables=tables, fetch=False)
     assert exact["SeriesInstanceUID"].tolist() == [uids[0]]  # too thin, a localizer, duplicated positions: out
@@ -105,9 +119,15 @@ def test_a_table_that_is_not_bundled_is_named_when_fetching_is_off(monkeypatch, 
 
 
 def test_summary_counts_and_sizes():
-    frame = pd.DataFrame({"SeriesInstanceUID": ["1", "2", "3"], "PatientID": ["a", "a", "b"],
-                          "StudyInstanceUID": ["s", "t", "t"], "collection_id": ["c"] * 3,
-                          "series_size_MB": [1000.0, 1500.0, 500.0]})
+    frame = pd.DataFrame(
+        {
+            "SeriesInstanceUID": ["1", "2", "3"],
+            "PatientID": ["a", "a", "b"],
+            "StudyInstanceUID": ["s", "t", "t"],
+            "collection_id": ["c"] * 3,
+            "series_size_MB": [1000.0, 1500.0, 500.0],
+        }
+    )
     summary = summarize(frame)
     assert summary == SelectionSummary(series=3, patients=2, studies=2, collections=1, size_mb=3000.0)
     assert str(summary) == "3 series, 2 studies, 2 patients, 1 collections, 3.0 GB"
@@ -115,8 +135,19 @@ def test_summary_counts_and_sizes():
 
 def test_cli_query_prints_the_summary_and_writes_the_selection(tmp_path, capsys):
     out = tmp_path / "selection.csv"
-    code = main(["idc", "query", str(QUERIES / "collection.sql"), "--param", "collection_id=lidc_idri",
-                 "--param", "min_instances=400", "--out", str(out)])
+    code = main(
+        [
+            "idc",
+            "query",
+            str(QUERIES / "collection.sql"),
+            "--param",
+            "collection_id=lidc_idri",
+            "--param",
+            "min_instances=400",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     written = pd.read_csv(out, dtype=str)

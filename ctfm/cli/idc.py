@@ -18,12 +18,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     query = commands.add_parser("query", help="run a data_queries/*.sql selection on the IDC index")
     query.add_argument("sql", help="SQL file (see data_queries/)")
-    query.add_argument("--param", type=_pair, action="append", default=[], metavar="NAME=VALUE",
-                       help="value of a $NAME parameter of the SQL file (repeatable)")
-    query.add_argument("--table", type=_pair, action="append", default=[], metavar="NAME=PARQUET",
-                       help="make a parquet file available as table NAME (e.g. your copy of ct_index)")
-    query.add_argument("--no-fetch", action="store_true",
-                       help="never fetch tables that idc-index-data does not bundle (stay offline)")
+    query.add_argument(
+        "--param",
+        type=_pair,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="value of a $NAME parameter of the SQL file (repeatable)",
+    )
+    query.add_argument(
+        "--table",
+        type=_pair,
+        action="append",
+        default=[],
+        metavar="NAME=PARQUET",
+        help="make a parquet file available as table NAME (e.g. your copy of ct_index)",
+    )
+    query.add_argument(
+        "--no-fetch", action="store_true", help="never fetch tables that idc-index-data does not bundle (stay offline)"
+    )
     query.add_argument("--out", help="selection CSV to write; without it only the summary is printed")
     query.set_defaults(func=run_query)
 
@@ -57,9 +70,9 @@ def run_query(args: argparse.Namespace) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from ctfm.idc.transfer import REPORT_FILE, download
     from ctfm.idc.index import summarize
     from ctfm.idc.selection import read_selection
+    from ctfm.idc.transfer import REPORT_FILE, download
 
     selection = read_selection(args.selection)
     print(f"{args.selection}: {summarize(selection)}", flush=True)

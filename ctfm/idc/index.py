@@ -93,7 +93,9 @@ def idc_index_cache_dir() -> Path:
 def cached_tables() -> dict[str, Path]:
     """Fetched tables already in idc-index's cache, so a second query needs neither network nor IDCClient."""
     cache = idc_index_cache_dir()
-    return {name: cache / f"{name}.parquet" for name in fetchable_table_names() if (cache / f"{name}.parquet").is_file()}
+    return {
+        name: cache / f"{name}.parquet" for name in fetchable_table_names() if (cache / f"{name}.parquet").is_file()
+    }
 
 
 def fetch_table(name: str) -> Path:
@@ -104,7 +106,10 @@ def fetch_table(name: str) -> Path:
     try:
         client.fetch_index(name)
     except OSError as err:  # requests' errors are OSErrors; fetch_index lets them through
-        raise IDCError(f"table {name} is not bundled with idc-index-data and fetching it failed: {err}") from err
+        raise IDCError(
+            f"table {name} is not bundled with idc-index-data and fetching it failed ({err}); pass a copy as a "
+            "parquet file (--table NAME=FILE), or use a query on the bundled tables only"
+        ) from err
     entry = client.indices_overview.get(name) or {}
     if not entry.get("installed") or not entry.get("file_path"):
         raise IDCError(f"table {name} is not bundled with idc-index-data and idc-index could not fetch it")
@@ -205,7 +210,7 @@ def format_size(size_mb: float) -> str:
 
 
 def summarize(selection: pd.DataFrame) -> SelectionSummary:
-    """Count series, studies, patients and collections, and add up ``series_size_MB`` (columns that are absent count 0)."""
+    """Count series, studies, patients and collections, and add up ``series_size_MB`` (absent columns count 0)."""
 
     def distinct(column: str) -> int:
         return int(selection[column].nunique()) if column in selection else 0

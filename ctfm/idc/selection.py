@@ -58,7 +58,9 @@ def read_selection(selection: pd.DataFrame | str | Path) -> pd.DataFrame:
             raise IDCError(f"{path}: not a readable selection CSV: {err}") from err
     missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
     if missing:
-        raise IDCError(f"{label}: missing column(s) {', '.join(missing)}; a selection needs {', '.join(REQUIRED_COLUMNS)}")
+        raise IDCError(
+            f"{label}: missing column(s) {', '.join(missing)}; a selection needs {', '.join(REQUIRED_COLUMNS)}"
+        )
     frame["instanceCount"] = pd.to_numeric(frame["instanceCount"], errors="coerce").astype("Int64")
     frame["series_size_MB"] = pd.to_numeric(frame["series_size_MB"], errors="coerce")
     return frame.drop_duplicates("SeriesInstanceUID", keep="last").reset_index(drop=True)

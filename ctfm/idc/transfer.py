@@ -91,8 +91,13 @@ class DownloadReport:
     def to_frame(self) -> pd.DataFrame:
         """One row per series that needs attention: incomplete downloads and invalid selection rows."""
         rows = [
-            {"SeriesInstanceUID": item.series_uid, "status": "incomplete", "found": item.found,
-             "expected": item.expected, "error": item.error}
+            {
+                "SeriesInstanceUID": item.series_uid,
+                "status": "incomplete",
+                "found": item.found,
+                "expected": item.expected,
+                "error": item.error,
+            }
             for item in self.incomplete
         ]
         rows += [{"SeriesInstanceUID": uid, "status": "invalid", "error": reason} for uid, reason in self.invalid]
@@ -143,10 +148,19 @@ def run_s5cmd(
     """
     with tempfile.NamedTemporaryFile("w", suffix=".s5cmd.txt", delete=False) as manifest:
         for bucket, uuid, folder in jobs:
-            manifest.write(f"cp --if-size-differ {_quoted(f's3://{bucket}/{uuid}/*')} {_quoted(str(folder) + os.sep)}\n")
+            manifest.write(
+                f"cp --if-size-differ {_quoted(f's3://{bucket}/{uuid}/*')} {_quoted(str(folder) + os.sep)}\n"
+            )
     command = [
-        s5cmd_binary(), "--json", "--no-sign-request", "--numworkers", str(workers),
-        "--endpoint-url", endpoint_url, "run", manifest.name,
+        s5cmd_binary(),
+        "--json",
+        "--no-sign-request",
+        "--numworkers",
+        str(workers),
+        "--endpoint-url",
+        endpoint_url,
+        "run",
+        manifest.name,
     ]
     try:
         with tempfile.TemporaryFile("w+") as stderr:
@@ -188,7 +202,9 @@ def _check_disk_space(out_dir: Path, pending: pd.DataFrame, partial_bytes: int) 
     needed = int(pending["series_size_MB"].fillna(0).sum() * 1e6) - partial_bytes
     free = shutil.disk_usage(out_dir).free
     if needed > free:
-        raise IDCError(f"{out_dir}: the selection needs {needed / 1e9:.1f} GB more, but only {free / 1e9:.1f} GB is free")
+        raise IDCError(
+            f"{out_dir}: the selection needs {needed / 1e9:.1f} GB more, but only {free / 1e9:.1f} GB is free"
+        )
 
 
 def download(
@@ -212,19 +228,26 @@ def download(
     merge_into(out_dir / SELECTION_FILE, frame)
     report = DownloadReport(out_dir=out_dir, invalid=invalid)
 
-    finals = {row.crdc_series_uuid: series_dir(out_dir, row.collection_id, row.SeriesInstanceUID) for row in frame.itertuples()}
-    expected = dict(zip(frame["crdc_series_uuid"], frame["instanceCount"].astype(int)))
-    uid_of = dict(zip(frame["crdc_series_uuid"], frame["SeriesInstanceUID"]))
-    bucket_of = dict(zip(frame["crdc_series_uuid"], frame["aws_bucket"]))
+    finals = {
+        row.crdc_series_uuid: series_dir(out_dir, row.collection_id, row.SeriesInstanceUID)
+        for row in frame.itertuples()
+    }
+    expected = dict(zip(frame["crdc_series_uuid"], frame["instanceCount"].astype(int), strict=True))
+    uid_of = dict(zip(frame["crdc_series_uuid"], frame["SeriesInstanceUID"], strict=True))
+    bucket_of = dict(zip(frame["crdc_series_uuid"], frame["aws_bucket"], strict=True))
     pending = [uuid for uuid in finals if not finals[uuid].is_dir()]
     report.already_complete = [uid_of[uuid] for uuid in finals if uuid not in pending]
-    _check_disk_space(out_dir, frame[frame["crdc_series_uuid"].isin(pending)],
-                      sum(_folder_bytes(partial_dir(finals[uuid])) for uuid in pending))
+    _check_disk_space(
+        out_dir,
+        frame[frame["crdc_series_uuid"].isin(pending)],
+        sum(_folder_bytes(partial_dir(finals[uuid])) for uuid in pending),
+    )
 
-    counts = {uuid: count_files(partial_dir(finals[uuid])) for uuid in pending}
+    counts: dict[str, int] = {}  # files per pending series, updated as s5cmd reports them (for the progress bar)
     errors: dict[str, str] = {}
-    with tqdm(total=len(finals), initial=len(report.already_complete), unit="series", desc="download",
-              disable=not progress) as bar:
+    with tqdm(
+        total=len(finals), initial=len(report.already_complete), unit="series", desc="download", disable=not progress
+    ) as bar:
 
         def on_file(uuid: str) -> None:
             if uuid in counts:
@@ -240,7 +263,9 @@ def download(
                 partial_dir(finals[uuid]).mkdir(parents=True, exist_ok=True)
                 counts[uuid] = before[uuid]
             jobs = [(bucket_of[uuid], uuid, partial_dir(finals[uuid])) for uuid in pending]
-            errors.update(run_s5cmd(jobs, endpoint_url=endpoint_url or IDC_ENDPOINT_URL, workers=workers, on_file=on_file))
+            errors.update(
+                run_s5cmd(jobs, endpoint_url=endpoint_url or IDC_ENDPOINT_URL, workers=workers, on_file=on_file)
+            )
             report.rounds += 1
             after = {uuid: count_files(partial_dir(finals[uuid])) for uuid in pending}
             for uuid in pending:
