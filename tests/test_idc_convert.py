@@ -107,6 +107,16 @@ def test_rerun_skips_converted_series_and_ignores_leftovers(download_dir, tmp_pa
     assert len(datalist) == 2 and not any(".abc123" in image for image in datalist["image"])
 
 
+def test_a_selection_row_pointing_outside_the_folder_is_refused(download_dir, tmp_path):
+    root, series = download_dir
+    selection = pd.read_csv(root / SELECTION_FILE, dtype=str)
+    evil = dict(series["good"][0], SeriesInstanceUID="../../../etc", collection_id=COLLECTION)
+    pd.concat([selection, pd.DataFrame([evil])]).to_csv(root / SELECTION_FILE, index=False)
+    report = convert(root, tmp_path / "volumes", workers=1, progress=False)
+    assert (f"{root / SELECTION_FILE}: ../../../etc", "invalid SeriesInstanceUID '../../../etc'") in report.failed
+    assert len(report.converted) == 2
+
+
 def test_folder_without_selection_is_read_from_the_dicom_tags(tmp_path):
     folder, sample = _series(tmp_path / "mine" / "patient_a", 7, patient_id="PAT-7")
     report = convert(tmp_path / "mine", tmp_path / "out", workers=1, progress=False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ctfm.data.dicom import check_dicom_series, read_dicom_series
 from ctfm.data.reader import validate_ct_array
 from ctfm.idc.errors import IDCError
-from ctfm.idc.selection import SELECTION_FILE, read_selection, series_dir, write_csv_atomically
+from ctfm.idc.selection import SELECTION_FILE, read_selection, series_dir, split_valid, write_csv_atomically
 
 DATALIST_FILE = "datalist.csv"
 REPORT_FILE = "conversion_report.csv"
@@ -92,8 +92,8 @@ def _walk_series(root: Path) -> Iterator[Path]:
             yield folder
 
 
-def plan(download_dir: Path, out_dir: Path) -> tuple[list[SeriesJob], list[str]]:
-    """The series to convert and the selected ones that have no complete download folder.
+def plan(download_dir: Path, out_dir: Path) -> tuple[list[SeriesJob], list[str], list[tuple[str, str]]]:
+    """The series to convert, the selected ones with no complete download folder, and unusable selection rows.
 
     With the ``selection.csv`` that ``ctfm idc download`` keeps, its rows say which folders are series and give
     their collection, patient and study. Without it, every folder with files is taken as one series and mirrored
@@ -105,9 +105,10 @@ def plan(download_dir: Path, out_dir: Path) -> tuple[list[SeriesJob], list[str]]
         for folder in _walk_series(download_dir):
             relative = folder.relative_to(download_dir)
             jobs.append(SeriesJob(folder, out_dir / relative.parent / (relative.name + _VOLUME_SUFFIX), {}))
-        return jobs, []
+        return jobs, [], []
+    frame, invalid = split_valid(read_selection(manifest))
     jobs, missing = [], []
-    for row in read_selection(manifest).itertuples(index=False):
+    for row in frame.itertuples(index=False):
         folder = series_dir(download_dir, row.collection_id, row.SeriesInstanceUID)
         if not folder.is_dir():
             missing.append(row.SeriesInstanceUID)
@@ -116,7 +117,7 @@ def plan(download_dir: Path, out_dir: Path) -> tuple[list[SeriesJob], list[str]]
         jobs.append(
             SeriesJob(folder, series_dir(out_dir, row.collection_id, row.SeriesInstanceUID + _VOLUME_SUFFIX), ids)
         )
-    return jobs, missing
+    return jobs, missing, [(f"{manifest}: {uid}", reason) for uid, reason in invalid]
 
 
 def sidecar_path(volume: Path) -> Path:
@@ -212,8 +213,8 @@ def convert(
     if not download_dir.is_dir():
         raise IDCError(f"{download_dir}: no such download folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    jobs, missing = plan(download_dir, out_dir)
-    report = ConversionReport(out_dir=out_dir, datalist=out_dir / DATALIST_FILE, not_downloaded=missing)
+    jobs, missing, invalid = plan(download_dir, out_dir)
+    report = ConversionReport(out_dir=out_dir, datalist=out_dir / DATALIST_FILE, failed=invalid, not_downloaded=missing)
     rows = []
     todo = []
     for job in jobs:
@@ -240,7 +241,12 @@ def convert(
     return report
 
 
-def _collect(results, report: ConversionReport, rows: list[dict[str, str]], bar: tqdm) -> None:
+def _collect(
+    results: Iterable[tuple[SeriesJob, dict[str, str] | None, str]],
+    report: ConversionReport,
+    rows: list[dict[str, str]],
+    bar: tqdm,
+) -> None:
     for job, row, reason in results:
         if row is None:
             report.failed.append((str(job.folder), reason))
