@@ -1,13 +1,16 @@
 """Read a CT scan (NIfTI, NRRD, MHA or a DICOM series folder) into a validated MONAI MetaTensor.
 
-SimpleITK reads every format the same way, so one code path serves them all. The result follows MONAI's
-convention: channel first, array axes in the image's index order, ``affine`` mapping voxel indices to RAS mm.
+SimpleITK reads NRRD, MHA and DICOM. NIfTI goes through nibabel instead (as in MONAI's default reader), because
+ITK's NIfTI reader silently zero-fills a truncated file and turns NaN and inf voxels into 0, hiding exactly the
+damage that must be reported. The result follows MONAI's convention: channel first, array axes in the image's index
+order, ``affine`` mapping voxel indices to RAS mm.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 import torch
@@ -42,8 +45,31 @@ def read_image(path: Path) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as err:
-        reason = next((line for line in str(err).splitlines() if line.strip()), "unknown reason").strip()
-        raise InvalidScanError(path, f"cannot be read as an image (corrupt, truncated or unsupported): {reason}")
+        from ctfm.data.dicom import sitk_error_reason
+
+        raise InvalidScanError(
+            path, f"cannot be read as an image (corrupt, truncated or unsupported): {sitk_error_reason(err)}"
+        ) from err
+
+
+def is_nifti(path: Path) -> bool:
+    """NIfTI by name (.nii or .nii.gz), as nibabel and ITK decide too."""
+    return path.name.lower().endswith((".nii", ".nii.gz"))
+
+
+def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels (float32, index order i, j, k) and RAS affine of a NIfTI file; damage becomes InvalidScanError."""
+    try:
+        image = nib.load(path)
+        array = np.asarray(image.dataobj, dtype=np.float32)
+    except Exception as err:  # nibabel raises ImageFileError, OSError, EOFError, zlib.error... for a damaged file
+        reason = " ".join(str(err).split())
+        raise InvalidScanError(path, f"cannot be read as NIfTI (corrupt or truncated): {reason}") from err
+    while array.ndim > 3 and array.shape[-1] == 1:  # (x, y, z, 1): a 3D scan stored as one time point
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise InvalidScanError(path, f"is {array.ndim}D (shape {array.shape}); CT-FM needs a 3D scan")
+    return array, np.asarray(image.affine, dtype=np.float64)
 
 
 def validate_ct_array(path: Path | str | None, array: np.ndarray, *, check_hu: bool = True) -> None:
@@ -64,16 +90,21 @@ def validate_ct_array(path: Path | str | None, array: np.ndarray, *, check_hu: b
 def read_ct(path: str | Path, *, check_hu: bool = True) -> MetaTensor:
     """Read and validate one CT scan; returns a float32 ``(1, I, J, K)`` MetaTensor in HU with its RAS affine."""
     path = Path(path)
-    image = read_image(path)
-    if image.GetDimension() != 3:
-        raise InvalidScanError(path, f"is {image.GetDimension()}D; CT-FM needs a 3D scan")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InvalidScanError(path, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; CT is scalar")
-    if image.HasMetaDataKey(_MODALITY_TAG) and image.GetMetaData(_MODALITY_TAG).strip() not in ("CT", ""):
-        raise InvalidScanError(path, f"modality is {image.GetMetaData(_MODALITY_TAG).strip()!r}, not CT")
-    # SimpleITK arrays are (k, j, i); MONAI wants index order (i, j, k) to match the affine's columns.
-    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False).transpose(2, 1, 0)
+    if path.is_file() and is_nifti(path):
+        array, ras = read_nifti(path)
+    else:
+        image = read_image(path)
+        if image.GetDimension() != 3:
+            raise InvalidScanError(path, f"is {image.GetDimension()}D; CT-FM needs a 3D scan")
+        if image.GetNumberOfComponentsPerPixel() != 1:
+            components = image.GetNumberOfComponentsPerPixel()
+            raise InvalidScanError(path, f"has {components} components per voxel; CT is scalar")
+        if image.HasMetaDataKey(_MODALITY_TAG) and image.GetMetaData(_MODALITY_TAG).strip() not in ("CT", ""):
+            raise InvalidScanError(path, f"modality is {image.GetMetaData(_MODALITY_TAG).strip()!r}, not CT")
+        # SimpleITK arrays are (k, j, i); MONAI wants index order (i, j, k) to match the affine's columns.
+        array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False).transpose(2, 1, 0)
+        ras = affine_from_sitk(image)
     validate_ct_array(path, array, check_hu=check_hu)
-    affine = torch.as_tensor(affine_from_sitk(image), dtype=torch.float64)
+    affine = torch.as_tensor(ras, dtype=torch.float64)
     meta = {"filename_or_obj": str(path), "original_affine": affine.clone(), "spatial_shape": array.shape}
     return MetaTensor(torch.from_numpy(np.ascontiguousarray(array))[None], affine=affine, meta=meta)

@@ -81,7 +81,9 @@ class CTPreprocessing:
         return Compose(steps)
 
     def __call__(self, image: str | Path | MetaTensor) -> MetaTensor:
-        out = self.transforms()(image)
+        # Load outside the Compose: MONAI wraps a transform's exception in RuntimeError("applying transform ..."),
+        # and callers must see the InvalidScanError that names the file. LoadCT in the pipeline then passes through.
+        out = self.transforms()(LoadCT(check_hu=self.check_hu)(image))
         return out.float() if out.dtype != torch.float32 else out
 
 
