@@ -35,7 +35,7 @@ from ctfm.nn.encoder import ARCHITECTURES, build_model
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
-#: Key in ``config.json`` (and in the safetensors metadata) naming the class in ``ctfm.nn.encoder.ARCHITECTURES``.
+#: Key in the safetensors metadata (or a hand-written ``config.json``) naming the class in ``ctfm.nn.encoder.ARCHITECTURES``.
 ARCHITECTURE_KEY = "architecture"
 
 _CT_FM_CONFIG = {"blocks_down": [1, 2, 2, 4, 4], "in_channels": 1, "init_filters": 32, "spatial_dims": 3}
@@ -109,7 +109,8 @@ def load(
     Resolution order: a name in ``MODELS``; an existing path (a directory with ``model.safetensors`` and optionally
     ``config.json``, or a single ``.safetensors`` file); otherwise an ``org/name`` Hugging Face repo id.
     ``revision``, ``cache_dir`` and ``local_files_only`` apply to Hub downloads; ``local_files_only=None`` follows
-    ``HF_HUB_OFFLINE``. The architecture comes from the registry, else the ``"architecture"`` key ctfm writes, else
+    ``HF_HUB_OFFLINE``. The architecture comes from the registry, else an ``"architecture"`` key in the config or the
+    safetensors metadata ctfm writes, else
     the weights' key names (see ``infer_config``). Loading is strict: any key or shape mismatch raises
     ``ModelLoadError`` naming the keys. With an unreachable Hub and an empty cache it fails after one attempt (at
     most ``HF_HUB_ETAG_TIMEOUT``, 10 s, never huggingface_hub's retries) with a ``ModelLoadError`` saying how to
@@ -137,8 +138,9 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, config: M
     """Write ``model`` as ``config.json`` + ``model.safetensors`` (each atomically) so that ``load`` rebuilds it.
 
     ``config`` (constructor kwargs) is derived from the attributes the MONAI class stores when not given; either
-    way it must rebuild a network with exactly the model's state-dict keys and shapes. ``config.json`` also gets
-    ``"architecture"``, and the safetensors metadata both, so the weights file alone is enough to load.
+    way it must rebuild a network with exactly the model's state-dict keys and shapes. ``config.json`` holds the
+    constructor kwargs only, exactly like the published repos (so ``PyTorchModelHubMixin`` loaders read it too);
+    the architecture name and the config also go into the safetensors metadata, so the weights file alone loads.
     """
     kwargs = dict(config) if config is not None else {}
     architecture = kwargs.pop(ARCHITECTURE_KEY, None) or _architecture_of(model)
@@ -152,7 +154,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, config: M
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
     metadata = {"format": "pt", ARCHITECTURE_KEY: architecture, "config": json.dumps(kwargs, sort_keys=True)}
     _write_atomically(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-    document = json.dumps({**kwargs, ARCHITECTURE_KEY: architecture}, indent=2, sort_keys=True) + "\n"
+    document = json.dumps(kwargs, indent=2, sort_keys=True) + "\n"
     _write_atomically(directory / CONFIG_NAME, lambda tmp: tmp.write_text(document))
     return directory
 
@@ -286,10 +288,8 @@ def _resolve_architecture(
     named = config.pop(ARCHITECTURE_KEY, None) or metadata.get(ARCHITECTURE_KEY)
     architecture = spec.architecture if spec is not None else named
     if architecture is None:
-        try:
-            architecture = infer_config(shapes)[0]
-        except ModelLoadError as err:
-            raise ModelLoadError(f"{origin}: config names no architecture and {err}") from err
+        # Published configs are constructor kwargs: only the segmentation network takes ``out_channels``.
+        architecture = "SegResNetDS" if "out_channels" in config else "SegResEncoder"
     if architecture not in ARCHITECTURES:
         raise ModelLoadError(f"{origin}: unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
     return architecture, config

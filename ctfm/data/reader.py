@@ -9,14 +9,16 @@ order, ``affine`` mapping voxel indices to RAS mm.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
-import torch
-from monai.data import MetaTensor
 
 from ctfm.errors import InvalidScanError
+
+if TYPE_CHECKING:
+    from monai.data import MetaTensor
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _MODALITY_TAG = "0008|0060"
@@ -89,6 +91,9 @@ def validate_ct_array(path: Path | str | None, array: np.ndarray, *, check_hu: b
 
 def read_ct(path: str | Path, *, check_hu: bool = True) -> MetaTensor:
     """Read and validate one CT scan; returns a float32 ``(1, I, J, K)`` MetaTensor in HU with its RAS affine."""
+    import torch  # imported here so the checks above stay usable without torch (e.g. in conversion workers)
+    from monai.data import MetaTensor
+
     path = Path(path)
     if path.is_file() and is_nifti(path):
         array, ras = read_nifti(path)

@@ -22,7 +22,7 @@ import pandas as pd
 import SimpleITK as sitk
 from tqdm.auto import tqdm
 
-# Imported here, not in the workers: forked workers inherit them instead of each importing torch/MONAI again.
+# Imported here, not in the workers: forked workers inherit the pydicom/SimpleITK modules already loaded.
 from ctfm.data.dicom import check_dicom_series, read_dicom_series
 from ctfm.data.reader import validate_ct_array
 from ctfm.idc.errors import IDCError

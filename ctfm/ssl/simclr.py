@@ -53,9 +53,6 @@ class IntraSampleSimCLR(LighterModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self.contrastive_loss(batch["views"])
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self.contrastive_loss(batch["views"])
-
     def configure_optimizers(self) -> dict[str, Any]:
         config = super().configure_optimizers()
         if self.scheduler is not None:
