@@ -9,16 +9,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+from recipe_runner import fit_tiny
 from s3_server import LocalS3, selection_row
 
 from ctfm.cli import main
 from ctfm.data.pretrain import read_datalist
 from ctfm.data.reader import read_ct
 from ctfm.data.sample import generate_ct, write_dicom_series
+from ctfm.export import read_checkpoint
 from ctfm.idc.selection import SELECTION_FILE
 from ctfm.idc.volumes import DATALIST_FILE, REPORT_FILE, convert
 
 SHAPE, SPACING = (8, 16, 16), (2.5, 1.0, 1.0)
+#: Big enough for a tiny pretraining patch after resampling and cropping to the body.
+E2E_SHAPE = (12, 48, 48)
 COLLECTION = "test_collection"
 QUERIES = Path(__file__).resolve().parents[1] / "data_queries"
 
@@ -160,7 +164,7 @@ def test_query_download_convert_end_to_end(tmp_path, capsys):
     with LocalS3() as s3:
         for index, row in selection.iterrows():
             folder = write_dicom_series(
-                generate_ct(SHAPE, SPACING, seed=10 + index),
+                generate_ct(E2E_SHAPE, SPACING, seed=10 + index),
                 tmp_path / f"series{index}",
                 series_uid=row["SeriesInstanceUID"],
                 study_uid=row["StudyInstanceUID"],
@@ -193,4 +197,9 @@ def test_query_download_convert_end_to_end(tmp_path, capsys):
     assert sorted(datalist["SeriesInstanceUID"]) == sorted(selection["SeriesInstanceUID"])
     assert sorted(datalist["collection_id"]) == sorted(selection["collection_id"])
     for path in datalist["image"]:
-        assert read_ct(path).shape == (1, SHAPE[2], SHAPE[1], SHAPE[0])
+        assert read_ct(path).shape == (1, E2E_SHAPE[2], E2E_SHAPE[1], E2E_SHAPE[0])
+
+    # The datalist is what the pretraining recipe reads: one optimisation step on it.
+    (tmp_path / "run").mkdir()
+    fit_tiny(tmp_path / "run", tmp_path / "volumes" / DATALIST_FILE, "vars::steps_per_epoch=1")
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 1

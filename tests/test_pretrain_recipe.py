@@ -1,24 +1,10 @@
 """The Lighter recipes: they resolve with the published defaults, train, export, load, and resume."""
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 from sparkwheel import Config
 
-from ctfm.recipes import recipes_dir
-
-RECIPES = recipes_dir()
-TINY = [
-    "vars::init_filters=4",
-    "=vars::patch_size=[8,32,32]",
-    "vars::patches_per_scan=3",
-    "vars::scans_per_device=2",
-    "vars::steps_per_epoch=2",
-    "vars::max_epochs=1",
-    "vars::num_workers=0",
-]
+from recipe_runner import RECIPES, fit_tiny
 
 
 def resolved(*inputs):
@@ -63,31 +49,18 @@ def datalist(tmp_path_factory):
     return make_sample_dataset(tmp_path_factory.mktemp("data"), n_scans=3, shape=(24, 80, 80), seed=0)
 
 
-def fit(run_dir: Path, datalist: Path, *overrides: str, ckpt_path: str | None = None) -> None:
-    from ctfm.recipes import run_recipe
-
-    inputs = [RECIPES / "pretrain.yaml", RECIPES / "quickstart.yaml", f"vars::datalist={datalist}"]
-    inputs += [f"vars::output_dir={run_dir}", *TINY, *overrides, "trainer::enable_progress_bar=false"]
-    cwd = os.getcwd()
-    os.chdir(run_dir)  # lighter looks for a __lighter__.py project file in the working folder
-    try:
-        run_recipe("fit", inputs, **({"ckpt_path": ckpt_path} if ckpt_path else {}))
-    finally:
-        os.chdir(cwd)
-
-
 @pytest.mark.slow
 def test_fit_export_load_and_resume(tmp_path, datalist):
     import ctfm
     from ctfm.export import read_checkpoint
 
-    fit(tmp_path, datalist)
+    fit_tiny(tmp_path, datalist)
     last = tmp_path / "checkpoints" / "last.ckpt"
     first = read_checkpoint(last)
     assert first["global_step"] == 2 and first["epoch"] == 0
 
     # A killed run resumes from its last checkpoint: the step count and the schedule continue.
-    fit(tmp_path, datalist, "vars::max_epochs=2", ckpt_path=str(last))
+    fit_tiny(tmp_path, datalist, "vars::max_epochs=2", ckpt_path=str(last))
     second = read_checkpoint(last)
     assert second["global_step"] == 4 and second["epoch"] == 1
     assert second["lr_schedulers"][0]["last_epoch"] == first["lr_schedulers"][0]["last_epoch"] + 1
