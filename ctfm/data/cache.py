@@ -1,0 +1,318 @@
+"""Preprocess each scan once into a memory-mappable array, so pretraining reads only the patches it samples.
+
+Loading a ``.nii.gz``, reorienting and resampling it costs seconds per scan; sampling 20 patches from a cached array
+costs milliseconds. Each scan becomes ``<root>/<key[:2]>/<key>.npy`` (``(1, z, y, x)``, uncompressed, so
+``np.load(mmap_mode="r")`` maps it without reading it) with ``<key>.json`` beside it (source, geometry, settings).
+
+Values are [0, 1] stored as uint16 (x 65535): the same two bytes per voxel as float16, but a uniform step of
+1/65535 = 0.05 HU over the whole [-1024, 2048] HU window, where float16 steps are up to 1.5 HU near bone and
+0.75 HU in soft tissue; air (0) and the window's top (1) stay exact.
+
+The key hashes the resolved source path, its size and modification time, the preprocessing settings and
+:data:`CACHE_VERSION`, so a changed scan or setting never reads a stale entry. Files are written under a temporary
+name and renamed (``os.replace`` is atomic), the ``.json`` last: an entry is either complete or absent, which makes
+several DataLoader workers, DDP ranks or ``ctfm prepare`` runs safe on one cache. A scan that cannot be used gets a
+``<key>.failed.json`` with the reason, so later runs skip it without reading it again.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ctfm.data.reader import read_ct
+from ctfm.errors import InvalidScanError
+from ctfm.transforms.preprocess import CTPreprocessing
+
+logger = logging.getLogger(__name__)
+
+#: Bumped whenever the cached arrays would differ for the same source and settings.
+CACHE_VERSION = 1
+#: uint16 value that stands for 1.0.
+QUANTISATION_MAX = np.iinfo(np.uint16).max
+#: The body must span at least this fraction of a patch along every axis, or the scan is too small to pretrain on.
+MIN_BODY_FRACTION = 0.5
+
+
+def default_cache_dir(datalist: str | Path | None = None) -> Path:
+    """``$CTFM_CACHE_DIR`` if set; else ``ctfm_cache/`` beside the datalist CSV; else ``~/.cache/ctfm/preprocessed``."""
+    if os.environ.get("CTFM_CACHE_DIR"):
+        return Path(os.environ["CTFM_CACHE_DIR"]).expanduser()
+    if datalist is not None:
+        return Path(datalist).expanduser().absolute().parent / "ctfm_cache"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ctfm" / "preprocessed"
+
+
+def source_fingerprint(source: str | Path) -> dict[str, object]:
+    """What identifies a source's content cheaply: resolved path, size and mtime (for a folder: its entries)."""
+    path = Path(source).expanduser().resolve()
+    try:
+        stat = path.stat()
+        if path.is_dir():  # a DICOM series: files are added or removed, not rewritten in place
+            return {"path": str(path), "entries": len(os.listdir(path)), "mtime_ns": stat.st_mtime_ns}
+    except OSError as err:
+        raise InvalidScanError(source, "no such file or directory" if not path.exists() else str(err)) from err
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def dequantise(array: np.ndarray) -> np.ndarray:
+    """A cached uint16 array (or part of one) back to float32 in [0, 1]."""
+    return array.astype(np.float32) * np.float32(1.0 / QUANTISATION_MAX)
+
+
+def _write_atomically(path: Path, write) -> None:
+    """Call ``write(file)`` on a temporary file next to ``path``, then rename it over ``path``."""
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, content: dict) -> None:
+    _write_atomically(path, lambda file: file.write(json.dumps(content, indent=1).encode()))
+
+
+@dataclass(frozen=True)
+class CachedScan:
+    """One complete cache entry: the source it came from and the files holding it."""
+
+    source: str
+    array_path: Path
+
+    @property
+    def meta_path(self) -> Path:
+        return self.array_path.with_suffix(".json")
+
+    def load(self, mmap: bool = True) -> np.ndarray:
+        """The uint16 ``(1, z, y, x)`` array, memory-mapped by default (nothing is read until sliced)."""
+        return np.load(self.array_path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+    def metadata(self) -> dict:
+        """Geometry and provenance: source, shape, spacing, affine (RAS mm), preprocessing settings."""
+        return json.loads(self.meta_path.read_text())
+
+
+@dataclass
+class PrepareReport:
+    """What :meth:`PreprocessCache.prepare` did; ``scans`` lists the usable entries in input order."""
+
+    scans: list[CachedScan] = field(default_factory=list)
+    prepared: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def summary(self, max_reasons: int = 10) -> str:
+        lines = [f"{len(self.prepared)} prepared, {len(self.cached)} already cached, {len(self.skipped)} skipped"]
+        for source, reason in list(self.skipped.items())[:max_reasons]:
+            lines.append(f"  skipped {source}: {reason}")
+        if len(self.skipped) > max_reasons:
+            lines.append(f"  ... and {len(self.skipped) - max_reasons} more skipped")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class PreprocessCache:
+    """A folder of preprocessed scans for one set of preprocessing settings."""
+
+    root: Path
+    preprocessing: CTPreprocessing = CTPreprocessing()
+    min_body_fraction: float = MIN_BODY_FRACTION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).expanduser())
+
+    def key(self, source: str | Path) -> str:
+        """Hash of the source's identity and every setting that changes the cached array."""
+        return self._key(source_fingerprint(source))
+
+    def _key(self, fingerprint: dict[str, object]) -> str:
+        material = {
+            "version": CACHE_VERSION,
+            "source": fingerprint,
+            "preprocessing": dataclasses.asdict(self.preprocessing),
+            "min_body_fraction": self.min_body_fraction,
+        }
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
+
+    def array_path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npy"
+
+    def failure_path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.failed.json"
+
+    def lookup(self, source: str | Path) -> CachedScan | None:
+        """The complete entry for ``source`` as it is now, or None."""
+        return self._entry(self.key(source), source)
+
+    def _entry(self, key: str, source: str | Path) -> CachedScan | None:
+        array_path = self.array_path(key)
+        if array_path.with_suffix(".json").is_file() and array_path.is_file():
+            return CachedScan(str(source), array_path)
+        return None
+
+    def known_failure(self, source: str | Path) -> str | None:
+        """The recorded reason this exact version of ``source`` was unusable, or None."""
+        return self._failure(self.key(source))
+
+    def _failure(self, key: str) -> str | None:
+        try:
+            return json.loads(self.failure_path(key).read_text())["problem"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def write(self, source: str | Path) -> CachedScan:
+        """Preprocess ``source`` and store it; raises InvalidScanError (and records it) if the scan is unusable."""
+        fingerprint = source_fingerprint(source)
+        key = self._key(fingerprint)
+        array_path = self.array_path(key)
+        array_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            volume = self.preprocessing(read_ct(source, check_hu=self.preprocessing.check_hu))
+            self._check_body(source, volume.numpy())
+        except InvalidScanError as err:
+            _write_json(self.failure_path(key), {"source": str(source), "problem": err.problem})
+            raise
+        quantised = np.rint(np.clip(volume.numpy(), 0.0, 1.0) * QUANTISATION_MAX).astype(np.uint16)
+        affine = np.asarray(volume.affine, dtype=np.float64)
+        meta = {
+            "version": CACHE_VERSION,
+            "source": str(source),
+            "fingerprint": fingerprint,
+            "shape": list(quantised.shape),
+            "spacing": np.linalg.norm(affine[:3, :3], axis=0).round(6).tolist(),
+            "affine": affine.tolist(),
+            "dtype": "uint16",
+            "scale": 1.0 / QUANTISATION_MAX,
+            "preprocessing": dataclasses.asdict(self.preprocessing),
+        }
+        _write_atomically(array_path, lambda file: np.save(file, quantised, allow_pickle=False))
+        _write_json(array_path.with_suffix(".json"), meta)
+        self.failure_path(key).unlink(missing_ok=True)
+        return CachedScan(str(source), array_path)
+
+    def _check_body(self, source: str | Path, volume: np.ndarray) -> None:
+        """Reject scans with no body, or too little of it to cut meaningful patches from."""
+        body = volume[0] > self.preprocessing.body_threshold
+        extent = []
+        for axis in range(3):
+            hits = np.flatnonzero(body.any(axis=tuple(a for a in range(3) if a != axis)))
+            extent.append(int(hits[-1] - hits[0] + 1) if hits.size else 0)
+        needed = [int(np.ceil(self.min_body_fraction * size)) for size in self.preprocessing.min_size]
+        if not any(extent):
+            raise InvalidScanError(
+                source, f"no voxel above {self.preprocessing.body_threshold_hu} HU: nothing to crop to (empty scan)"
+            )
+        if any(e < n for e, n in zip(extent, needed)):
+            raise InvalidScanError(
+                source,
+                f"too small after cropping: the body spans {tuple(extent)} voxels (z, y, x), pretraining needs at "
+                f"least {tuple(needed)} (half a {tuple(self.preprocessing.min_size)} patch)",
+            )
+
+    def prepare(
+        self,
+        sources: Iterable[str | Path],
+        workers: int = 1,
+        progress: bool = True,
+        retry_failed: bool = False,
+    ) -> PrepareReport:
+        """Cache every source not cached yet, ``workers`` scans at a time; never stops for a bad scan.
+
+        Unusable scans are skipped, logged and listed in the report with their reason; scans that failed before
+        (same file, same settings) are skipped without being read again unless ``retry_failed``.
+        """
+        sources = [str(source) for source in sources]
+        report = PrepareReport()
+        done: dict[str, CachedScan] = {}
+        todo: dict[str, str] = {}  # key -> first source with that key
+        keys: dict[str, str] = {}
+        for source in sources:
+            try:
+                key = keys[source] = self.key(source)
+            except InvalidScanError as err:
+                report.skipped[source] = err.problem
+                continue
+            if key in done or key in todo:
+                continue
+            entry = self._entry(key, source)
+            reason = None if retry_failed else self._failure(key)
+            if entry is not None:
+                done[key] = entry
+                report.cached.append(source)
+            elif reason is not None:
+                report.skipped[source] = reason
+            else:
+                todo[key] = source
+        for source, outcome in self._run(list(todo.values()), workers, progress):
+            if isinstance(outcome, CachedScan):
+                done[keys[source]] = outcome
+                report.prepared.append(source)
+            else:
+                logger.warning("skipping %s: %s", source, outcome)
+                report.skipped[source] = outcome
+        for source in sources:
+            key = keys.get(source)
+            if key in done:
+                report.scans.append(dataclasses.replace(done[key], source=source))
+            elif source not in report.skipped:  # a duplicate of a skipped scan
+                report.skipped[source] = report.skipped[todo.get(key, source)]
+        return report
+
+    def _run(self, sources: Sequence[str], workers: int, progress: bool):
+        """Yield ``(source, CachedScan or reason)`` as each scan finishes."""
+        bar = tqdm(total=len(sources), desc="Preprocessing scans", unit="scan", disable=not progress or not sources)
+        with bar:
+            if workers <= 1 or len(sources) <= 1:
+                for source in sources:
+                    yield source, _prepare_one(self, source)
+                    bar.update()
+                return
+            context = multiprocessing.get_context("spawn")  # no fork of a process holding threads (torch, tqdm)
+            with concurrent.futures.ProcessPoolExecutor(
+                min(workers, len(sources)), mp_context=context, initializer=_init_worker
+            ) as pool:
+                futures = {pool.submit(_prepare_one, self, source): source for source in sources}
+                for future in concurrent.futures.as_completed(futures):
+                    try:
+                        outcome = future.result()
+                    except concurrent.futures.process.BrokenProcessPool:
+                        outcome = "a preprocessing process died (out of memory?)"
+                    yield futures[future], outcome
+                    bar.update()
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one scan per process and core
+
+
+def _prepare_one(cache: PreprocessCache, source: str) -> CachedScan | str:
+    """Cache one scan; the reason as a string if it cannot be used (a worker must not raise for a bad scan)."""
+    try:
+        return cache.write(source)
+    except InvalidScanError as err:
+        return err.problem
+    except Exception as err:  # noqa: BLE001 - one bad scan must not end a run over thousands
+        logger.debug("preprocessing %s failed", source, exc_info=True)
+        while err.__cause__ is not None:  # MONAI wraps the real error in "applying transform ..."
+            err = err.__cause__
+        return f"preprocessing failed: {type(err).__name__}: {err}"

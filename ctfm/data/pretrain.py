@@ -1,0 +1,233 @@
+"""Datalist, dataset and Lightning data module for intra-sample SimCLR pretraining.
+
+The data module preprocesses every scan of a datalist once into a :class:`~ctfm.data.cache.PreprocessCache`, then
+each training item reads M patches of one cached scan and returns their two views. Nothing is read at import or
+construction; the work starts in ``prepare_data`` / ``setup``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from monai.transforms import Randomizable
+from monai.utils import MAX_SEED
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader, Dataset
+
+from ctfm.data.cache import CachedScan, PrepareReport, PreprocessCache, default_cache_dir
+from ctfm.errors import CTFMError
+from ctfm.transforms.preprocess import PATCH_SIZE, PRETRAINING_SPACING, CTPreprocessing
+from ctfm.transforms.views import PATCHES_PER_SCAN, ContrastiveViews
+
+logger = logging.getLogger(__name__)
+
+#: Tries before an item gives up on finding a readable cached scan.
+MAX_READ_ATTEMPTS = 10
+
+
+def read_datalist(csv: str | Path) -> pd.DataFrame:
+    """Read a datalist CSV with an ``image`` column; relative paths become absolute, resolved against the CSV's folder.
+
+    Other columns (IDs, labels, collection) are kept. A missing file, a missing column or no rows is a
+    :class:`~ctfm.errors.CTFMError` naming the CSV.
+    """
+    csv = Path(csv)
+    try:
+        table = pd.read_csv(csv, dtype={"image": str})
+    except FileNotFoundError as err:
+        raise CTFMError(f"{csv}: datalist not found") from err
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise CTFMError(f"{csv}: cannot be read as a CSV datalist: {err}") from err
+    if "image" not in table.columns:
+        raise CTFMError(f"{csv}: a datalist needs an 'image' column of scan paths; found columns {list(table.columns)}")
+    table = table.dropna(subset=["image"])
+    table = table[table["image"].str.strip() != ""]
+    if table.empty:
+        raise CTFMError(f"{csv}: the datalist has no scans (the 'image' column is empty)")
+    base = csv.resolve().parent
+    table["image"] = [os.path.normpath(base / Path(p.strip()).expanduser()) for p in table["image"]]
+    return table.reset_index(drop=True)
+
+
+class CachedScanDataset(Dataset, Randomizable):
+    """Item -> ``{"views": (M, 2, 1, pz, py, px), "image": source path}`` from one cached scan.
+
+    ``length=None`` gives one item per scan, in order (a DistributedSampler then splits the scans across ranks).
+    A ``length`` draws a random scan per item, with replacement, so an epoch can be any number of steps.
+    A cached file that fails to read is logged, counted (see :meth:`read_failures`) and replaced by another scan:
+    an item is never ``None``.
+    """
+
+    def __init__(self, scans: Sequence[CachedScan], views: ContrastiveViews, length: int | None = None):
+        if not scans:
+            raise ValueError("CachedScanDataset needs at least one cached scan")
+        self.scans = list(scans)
+        self.views = views
+        self.length = length
+        self._unreadable: set[int] = set()
+        self.count_failures_for(num_workers=0)
+
+    def count_failures_for(self, num_workers: int) -> None:
+        """Reset the failure counter: one shared-memory slot per DataLoader worker (and the main process)."""
+        self._failures = torch.zeros(num_workers + 1, dtype=torch.int64).share_memory_()
+
+    def read_failures(self) -> int:
+        """Cached scans that failed to read so far, over all DataLoader workers of this process."""
+        return int(self._failures.sum())
+
+    def __len__(self) -> int:
+        return len(self.scans) if self.length is None else self.length
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed=seed, state=state)
+        self.views.set_random_state(seed=int(self.R.randint(MAX_SEED)))
+        return self
+
+    def randomize(self, data=None) -> int:
+        readable = [i for i in range(len(self.scans)) if i not in self._unreadable]
+        if not readable:
+            raise CTFMError(f"none of the {len(self.scans)} cached scans can be read any more; see the warnings above")
+        return readable[self.R.randint(len(readable))]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+        scan_index = index % len(self.scans) if self.length is None else self.randomize()
+        for _ in range(MAX_READ_ATTEMPTS):
+            scan = self.scans[scan_index]
+            try:
+                views = self.views(scan.load(mmap=True))
+            except (OSError, ValueError, EOFError) as err:
+                self._unreadable.add(scan_index)
+                worker = torch.utils.data.get_worker_info()
+                self._failures[0 if worker is None else worker.id + 1] += 1
+                logger.warning(
+                    "cached scan %s (from %s) is unreadable, using another scan: %s", scan.array_path, scan.source, err
+                )
+                scan_index = self.randomize()
+                continue
+            return {"views": views, "image": scan.source}
+        raise CTFMError(
+            f"{MAX_READ_ATTEMPTS} cached scans in a row failed to read from {scan.array_path.parent.parent}"
+        )
+
+
+def _seed_worker(seed: int, rank: int, worker_id: int) -> None:
+    """Give every DataLoader worker of every rank its own stream, new for each epoch's fresh workers."""
+    info = torch.utils.data.get_worker_info()
+    entropy = np.random.SeedSequence([seed, rank, info.seed % MAX_SEED]).generate_state(1)[0]
+    info.dataset.set_random_state(seed=int(entropy) % MAX_SEED)
+
+
+class CTPretrainDataModule(pl.LightningDataModule):
+    """Datalist -> batches ``{"views": (S, M, 2, 1, pz, py, px), "image": list of S paths}`` for pretraining.
+
+    Scans are preprocessed once (``spacing``, HU window, crop to body, pad to a patch) into ``cache_dir`` by
+    ``prepare_data`` (once per node under DDP) and ``setup`` (which only looks entries up when they exist); the
+    default is :func:`~ctfm.data.cache.default_cache_dir`, ``ctfm_cache/`` beside a datalist CSV. Bad scans are
+    skipped, counted and reported.
+    ``steps_per_epoch`` makes each epoch that many batches per device, drawing scans with replacement (the paper:
+    500); ``None`` makes an epoch one pass over the scans, split across devices. ``augmentation`` replaces
+    :func:`~ctfm.transforms.views.view_augmentation` (one view from one patch).
+    """
+
+    def __init__(
+        self,
+        datalist: str | Path | Sequence[str | Path],
+        cache_dir: str | Path | None = None,
+        patch_size: Sequence[int] = PATCH_SIZE,
+        patches_per_scan: int = PATCHES_PER_SCAN,
+        scans_per_device: int = 4,
+        num_workers: int = 4,
+        steps_per_epoch: int | None = None,
+        spacing: Sequence[float] = PRETRAINING_SPACING,
+        seed: int = 0,
+        augmentation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        prepare_workers: int | None = None,
+    ):
+        super().__init__()
+        if scans_per_device < 1:
+            raise ValueError(f"scans_per_device must be at least 1, got {scans_per_device}")
+        if steps_per_epoch is not None and steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be at least 1 or None, got {steps_per_epoch}")
+        self.datalist = datalist
+        if cache_dir is None:
+            cache_dir = default_cache_dir(datalist if isinstance(datalist, (str, Path)) else None)
+        self.cache = PreprocessCache(
+            Path(cache_dir),
+            CTPreprocessing(spacing=tuple(float(s) for s in spacing), min_size=tuple(int(p) for p in patch_size)),
+        )
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.patches_per_scan = patches_per_scan
+        self.scans_per_device = scans_per_device
+        self.num_workers = num_workers
+        self.steps_per_epoch = steps_per_epoch
+        self.seed = seed
+        self.augmentation = augmentation
+        self.prepare_workers = max(1, num_workers) if prepare_workers is None else prepare_workers
+        self.report: PrepareReport | None = None
+        self.train_dataset: CachedScanDataset | None = None
+
+    def sources(self) -> list[str]:
+        """Scan paths of the datalist (a CSV path, or the paths themselves)."""
+        if isinstance(self.datalist, (str, Path)):
+            return read_datalist(self.datalist)["image"].tolist()
+        return [os.path.normpath(Path(p).expanduser().absolute()) for p in self.datalist]
+
+    def prepare_data(self) -> None:
+        self.cache.prepare(self.sources(), workers=self.prepare_workers)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        sources = self.sources()
+        self.report = self.cache.prepare(sources, workers=self.prepare_workers)
+        if not self.report.scans:
+            raise CTFMError(f"no usable scan among the {len(sources)} of the datalist:\n{self.report.summary()}")
+        rank_zero_info(
+            f"pretraining data in {self.cache.root}: {len(self.report.scans)} usable scans; {self.report.summary()}"
+        )
+        if self.report.skipped:
+            rank_zero_warn(f"{len(self.report.skipped)} of {len(sources)} scans skipped (see the summary above)")
+        views = ContrastiveViews(self.patch_size, self.patches_per_scan, self.augmentation)
+        self.train_dataset = CachedScanDataset(self.report.scans, views)
+        self.train_dataset.set_random_state(seed=self._seed_for(self._rank()))
+
+    def _rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
+
+    def _seed_for(self, rank: int) -> int:
+        return int(np.random.SeedSequence([self.seed, rank]).generate_state(1)[0]) % MAX_SEED
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            self.setup("fit")
+        world = self.trainer.world_size if self.trainer is not None else 1
+        dataset = self.train_dataset
+        if self.steps_per_epoch is not None:
+            dataset.length = self.steps_per_epoch * self.scans_per_device * world
+        per_device = len(dataset) // world
+        dataset.count_failures_for(self.num_workers)
+        return DataLoader(
+            dataset,
+            batch_size=self.scans_per_device,
+            shuffle=self.steps_per_epoch is None,
+            num_workers=self.num_workers,
+            drop_last=per_device >= self.scans_per_device,
+            worker_init_fn=functools.partial(_seed_worker, self.seed, self._rank()) if self.num_workers else None,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def teardown(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None and self.train_dataset.read_failures():
+            rank_zero_warn(
+                f"{self.train_dataset.read_failures()} cached scans failed to read during training "
+                "and were replaced by others (see the warnings above)"
+            )
