@@ -99,12 +99,13 @@ class RandPatchGaussianSmooth(RandGaussianSmooth):
 
 
 def _gaussian_matrix(sigma: float, size: int, approx: str) -> torch.Tensor:
-    """``(size, size)`` matrix of 1D Gaussian filtering with zero padding, MONAI's kernel on its diagonals."""
+    """``(size, size)`` matrix of 1D Gaussian filtering with zero padding: MONAI's kernel along the diagonals."""
     kernel = gaussian_1d(torch.tensor(sigma), truncated=4.0, approx=approx)
     radius = (kernel.numel() - 1) // 2
-    offset = torch.arange(size)[None, :] - torch.arange(size)[:, None]
-    inside = offset.abs() <= radius
-    return torch.where(inside, kernel[(offset + radius).clamp(0, 2 * radius)], torch.zeros(()))
+    reach = min(radius, size - 1)
+    by_offset = torch.zeros(2 * size - 1)  # weight of input j for output i, indexed by j - i + size - 1
+    by_offset[size - 1 - reach : size + reach] = kernel[radius - reach : radius + reach + 1]
+    return by_offset.unfold(0, size, 1).flip(0)
 
 
 def _separable_product(img: torch.Tensor, depth: torch.Tensor, height: torch.Tensor, width: torch.Tensor):
