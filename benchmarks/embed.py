@@ -20,7 +20,7 @@ def measure(method: str, shape: list[int], batch_size: int, init_filters: int) -
 
     from _common import peak_rss_mib
     from ctfm.data.sample import generate_ct
-    from ctfm.embed import embed_patches, patch_starts
+    from ctfm.embedding import embed_patches, patch_starts
     from ctfm.nn import ct_fm_encoder, pooled_features
     from ctfm.transforms.preprocess import HU_RANGE, PATCH_SIZE
 

@@ -26,7 +26,7 @@ from sklearn.preprocessing import StandardScaler
 
 import ctfm
 from ctfm.data.sample import TISSUES, generate_ct, make_sample_dataset
-from ctfm.embed import patch_starts
+from ctfm.embedding import patch_starts
 from ctfm.nn import ct_fm_encoder, pooled_features
 from ctfm.recipes import recipes_dir, run_recipe
 from ctfm.transforms.preprocess import HU_RANGE, PRETRAINING_SPACING

@@ -4,8 +4,8 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from ctfm.embed import embed, embed_patches, patch_starts
-from ctfm.embed_table import embed_to_parquet
+from ctfm.embedding import embed, embed_patches, patch_starts
+from ctfm.embedding_table import embed_to_parquet
 from ctfm.nn import ct_fm_encoder, pooled_features
 from ctfm.transforms.preprocess import CTPreprocessing
 

@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ctfm.embed_table import embed_to_parquet
+    from ctfm.embedding_table import embed_to_parquet
 
     report = embed_to_parquet(
         args.paths,

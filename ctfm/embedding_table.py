@@ -12,7 +12,7 @@ import pandas as pd
 from torch import nn
 from tqdm.auto import tqdm
 
-from ctfm.embed import Reduction, embed
+from ctfm.embedding import Reduction, embed
 from ctfm.errors import InvalidScanError
 from ctfm.transforms.preprocess import PATCH_SIZE, PRETRAINING_SPACING, CTPreprocessing
 
