@@ -29,9 +29,6 @@ from ctfm.transforms.views import PATCHES_PER_SCAN, ContrastiveViews
 
 logger = logging.getLogger(__name__)
 
-#: Tries before an item gives up on finding a readable cached scan.
-MAX_READ_ATTEMPTS = 10
-
 
 def read_datalist(csv: str | Path) -> pd.DataFrame:
     """Read a datalist CSV with an ``image`` column; relative paths become absolute, resolved against the CSV's folder.
@@ -92,18 +89,20 @@ class CachedScanDataset(Dataset, Randomizable):
         return self
 
     def randomize(self, data=None) -> int:
-        readable = [i for i in range(len(self.scans)) if i not in self._unreadable]
-        if not readable:
+        """A random scan index among those still readable."""
+        if len(self._unreadable) == len(self.scans):
             raise CTFMError(f"none of the {len(self.scans)} cached scans can be read any more; see the warnings above")
-        return readable[self.R.randint(len(readable))]
+        while (index := int(self.R.randint(len(self.scans)))) in self._unreadable:
+            pass
+        return index
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         scan_index = index % len(self.scans) if self.length is None else self.randomize()
-        for _ in range(MAX_READ_ATTEMPTS):
+        while True:
             scan = self.scans[scan_index]
             try:
-                views = self.views(scan.load(mmap=True))
-            except (OSError, ValueError, EOFError) as err:
+                volume = scan.load(mmap=True)
+            except (OSError, ValueError, EOFError) as err:  # missing, truncated or overwritten since preparation
                 self._unreadable.add(scan_index)
                 worker = torch.utils.data.get_worker_info()
                 self._failures[0 if worker is None else worker.id + 1] += 1
@@ -112,10 +111,7 @@ class CachedScanDataset(Dataset, Randomizable):
                 )
                 scan_index = self.randomize()
                 continue
-            return {"views": views, "image": scan.source}
-        raise CTFMError(
-            f"{MAX_READ_ATTEMPTS} cached scans in a row failed to read from {scan.array_path.parent.parent}"
-        )
+            return {"views": self.views(volume), "image": scan.source}
 
 
 def _seed_worker(seed: int, rank: int, worker_id: int) -> None:
@@ -172,6 +168,7 @@ class CTPretrainDataModule(pl.LightningDataModule):
         self.augmentation = augmentation
         self.prepare_workers = max(1, num_workers) if prepare_workers is None else prepare_workers
         self.report: PrepareReport | None = None
+        self._announced = False
         self.train_dataset: CachedScanDataset | None = None
 
     def sources(self) -> list[str]:
@@ -181,23 +178,28 @@ class CTPretrainDataModule(pl.LightningDataModule):
         return [os.path.normpath(Path(p).expanduser().absolute()) for p in self.datalist]
 
     def prepare_data(self) -> None:
-        self.cache.prepare(self.sources(), workers=self.prepare_workers)
+        sources = self.sources()
+        self._announce(self.cache.prepare(sources, workers=self.prepare_workers), len(sources))
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
         sources = self.sources()
-        self.report = self.cache.prepare(sources, workers=self.prepare_workers)
+        self.report = self.cache.prepare(sources, workers=self.prepare_workers)  # only looks up what prepare_data did
         if not self.report.scans:
             raise CTFMError(f"no usable scan among the {len(sources)} of the datalist:\n{self.report.summary()}")
-        rank_zero_info(
-            f"pretraining data in {self.cache.root}: {len(self.report.scans)} usable scans; {self.report.summary()}"
-        )
-        if self.report.skipped:
-            rank_zero_warn(f"{len(self.report.skipped)} of {len(sources)} scans skipped (see the summary above)")
+        if self.report.prepared or not self._announced:
+            self._announce(self.report, len(sources))
         views = ContrastiveViews(self.patch_size, self.patches_per_scan, self.augmentation)
         self.train_dataset = CachedScanDataset(self.report.scans, views)
         self.train_dataset.set_random_state(seed=self._seed_for(self._rank()))
+
+    def _announce(self, report: PrepareReport, total: int) -> None:
+        """Log the preparation summary once (on rank 0), with a warning if scans were skipped."""
+        rank_zero_info(f"pretraining data in {self.cache.root}: {len(report.scans)} usable scans; {report.summary()}")
+        if report.skipped:
+            rank_zero_warn(f"{len(report.skipped)} of {total} scans skipped (see the summary above)")
+        self._announced = True
 
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
