@@ -72,6 +72,15 @@ def test_views_of_one_patch_differ_but_match_better_than_views_of_other_patches(
     assert same > other + 0.1
 
 
+def test_augmenting_never_changes_the_patch_both_views_start_from():
+    patch = random_crop((1, *PATCH))
+    original = patch.clone()
+    augmentation = view_augmentation(PATCH, affine_prob=0.5).set_random_state(0)
+    for _ in range(20):
+        augmentation(patch)
+    assert torch.equal(patch, original)
+
+
 def test_seeding_reproduces_and_different_seeds_differ(volume):
     first = ContrastiveViews(PATCH, 2).set_random_state(7)(volume)
     again = ContrastiveViews(PATCH, 2).set_random_state(7)(volume)

@@ -80,7 +80,7 @@ class RandPatchGaussianSmooth(RandGaussianSmooth):
     Applied to a crop that is resized to ``patch_size`` afterwards, each sigma is scaled by crop size / patch size,
     so smoothing the small crop blurs the final view as much as smoothing the resized view would. The filter is
     MONAI's (``gaussian_1d`` "erf" kernels, truncated at 4 sigma, zero padding), applied as one small banded matrix
-    product per axis: on crops of a few dozen voxels a side that is 5-10x faster than MONAI's 3D convolutions.
+    product per axis: on crops of a few dozen voxels a side that is about 5x faster than MONAI's 3D convolutions.
     """
 
     def __init__(self, patch_size: Sequence[int], sigma: tuple[float, float] = (0.25, 1.5), prob: float = 0.5):
