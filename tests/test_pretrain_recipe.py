@@ -89,3 +89,16 @@ def test_exported_full_size_encoder_has_the_published_keys(tmp_path):
     assert all(k.split(".")[0] in ("conv_init", "layers") for k in keys)
     out = ctfm.save_pretrained(encoder, tmp_path / "encoder")
     assert sum(p.numel() for p in ctfm.load(out).parameters()) == 77_760_992
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [(None, "vars::datalist"), ("vars::patch_size=[16,64,64]", "=vars::patch_size")],
+)
+def test_recipe_mistakes_fail_early_with_the_fix(tmp_path, override, message):
+    inputs = [RECIPES / "pretrain.yaml"]
+    if override:
+        inputs += [f"vars::datalist={tmp_path / 'datalist.csv'}", override]
+    with pytest.raises(Exception) as raised:
+        resolved(*inputs).resolve("data")
+    assert message in str(raised.value)

@@ -148,6 +148,14 @@ class CTPretrainDataModule(pl.LightningDataModule):
         prepare_workers: int | None = None,
     ):
         super().__init__()
+        if datalist is None:
+            raise CTFMError("no datalist given: set vars::datalist=path/to/datalist.csv (a CSV with an 'image' column)")
+        for name, value in (("patch_size", patch_size), ("spacing", spacing)):
+            if len(value) != 3:
+                raise ValueError(
+                    f"{name} must have 3 values (z, y, x), got {list(value)}; to replace a list from the command "
+                    f"line write =vars::{name}=[...] (a plain vars::{name}=[...] appends to the default)"
+                )
         if scans_per_device < 1:
             raise ValueError(f"scans_per_device must be at least 1, got {scans_per_device}")
         if steps_per_epoch is not None and steps_per_epoch < 1:
