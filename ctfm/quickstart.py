@@ -6,16 +6,11 @@ Every step is a public entry point a user would call (``lighter fit``, ``ctfm ex
 
 from __future__ import annotations
 
-import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
 from ctfm.recipes import recipes_dir, run_recipe
-
-logger = logging.getLogger(__name__)
 
 
 def run_quickstart(
@@ -46,13 +41,22 @@ def run_quickstart(
     patch_size = (16, 64, 64)
     print(f"4/4 embedding:    ctfm.embed(model, {str(held_out)!r}, patch_size={patch_size})", flush=True)
     patches = ctfm.embed(model, held_out, patch_size=patch_size, reduce=None)
-    scan_vector = patches.reduce("mean")
-    similarity = F.cosine_similarity(patches.embeddings[:, None], patches.embeddings[None], dim=-1)
-    off_diagonal = similarity[~torch.eye(len(similarity), dtype=torch.bool)]
-    print(f"    scan embedding: {scan_vector.numel()}-d, norm {scan_vector.norm():.3f}")
-    print(
-        f"    {len(patches.embeddings)} patch embeddings; cosine similarity between patches: "
-        f"mean {off_diagonal.mean():.3f}, min {off_diagonal.min():.3f}, max {off_diagonal.max():.3f}"
-    )
+    dims = patches.embeddings.shape[1]
+    print(f"    {len(patches.embeddings)} patch embeddings of {dims} dimensions; the scan embedding is their mean")
+    losses, patches_per_scan = epoch_losses(out / "logs")
+    chance = math.log(2 * patches_per_scan - 1)  # a model that cannot tell a scan's views apart
+    print(f"    training loss per epoch: {', '.join(f'{x:.3f}' for x in losses)} (chance level {chance:.3f})")
     print(f"done: encoder in {encoder_dir}, logs in {out / 'logs'}")
     return encoder_dir
+
+
+def epoch_losses(log_dir: Path) -> tuple[list[float], int]:
+    """Mean training loss of each epoch of the newest run in ``log_dir``, and its patches per scan."""
+    import yaml
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = max(log_dir.rglob("events.out.tfevents.*"), key=lambda path: path.stat().st_mtime)
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    config = yaml.safe_load((events.parent / "config.yaml").read_text())
+    return [event.value for event in accumulator.Scalars("train/loss/epoch")], config["vars"]["patches_per_scan"]
