@@ -1,6 +1,6 @@
 """Does intra-sample SimCLR learn anything? A linear probe on frozen patch embeddings, pretrained vs random.
 
-    python benchmarks/learning_check.py [--epochs 8] [--scans 8]
+    python benchmarks/learning_check.py [--epochs 10] [--patches 8] [--scans 8]
 
 1. Pretrains the small quickstart encoder on synthetic sample scans with the real recipe (`lighter fit
    pretrain.yaml quickstart.yaml`) for a few minutes on a CPU, and exports it.
@@ -36,11 +36,12 @@ HELD_OUT_SHAPE = (40, 192, 192)
 MIN_PER_CLASS = 8
 
 
-def pretrain(workdir: Path, scans: int, epochs: int) -> torch.nn.Module:
+def pretrain(workdir: Path, scans: int, epochs: int, patches: int) -> torch.nn.Module:
     datalist = make_sample_dataset(workdir / "data", n_scans=scans, seed=0)
     recipes = recipes_dir()
     inputs = [recipes / "pretrain.yaml", recipes / "quickstart.yaml", f"vars::datalist={datalist}"]
-    inputs += [f"vars::output_dir={workdir}", f"vars::max_epochs={epochs}", "trainer::enable_progress_bar=false"]
+    inputs += [f"vars::output_dir={workdir}", f"vars::max_epochs={epochs}", f"vars::patches_per_scan={patches}"]
+    inputs += ["trainer::enable_progress_bar=false"]
     run_recipe("fit", inputs)
     return ctfm.load(ctfm.export_encoder(workdir / "checkpoints" / "last.ckpt", workdir / "encoder"))
 
@@ -77,7 +78,8 @@ def probe_accuracy(train_x, train_y, test_x, test_y) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--patches", type=int, default=8, help="patches per scan: the negatives each view sees")
     parser.add_argument("--scans", type=int, default=8)
     parser.add_argument("--workdir", default=None, help="keep the run here instead of a temporary folder")
     args = parser.parse_args()
@@ -86,7 +88,7 @@ def main() -> None:
         workdir = Path(args.workdir or tmp).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        pretrained = pretrain(workdir, args.scans, args.epochs)
+        pretrained = pretrain(workdir, args.scans, args.epochs, args.patches)
         minutes = (time.perf_counter() - start) / 60
 
     torch.manual_seed(0)
@@ -95,7 +97,10 @@ def main() -> None:
     test_patches, test_y = probe_data([2000, 2001], stride=(8, 32, 32))
     kept = [label for label in np.unique(train_y) if (train_y == label).sum() >= MIN_PER_CLASS and label in test_y]
     train_mask, test_mask = np.isin(train_y, kept), np.isin(test_y, kept)
-    print(f"pretraining: {args.scans} synthetic scans, {args.epochs} epochs, {minutes:.1f} min on this machine")
+    print(
+        f"pretraining: {args.scans} synthetic scans, {args.epochs} epochs, {args.patches} patches per scan, "
+        f"{minutes:.1f} min on this machine"
+    )
     print(f"probe: {train_mask.sum()} train / {test_mask.sum()} test patches from unseen scans, "
           f"{len(kept)} tissues: {', '.join(TISSUES[k] for k in kept)}")
     scores = {}
