@@ -98,3 +98,16 @@ def test_corpus_table_skips_bad_scans_and_names_them(encoder, sample_nifti, tmp_
 def test_a_plain_array_of_the_wrong_rank_is_rejected(encoder):
     with pytest.raises(ValueError, match="shape"):
         embed(encoder, MetaTensor(torch.rand(2, 2, 8, 32, 32)), patch_size=PATCH, preprocess=None)
+
+
+def test_cli_embeds_scans_with_a_local_model(encoder, sample_nifti, tmp_path, capsys):
+    from ctfm.cli import main
+    from ctfm.hub import save_pretrained
+
+    model_dir = save_pretrained(encoder, tmp_path / "model")
+    out = tmp_path / "table.parquet"
+    code = main(["embed", str(sample_nifti), "--model", str(model_dir), "--out", str(out), "--patch-size", "8", "32", "32"])
+    assert code == 0 and "embedded 1 scan(s)" in capsys.readouterr().out
+    table = pd.read_parquet(out)
+    expected = embed(encoder, sample_nifti, patch_size=PATCH)
+    torch.testing.assert_close(torch.tensor(table["embedding"][0], dtype=torch.float32), expected, rtol=1e-4, atol=1e-5)
