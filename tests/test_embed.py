@@ -111,3 +111,11 @@ def test_cli_embeds_scans_with_a_local_model(encoder, sample_nifti, tmp_path, ca
     table = pd.read_parquet(out)
     expected = embed(encoder, sample_nifti, patch_size=PATCH)
     torch.testing.assert_close(torch.tensor(table["embedding"][0], dtype=torch.float32), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_preprocessed_metatensor_keeps_its_world_coordinates(encoder, sample_nifti):
+    volume = CTPreprocessing(min_size=PATCH)(sample_nifti)
+    from_path = embed(encoder, sample_nifti, patch_size=PATCH, reduce=None)
+    from_volume = embed(encoder, volume, patch_size=PATCH, reduce=None, preprocess=None)
+    torch.testing.assert_close(from_volume.embeddings, from_path.embeddings)
+    torch.testing.assert_close(from_volume.centers_mm, from_path.centers_mm)

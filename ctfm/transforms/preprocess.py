@@ -88,10 +88,16 @@ class CTPreprocessing:
 
 
 def as_model_input(array: np.ndarray | torch.Tensor, min_size: Sequence[int] = PATCH_SIZE) -> MetaTensor:
-    """Wrap an already preprocessed ``(z, y, x)`` or ``(1, z, y, x)`` array in [0, 1], padding it to ``min_size``."""
-    tensor = torch.as_tensor(np.asarray(array) if not isinstance(array, torch.Tensor) else array, dtype=torch.float32)
+    """Wrap an already preprocessed ``(z, y, x)`` or ``(1, z, y, x)`` array in [0, 1], padding it to ``min_size``.
+
+    A MetaTensor keeps its affine (shifted by the padding), so patch positions still map to world coordinates.
+    """
+    if isinstance(array, MetaTensor):
+        tensor = array.float()
+    else:
+        tensor = MetaTensor(torch.as_tensor(array if isinstance(array, torch.Tensor) else np.asarray(array), dtype=torch.float32))
     if tensor.ndim == 3:
         tensor = tensor[None]
     if tensor.ndim != 4 or tensor.shape[0] != 1:
         raise ValueError(f"expected a (z, y, x) or (1, z, y, x) array, got shape {tuple(tensor.shape)}")
-    return SpatialPad(spatial_size=tuple(min_size), mode="constant", value=0.0)(MetaTensor(tensor))
+    return SpatialPad(spatial_size=tuple(min_size), mode="constant", value=0.0)(tensor)
