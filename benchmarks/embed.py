@@ -17,8 +17,8 @@ import time
 
 def measure(method: str, shape: list[int], batch_size: int, init_filters: int) -> dict:
     import torch
-
     from _common import peak_rss_mib
+
     from ctfm.data.sample import generate_ct
     from ctfm.embedding import embed_patches, patch_starts
     from ctfm.nn import ct_fm_encoder, pooled_features
@@ -59,7 +59,10 @@ def main() -> None:
         command += ["--batch-size", str(args.batch_size), "--init-filters", str(args.init_filters)]
         results[method] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
     whole, patches = results["whole"], results["patches"]
-    print(f"scan {'x'.join(map(str, args.shape))} voxels, encoder init_filters={args.init_filters}, batch {args.batch_size}")
+    print(
+        f"scan {'x'.join(map(str, args.shape))} voxels, "
+        f"encoder init_filters={args.init_filters}, batch {args.batch_size}"
+    )
     print(f"whole-volume forward: {whole['seconds']:7.1f} s   peak RSS {whole['peak_mib']:7.0f} MiB")
     print(
         f"ctfm.embed patches:   {patches['seconds']:7.1f} s   peak RSS {patches['peak_mib']:7.0f} MiB   "

@@ -67,7 +67,9 @@ def probe_data(seeds: list[int], stride: tuple[int, int, int]) -> tuple[list[tor
 @torch.inference_mode()
 def features(model: torch.nn.Module, patches: list[torch.Tensor], batch: int = 16) -> np.ndarray:
     model.eval()
-    return torch.cat([pooled_features(model, torch.stack(patches[i : i + batch])) for i in range(0, len(patches), batch)]).numpy()
+    return torch.cat(
+        [pooled_features(model, torch.stack(patches[i : i + batch])) for i in range(0, len(patches), batch)]
+    ).numpy()
 
 
 def probe_accuracy(train_x, train_y, test_x, test_y) -> float:
@@ -101,8 +103,10 @@ def main() -> None:
         f"pretraining: {args.scans} synthetic scans, {args.epochs} epochs, {args.patches} patches per scan, "
         f"{minutes:.1f} min on this machine"
     )
-    print(f"probe: {train_mask.sum()} train / {test_mask.sum()} test patches from unseen scans, "
-          f"{len(kept)} tissues: {', '.join(TISSUES[k] for k in kept)}")
+    print(
+        f"probe: {train_mask.sum()} train / {test_mask.sum()} test patches from unseen scans, "
+        f"{len(kept)} tissues: {', '.join(TISSUES[k] for k in kept)}"
+    )
     scores = {}
     for name, model in (("random init", random), ("pretrained", pretrained)):
         train_x = features(model, [p for p, k in zip(train_patches, train_mask) if k])

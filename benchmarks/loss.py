@@ -1,13 +1,13 @@
 """Vectorised intra-sample NT-Xent against a per-scan, per-patch loop at the paper's batch size.
 
-    python benchmarks/loss.py [--scans 16 --patches 20 --dim 128]
+python benchmarks/loss.py [--scans 16 --patches 20 --dim 128]
 """
 
 from __future__ import annotations
 
 import argparse
-import torch
 
+import torch
 import torch.nn.functional as F
 from _common import best_seconds
 

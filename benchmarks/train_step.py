@@ -6,8 +6,9 @@
 
 The per-patch pattern sends each patch's two views through the encoder on their own, as a straightforward port
 would; it computes the same loss function (BatchNorm statistics come from 2 views instead of the whole batch).
-The batched step is what ``IntraSampleSimCLR`` does. Each pattern runs in its own process, so peak memory is its own. On CUDA it also
-prints the model FLOP utilisation (forward + backward = 3x the forward FLOPs, counted with torch's FLOP counter).
+The batched step is what ``IntraSampleSimCLR`` does. Each pattern runs in its own process, so peak memory is its
+own. On CUDA it also prints the model FLOP utilisation (forward + backward = 3x the forward FLOPs, counted with
+torch's FLOP counter).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import time
 from contextlib import nullcontext
 
 import torch
-
 from _common import peak_rss_mib
+
 from ctfm.losses import IntraSampleNTXentLoss
 from ctfm.nn import ContrastiveNetwork, ProjectionHead, ct_fm_encoder
 
@@ -113,7 +114,9 @@ def main() -> None:
         command = [sys.executable, __file__, "--worker", name, *sys.argv[1:]]
         results[name] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
         where = "GPU" if args.device.startswith("cuda") else "RSS"
-        print(f"{name:9s} step: {results[name]['seconds']:8.3f} s   peak {where} {results[name]['memory_mib']:8.0f} MiB")
+        print(
+            f"{name:9s} step: {results[name]['seconds']:8.3f} s   peak {where} {results[name]['memory_mib']:8.0f} MiB"
+        )
     batched, per_patch = results["batched"]["seconds"], results["per-patch"]["seconds"]
     views_per_step = args.scans * args.patches * 2
     print(
@@ -126,7 +129,10 @@ def main() -> None:
         name = torch.cuda.get_device_name()
         peak = next((v for k, v in PEAK_TFLOPS.items() if name.startswith(k)), None)
         achieved = results["batched"]["flops"] / batched / 1e12
-        print(f"achieved {achieved:.1f} TFLOP/s on {name}" + (f", MFU {achieved / peak:.1%} of {peak:.0f}" if peak else ""))
+        print(
+            f"achieved {achieved:.1f} TFLOP/s on {name}"
+            + (f", MFU {achieved / peak:.1%} of {peak:.0f}" if peak else "")
+        )
 
 
 if __name__ == "__main__":

@@ -67,7 +67,9 @@ def to_model_input(image: ImageInput, preprocess: CTPreprocessing | None, patch_
     return as_model_input(image, patch_size)
 
 
-def _batches(volume: torch.Tensor, starts: list[tuple[int, ...]], size: Sequence[int], n: int) -> Iterator[torch.Tensor]:
+def _batches(
+    volume: torch.Tensor, starts: list[tuple[int, ...]], size: Sequence[int], n: int
+) -> Iterator[torch.Tensor]:
     for first in range(0, len(starts), n):
         yield torch.stack(
             [volume[:, z : z + size[0], y : y + size[1], x : x + size[2]] for z, y, x in starts[first : first + n]]

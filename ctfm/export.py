@@ -39,7 +39,9 @@ def encoder_from_checkpoint(path: str | Path) -> nn.Module:
     try:
         config = checkpoint["hyper_parameters"]["config"]
     except KeyError:
-        raise ModelLoadError(f"{path}: has no lighter config in hyper_parameters; was it written by `lighter fit`?")
+        raise ModelLoadError(
+            f"{path}: has no lighter config in hyper_parameters; was it written by `lighter fit`?"
+        ) from None
     parser = Config()
     parser.update(config)
     encoder = parser.resolve(ENCODER_CONFIG_KEY)

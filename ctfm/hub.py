@@ -35,7 +35,8 @@ from ctfm.nn.encoder import ARCHITECTURES, build_model
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
-#: Key in the safetensors metadata (or a hand-written ``config.json``) naming the class in ``ctfm.nn.encoder.ARCHITECTURES``.
+#: Key in the safetensors metadata (or a hand-written ``config.json``) naming a class of
+#: ``ctfm.nn.encoder.ARCHITECTURES``.
 ARCHITECTURE_KEY = "architecture"
 
 _CT_FM_CONFIG = {"blocks_down": [1, 2, 2, 4, 4], "in_channels": 1, "init_filters": 32, "spatial_dims": 3}
@@ -296,7 +297,7 @@ def _resolve_architecture(
 
 
 def _instantiate(architecture: str, config: dict[str, Any], tensors: dict[str, torch.Tensor], origin: str) -> nn.Module:
-    """Build on the meta device and adopt copies of the loaded tensors: no random init of weights about to be replaced."""
+    """Build on the meta device and adopt copies of the loaded tensors: no random init of weights to be replaced."""
     try:
         with torch.device("meta"):
             model = build_model(architecture, config)

@@ -23,7 +23,12 @@ def run_quickstart(
     out = Path(out).resolve()
     recipes = recipes_dir(configs)
     datalist = make_sample_dataset(out / "data", n_scans=n_scans, seed=0)
-    command = [recipes / "pretrain.yaml", recipes / "quickstart.yaml", f"vars::datalist={datalist}", f"vars::output_dir={out}"]
+    command = [
+        recipes / "pretrain.yaml",
+        recipes / "quickstart.yaml",
+        f"vars::datalist={datalist}",
+        f"vars::output_dir={out}",
+    ]
     print("1/4 pretraining:  lighter fit " + " ".join(map(str, command + list(overrides))), flush=True)
     run_recipe("fit", command + list(overrides))
 

@@ -13,7 +13,10 @@ RECIPES_DIRNAME = "lighter_configs"
 
 def recipes_dir(start: str | Path | None = None) -> Path:
     """``lighter_configs/`` in the current folder (a user's edited copy wins) or in the ctfm source checkout."""
-    candidates = [Path(start) if start else Path.cwd() / RECIPES_DIRNAME, Path(__file__).resolve().parents[1] / RECIPES_DIRNAME]
+    candidates = [
+        Path(start) if start else Path.cwd() / RECIPES_DIRNAME,
+        Path(__file__).resolve().parents[1] / RECIPES_DIRNAME,
+    ]
     for candidate in candidates:
         if (candidate / "pretrain.yaml").is_file():
             return candidate

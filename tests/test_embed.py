@@ -36,7 +36,9 @@ def test_patch_embeddings_equal_the_encoder_on_each_patch(encoder):
     z, y, x = starts[4]
     direct = pooled_features(encoder, volume[None, None, z : z + 8, y : y + 32, x : x + 32])[0]
     torch.testing.assert_close(patches.embeddings[4], direct, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(patches.centers_voxel[4], torch.tensor([z + 3.5, y + 15.5, x + 15.5], dtype=torch.float64))
+    torch.testing.assert_close(
+        patches.centers_voxel[4], torch.tensor([z + 3.5, y + 15.5, x + 15.5], dtype=torch.float64)
+    )
 
 
 def test_batch_size_does_not_change_the_result(encoder):
@@ -69,7 +71,9 @@ def test_scan_on_disk_is_preprocessed_and_centres_map_to_world_coordinates(encod
     torch.testing.assert_close(patches.centers_mm, (homogeneous @ volume.affine.double().T)[:, :3])
     # Every centre lies inside the original scan's physical extent.
     original = read_ct(sample_nifti)
-    corners = torch.tensor(np.array(np.meshgrid(*[[0, n - 1] for n in original.shape[1:]])).reshape(3, -1).T, dtype=torch.float64)
+    corners = torch.tensor(
+        np.array(np.meshgrid(*[[0, n - 1] for n in original.shape[1:]])).reshape(3, -1).T, dtype=torch.float64
+    )
     world = (torch.cat([corners, torch.ones(8, 1, dtype=torch.float64)], 1) @ original.affine.double().T)[:, :3]
     lower, upper = world.min(0).values - 1e-3, world.max(0).values + 1e-3
     assert torch.all((patches.centers_mm >= lower) & (patches.centers_mm <= upper))
@@ -106,7 +110,9 @@ def test_cli_embeds_scans_with_a_local_model(encoder, sample_nifti, tmp_path, ca
 
     model_dir = save_pretrained(encoder, tmp_path / "model")
     out = tmp_path / "table.parquet"
-    code = main(["embed", str(sample_nifti), "--model", str(model_dir), "--out", str(out), "--patch-size", "8", "32", "32"])
+    code = main(
+        ["embed", str(sample_nifti), "--model", str(model_dir), "--out", str(out), "--patch-size", "8", "32", "32"]
+    )
     assert code == 0 and "embedded 1 scan(s)" in capsys.readouterr().out
     table = pd.read_parquet(out)
     expected = embed(encoder, sample_nifti, patch_size=PATCH)

@@ -1,8 +1,8 @@
 import pytest
 import torch
+from reference_ntxent import reference_intra_sample_ntxent
 
 from ctfm.losses import IntraSampleNTXentLoss
-from reference_ntxent import reference_intra_sample_ntxent
 
 
 @pytest.mark.parametrize("symmetric", [True, False])

@@ -3,8 +3,6 @@
 import subprocess
 import sys
 
-import ctfm
-
 
 def test_import_is_light():
     code = "import sys, ctfm; heavy = {'torch', 'monai', 'lighter', 'pandas'} & set(sys.modules); print(sorted(heavy))"

@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-from sparkwheel import Config
-
 from recipe_runner import RECIPES, fit_tiny
+from sparkwheel import Config
 
 
 def resolved(*inputs):
@@ -67,7 +66,9 @@ def test_fit_export_load_and_resume(tmp_path, datalist):
 
     encoder_dir = ctfm.export_encoder(last, tmp_path / "encoder")
     model = ctfm.load(encoder_dir)
-    trained = {k[len("network.encoder.") :]: v for k, v in second["state_dict"].items() if k.startswith("network.encoder.")}
+    trained = {
+        k[len("network.encoder.") :]: v for k, v in second["state_dict"].items() if k.startswith("network.encoder.")
+    }
     assert set(model.state_dict()) == set(trained)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, trained[key])

@@ -95,7 +95,9 @@ def as_model_input(array: np.ndarray | torch.Tensor, min_size: Sequence[int] = P
     if isinstance(array, MetaTensor):
         tensor = array.float()
     else:
-        tensor = MetaTensor(torch.as_tensor(array if isinstance(array, torch.Tensor) else np.asarray(array), dtype=torch.float32))
+        tensor = MetaTensor(
+            torch.as_tensor(array if isinstance(array, torch.Tensor) else np.asarray(array), dtype=torch.float32)
+        )
     if tensor.ndim == 3:
         tensor = tensor[None]
     if tensor.ndim != 4 or tensor.shape[0] != 1:
