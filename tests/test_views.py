@@ -13,6 +13,7 @@ from ctfm.transforms.views import (
     FastHistogramShift,
     RandPatchGaussianSmooth,
     RandScaledCrop,
+    RandSmoothThenResize,
     SeparableResize,
     SkipIdleRandAffine,
     view_augmentation,
@@ -176,4 +177,18 @@ def test_the_idle_affine_returns_its_input_and_fires_when_monai_would():
             assert not torch.allclose(torch.as_tensor(out), crop, atol=1e-3)
         else:
             assert out is crop and torch.allclose(reference.as_tensor(), crop)
+    assert any(fired) and not all(fired)
+
+
+def test_fused_smoothing_and_resize_equal_smoothing_then_resizing():
+    crop = random_crop()
+    fused = RandSmoothThenResize((24, 64, 64), prob=0.5).set_random_state(3)
+    smooth = RandPatchGaussianSmooth((24, 64, 64), prob=0.5).set_random_state(3)
+    fired = []
+    for _ in range(6):
+        expected = SeparableResize((24, 64, 64))(smooth(crop))
+        out = fused(crop)
+        fired.append(smooth._do_transform)
+        assert out.shape == (1, 24, 64, 64)
+        assert torch.allclose(torch.as_tensor(out), torch.as_tensor(expected), atol=1e-5)
     assert any(fired) and not all(fired)

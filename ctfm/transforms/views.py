@@ -87,15 +87,20 @@ class RandPatchGaussianSmooth(RandGaussianSmooth):
         super().__init__(sigma_x=sigma, sigma_y=sigma, sigma_z=sigma, prob=prob)
         self.patch_size = tuple(int(p) for p in patch_size)
 
-    def __call__(self, img: torch.Tensor, randomize: bool = True) -> torch.Tensor:
+    def matrices(self, sizes: Sequence[int], randomize: bool = True) -> list[torch.Tensor] | None:
+        """The per-axis filter matrices for a crop of ``sizes``, or None when this call does not smooth."""
         if randomize:
             self.randomize()
         if not self._do_transform:
-            return img
-        sizes = img.shape[1:]
+            return None
         sigma = [s * size / patch for s, size, patch in zip((self.x, self.y, self.z), sizes, self.patch_size)]
-        depth, height, width = (_gaussian_matrix(s, size, self.approx) for s, size in zip(sigma, sizes))
-        return _separable_product(torch.as_tensor(img, dtype=torch.float32), depth, height, width)
+        return [_gaussian_matrix(s, size, self.approx) for s, size in zip(sigma, sizes)]
+
+    def __call__(self, img: torch.Tensor, randomize: bool = True) -> torch.Tensor:
+        matrices = self.matrices(img.shape[1:], randomize)
+        if matrices is None:
+            return img
+        return _separable_product(torch.as_tensor(img, dtype=torch.float32), *matrices)
 
 
 def _gaussian_matrix(sigma: float, size: int, approx: str) -> torch.Tensor:
@@ -172,10 +177,43 @@ class SeparableResize(Transform):
     def __init__(self, spatial_size: Sequence[int]):
         self.spatial_size = tuple(int(s) for s in spatial_size)
 
+    def matrices(self, sizes: Sequence[int]) -> list[torch.Tensor]:
+        """The per-axis interpolation matrices ``(out, in)`` from a crop of ``sizes``."""
+        return [_linear_resize_matrix(n, m) for n, m in zip(sizes, self.spatial_size)]
+
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         if tuple(img.shape[1:]) == self.spatial_size:
             return img
-        matrices = (_linear_resize_matrix(n, m) for n, m in zip(img.shape[1:], self.spatial_size))
+        return _separable_product(torch.as_tensor(img, dtype=torch.float32), *self.matrices(img.shape[1:]))
+
+
+class RandSmoothThenResize(Randomizable, Transform):
+    """:class:`RandPatchGaussianSmooth` followed by :class:`SeparableResize`, fused into one product per axis.
+
+    Both are linear maps along each axis, so multiplying their matrices first (``resize @ smooth``: patch x crop
+    voxels, tiny) gives the same view as applying them one after the other, with one pass over the voxels
+    instead of two.
+    """
+
+    def __init__(self, patch_size: Sequence[int], sigma: tuple[float, float] = (0.25, 1.5), prob: float = 0.5):
+        self.smooth = RandPatchGaussianSmooth(patch_size, sigma=sigma, prob=prob)
+        self.resize = SeparableResize(patch_size)
+
+    def set_random_state(
+        self, seed: int | None = None, state: np.random.RandomState | None = None
+    ) -> RandSmoothThenResize:
+        self.smooth.set_random_state(seed=seed, state=state)
+        return self
+
+    def randomize(self, data=None) -> None:
+        self.smooth.randomize()
+
+    def __call__(self, img: torch.Tensor, randomize: bool = True) -> torch.Tensor:
+        sizes = img.shape[1:]
+        smooth = self.smooth.matrices(sizes, randomize)
+        if smooth is None:
+            return self.resize(img)
+        matrices = [resize @ blur for resize, blur in zip(self.resize.matrices(sizes), smooth)]
         return _separable_product(torch.as_tensor(img, dtype=torch.float32), *matrices)
 
 
@@ -212,8 +250,7 @@ def view_augmentation(
             ),
             RandScaleIntensity(factors=intensity_scale, prob=intensity_scale_prob),
             FastHistogramShift(num_control_points=num_control_points, prob=histogram_shift_prob),
-            RandPatchGaussianSmooth(patch_size, sigma=smooth_sigma, prob=smooth_prob),
-            SeparableResize(patch_size),
+            RandSmoothThenResize(patch_size, sigma=smooth_sigma, prob=smooth_prob),
         ]
     )
 
