@@ -240,12 +240,13 @@ def sitk_error_reason(err: RuntimeError) -> str:
     return _ITK_PREFIX.sub("", lines[-1]) if lines else str(err).strip() or "unknown reason"
 
 
-def read_dicom_series(folder: str | Path) -> sitk.Image:
+def read_dicom_series(folder: str | Path, info: SeriesInfo | None = None) -> sitk.Image:
     """Check the series (see :func:`check_dicom_series`) and read it in HU, slices in position order.
 
-    SimpleITK applies each file's RescaleSlope/RescaleIntercept, so the voxels are Hounsfield units.
+    SimpleITK applies each file's RescaleSlope/RescaleIntercept, so the voxels are Hounsfield units. Pass the
+    ``info`` a caller already got from :func:`check_dicom_series` to avoid parsing every header twice.
     """
-    info = check_dicom_series(folder)
+    info = check_dicom_series(folder) if info is None else info
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(info.files))
     try:

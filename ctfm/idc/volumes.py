@@ -133,7 +133,7 @@ def _temporary(path: Path, suffix: str) -> Path:
 def convert_series(job: SeriesJob) -> dict[str, str]:
     """Check, read and write one series; returns its datalist row (``image`` absolute). Raises InvalidScanError."""
     info = check_dicom_series(job.folder)
-    image = read_dicom_series(job.folder)
+    image = read_dicom_series(job.folder, info)
     array = sitk.GetArrayViewFromImage(image)
     validate_ct_array(job.folder, array)
     if np.issubdtype(array.dtype, np.integer) and array.min() >= -32768 and array.max() <= 32767:
