@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ import pandas as pd
 from torch import nn
 from tqdm.auto import tqdm
 
+from ctfm.atomic import write_atomically
 from ctfm.embedding import Reduction, embed
 from ctfm.errors import InvalidScanError
 from ctfm.transforms.preprocess import PATCH_SIZE, PRETRAINING_SPACING, CTPreprocessing
@@ -73,8 +73,5 @@ def embed_to_parquet(
         rows.append({"path": str(path), "embedding": vector.numpy().tolist()})
     report.embedded = len(rows)
     if rows:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partial = out.with_name(out.name + ".partial")
-        pd.DataFrame(rows).to_parquet(partial, index=False)
-        os.replace(partial, out)
+        write_atomically(out, lambda tmp: pd.DataFrame(rows).to_parquet(tmp, index=False))
     return report

@@ -17,8 +17,7 @@ import itertools
 import json
 import os
 import re
-import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -29,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ctfm.atomic import write_atomically
 from ctfm.errors import ModelLoadError
 from ctfm.nn.encoder import ARCHITECTURES, build_model
 
@@ -154,9 +154,9 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, config: M
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
     metadata = {"format": "pt", ARCHITECTURE_KEY: architecture, "config": json.dumps(kwargs, sort_keys=True)}
-    _write_atomically(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    write_atomically(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     document = json.dumps(kwargs, indent=2, sort_keys=True) + "\n"
-    _write_atomically(directory / CONFIG_NAME, lambda tmp: tmp.write_text(document))
+    write_atomically(directory / CONFIG_NAME, lambda tmp: tmp.write_text(document))
     return directory
 
 
@@ -500,17 +500,3 @@ def _jsonable(value: Any, *, what: str) -> Any:
     raise ModelLoadError(
         f"{what} is a {type(value).__name__}, which config.json cannot hold; pass config= with JSON values"
     )
-
-
-def _write_atomically(target: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temporary file in the same directory and rename it: no half-written file under ``target``."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.touch()  # created under the process umask, which the final file should honour as well
-        mode = tmp.stat().st_mode & 0o777
-        write(tmp)
-        os.chmod(tmp, mode)  # safetensors writes its files owner-only
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -24,7 +24,6 @@ import json
 import logging
 import multiprocessing
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ctfm.atomic import write_atomically
 from ctfm.data.reader import read_ct
 from ctfm.errors import InvalidScanError
 from ctfm.transforms.preprocess import CTPreprocessing
@@ -72,22 +72,13 @@ def dequantise(array: np.ndarray) -> np.ndarray:
     return array.astype(np.float32) * np.float32(1.0 / QUANTISATION_MAX)
 
 
-def _write_atomically(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file next to ``path``, then rename it over ``path``."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _save_array(path: Path, array: np.ndarray) -> None:
+    with path.open("wb") as file:  # a file object: given a path without .npy, np.save would append the suffix
+        np.save(file, array, allow_pickle=False)
 
 
 def _write_json(path: Path, content: dict) -> None:
-    _write_atomically(path, lambda file: file.write(json.dumps(content, indent=1).encode()))
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(content, indent=1)))
 
 
 @dataclass(frozen=True)
@@ -203,7 +194,7 @@ class PreprocessCache:
             "scale": 1.0 / QUANTISATION_MAX,
             "preprocessing": dataclasses.asdict(self.preprocessing),
         }
-        _write_atomically(array_path, lambda file: np.save(file, quantised, allow_pickle=False))
+        write_atomically(array_path, lambda tmp: _save_array(tmp, quantised))
         _write_json(array_path.with_suffix(".json"), meta)
         self.failure_path(key).unlink(missing_ok=True)
         return CachedScan(str(source), array_path)

@@ -7,13 +7,12 @@ names or bucket keys are checked here, so a hand-edited CSV cannot write outside
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
+from ctfm.atomic import write_atomically
 from ctfm.idc.errors import IDCError
 
 #: Columns every selection must carry (the idc-index ``index`` table has all of them).
@@ -93,15 +92,7 @@ def partial_dir(final: Path) -> Path:
 
 def write_csv_atomically(frame: pd.DataFrame, path: Path) -> None:
     """Write a CSV under a temporary name and rename it, so a killed run never leaves half a table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            frame.to_csv(stream, index=False)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 def merge_into(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
