@@ -21,7 +21,7 @@ _LAZY = {
     "embed": "ctfm.embedding",
     "embed_patches": "ctfm.embedding",
     "CTPreprocessing": "ctfm.transforms.preprocess",
-    "read_ct": "ctfm.data.reader",
+    "read_ct": "ctfm.io.reader",
     "export_encoder": "ctfm.export",
 }
 

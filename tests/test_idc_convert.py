@@ -14,7 +14,7 @@ from s3_server import LocalS3, selection_row
 
 from ctfm.cli import main
 from ctfm.data.pretrain import read_datalist
-from ctfm.data.reader import read_ct
+from ctfm.io.reader import read_ct
 from ctfm.data.sample import generate_ct, write_dicom_series
 from ctfm.export import read_checkpoint
 from ctfm.idc.selection import SELECTION_FILE

@@ -32,7 +32,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ctfm.atomic import write_atomically
-from ctfm.data.reader import read_ct
+from ctfm.io.reader import read_ct
 from ctfm.errors import InvalidScanError
 from ctfm.transforms.preprocess import CTPreprocessing
 

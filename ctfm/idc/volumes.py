@@ -1,6 +1,6 @@
 """Turn downloaded DICOM series into NIfTI volumes and the datalist CSV the pretraining recipe reads.
 
-Each series folder is checked and read by :mod:`ctfm.data.dicom` (one series, CT, no localizers, no missing or
+Each series folder is checked and read by :mod:`ctfm.io.dicom` (one series, CT, no localizers, no missing or
 duplicated slices, uniform spacing; HU from the rescale tags, slices in position order) and written as
 ``<out>/<collection_id>/<SeriesInstanceUID>.nii.gz`` with a JSON sidecar of its key tags. A series that fails is
 skipped with its reason in ``conversion_report.csv``; the others go on in a process pool. Files are written under
@@ -23,8 +23,8 @@ import SimpleITK as sitk
 from tqdm.auto import tqdm
 
 # Imported here, not in the workers: forked workers inherit the pydicom/SimpleITK modules already loaded.
-from ctfm.data.dicom import check_dicom_series, read_dicom_series
-from ctfm.data.reader import validate_ct_array
+from ctfm.io.dicom import check_dicom_series, read_dicom_series
+from ctfm.io.reader import validate_ct_array
 from ctfm.idc.errors import IDCError
 from ctfm.idc.selection import SELECTION_FILE, read_selection, series_dir, split_valid, write_csv_atomically
 

@@ -16,7 +16,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, CropForeground, Orientation, ScaleIntensityRange, Spacing, SpatialPad, Transform
 
-from ctfm.data.reader import read_ct
+from ctfm.io.reader import read_ct
 
 #: Pretraining geometry: (z, y, x) voxel spacing in mm after orientation SPL.
 PRETRAINING_SPACING = (3.0, 1.0, 1.0)

@@ -8,6 +8,7 @@ order, ``affine`` mapping voxel indices to RAS mm.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,8 +24,14 @@ if TYPE_CHECKING:
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _MODALITY_TAG = "0008|0060"
 
-#: Lowest value a CT in Hounsfield units must reach somewhere: air is about -1000 HU.
+#: A CT whose lowest value stays above this has no air in it (air is about -1000 HU): cropped, skull-stripped or
+#: an atlas with its background set to 0. Still HU, so it passes, with a warning.
 AIR_CHECK_HU = -500.0
+#: Above the densest tissue (cortical bone and enamel stay below about 2000 HU; a 12-bit CT stores 0..4095 with
+#: intercept -1024). Non-negative values reaching above it are stored values without their intercept, not HU.
+MAX_TISSUE_HU = 2500.0
+
+logger = logging.getLogger(__name__)
 
 
 def affine_from_sitk(image: sitk.Image) -> np.ndarray:
@@ -41,13 +48,13 @@ def read_image(path: Path) -> sitk.Image:
     if not path.exists():
         raise InvalidScanError(path, "no such file or directory")
     if path.is_dir():
-        from ctfm.data.dicom import read_dicom_series
+        from ctfm.io.dicom import read_dicom_series
 
         return read_dicom_series(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as err:
-        from ctfm.data.dicom import sitk_error_reason
+        from ctfm.io.dicom import sitk_error_reason
 
         raise InvalidScanError(
             path, f"cannot be read as an image (corrupt, truncated or unsupported): {sitk_error_reason(err)}"
@@ -75,18 +82,33 @@ def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def validate_ct_array(path: Path | str | None, array: np.ndarray, *, check_hu: bool = True) -> None:
-    """Raise InvalidScanError for a volume no CT model should see: not 3D, non-finite, or not in HU."""
+    """Raise InvalidScanError for a volume no CT model should see: not 3D, non-finite, or clearly not in HU.
+
+    "Clearly not HU" is values confined to [0, 1] (normalised already) or non-negative values reaching above
+    :data:`MAX_TISSUE_HU` (stored values without their intercept). Plausible HU without any air passes with a
+    warning: atlases, skull-stripped and cropped scans set their background to 0.
+    """
     if array.ndim != 3 or min(array.shape) < 2:
         raise InvalidScanError(path, f"is not a 3D volume (shape {tuple(array.shape)}); CT-FM needs a 3D scan")
     finite = np.isfinite(array)
     if not finite.all():
         raise InvalidScanError(path, f"contains {int(array.size - finite.sum())} non-finite voxels (NaN or inf)")
-    if check_hu and float(array.min()) > AIR_CHECK_HU:
+    if not check_hu:
+        return
+    low, high = float(array.min()), float(array.max())
+    override = " (pass check_hu=False to override)"
+    if low >= 0.0 and high <= 1.0:
+        raise InvalidScanError(
+            path, f"intensities lie in [{low:g}, {high:g}]: normalised already, not Hounsfield units{override}"
+        )
+    if low >= 0.0 and high > MAX_TISSUE_HU:
         raise InvalidScanError(
             path,
-            f"lowest intensity is {float(array.min()):.1f}, but a CT in Hounsfield units has air near -1000: "
-            "the scan is probably normalised already or lacks its rescale intercept (pass check_hu=False to override)",
+            f"intensities run from {low:g} to {high:g} with nothing negative: stored values without their rescale "
+            f"intercept (HU = stored - 1024 for most scanners), not Hounsfield units{override}",
         )
+    if low > AIR_CHECK_HU:
+        logger.warning("%s: no air in the scan (lowest value %.1f HU); reading it as HU with its background cut", path, low)
 
 
 def read_ct(path: str | Path, *, check_hu: bool = True) -> MetaTensor:

@@ -62,7 +62,7 @@ def test_volume_smaller_than_a_patch_is_padded_not_rejected(encoder):
 
 
 def test_scan_on_disk_is_preprocessed_and_centres_map_to_world_coordinates(encoder, sample_nifti):
-    from ctfm.data.reader import read_ct
+    from ctfm.io.reader import read_ct
 
     patches = embed(encoder, sample_nifti, patch_size=PATCH, reduce=None)
     volume = CTPreprocessing(min_size=PATCH)(sample_nifti)
@@ -80,7 +80,7 @@ def test_scan_on_disk_is_preprocessed_and_centres_map_to_world_coordinates(encod
 
 
 def test_metatensor_input_matches_the_path_input(encoder, sample_nifti):
-    from ctfm.data.reader import read_ct
+    from ctfm.io.reader import read_ct
 
     from_path = embed(encoder, sample_nifti, patch_size=PATCH)
     from_tensor = embed(encoder, read_ct(sample_nifti), patch_size=PATCH)

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from ctfm.data.dicom import check_dicom_series, read_dicom_series
+from ctfm.io.dicom import check_dicom_series, read_dicom_series
 from ctfm.data.sample import generate_ct, write_dicom_series
 from ctfm.errors import InvalidScanError
 

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import torch
 from pydicom.data import get_testdata_file
 
-from ctfm.data.reader import read_ct
+from ctfm.io.reader import read_ct
 from ctfm.data.sample import generate_ct, write_dicom_series, write_nifti
 from ctfm.errors import InvalidScanError
 from ctfm.transforms.preprocess import HU_RANGE, PATCH_SIZE, CTPreprocessing
@@ -120,6 +120,13 @@ def _one_nan(values: np.ndarray) -> np.ndarray:
     return values
 
 
+def _without_intercept(values: np.ndarray) -> np.ndarray:
+    """12-bit stored values as a scanner writes them before RescaleIntercept -1024, with a saturated implant."""
+    stored = np.clip(values + 1024, 0, 4095)
+    stored[4, 10:14, 10:14] = 4095
+    return stored
+
+
 BAD_INPUTS = {
     "corrupt": (_corrupt, "cannot be read as NIfTI"),
     "truncated-gz": (lambda tmp: _truncated(tmp, "cut.nii.gz"), "cannot be read as NIfTI .*end-of-stream marker"),
@@ -128,9 +135,13 @@ BAD_INPUTS = {
     "mr": (lambda tmp: write_dicom_series(generate_ct((8, 32, 32)), tmp / "mr", modality="MR"), "'MR', not CT"),
     "nan": (lambda tmp: _float_volume(tmp, "nan.nii.gz", _one_nan), "contains 1 non-finite voxels"),
     "inf": (lambda tmp: _float_volume(tmp, "inf.nrrd", lambda v: np.where(v > 600, np.inf, v)), "non-finite"),
-    "wrong-hu-scale": (
+    "normalised": (
         lambda tmp: _float_volume(tmp, "scaled.nii.gz", lambda v: np.clip((v + 1024) / 3072, 0, 1)),
-        "lowest intensity is 0.0, but a CT in Hounsfield units has air near -1000",
+        r"intensities lie in \[0, 0\.\d+\]: normalised already, not Hounsfield units",
+    ),
+    "no-intercept": (
+        lambda tmp: _float_volume(tmp, "stored.nrrd", _without_intercept),
+        "stored values without their rescale intercept",
     ),
     "missing": (lambda tmp: tmp / "no_such_scan.nii.gz", "no such file or directory"),
 }
@@ -151,3 +162,28 @@ def test_the_hu_check_can_be_switched_off_for_normalised_volumes(tmp_path):
     path = _float_volume(tmp_path, "scaled.nii.gz", lambda v: np.clip((v + 1024) / 3072, 0, 1))
     volume = read_ct(path, check_hu=False)
     assert 0.0 <= float(volume.min()) and float(volume.max()) <= 1.0
+
+
+def _brain_template(tmp_path: Path) -> Path:
+    """Like a public brain CT template: int16, background 0, brain about 40 HU, bone up to 385, minimum -30."""
+    hu = generate_ct((24, 48, 48)).hu.astype(np.float32)
+    template = np.where(hu > -100, np.clip(hu, -30, 385), 0).astype(np.int16)
+    path = tmp_path / "template.nii.gz"
+    nib.save(nib.Nifti1Image(template.transpose(2, 1, 0), np.diag([1.0, 1.0, 1.0, 1.0])), path)
+    return path
+
+
+def test_hu_without_air_passes_with_a_warning_naming_the_file(tmp_path, caplog):
+    path = _brain_template(tmp_path)
+    with caplog.at_level("WARNING", logger="ctfm.io.reader"):
+        volume = read_ct(path)
+    assert float(volume.min()) == -30.0 and float(volume.max()) == 385.0
+    assert str(path) in caplog.text and "no air" in caplog.text
+
+
+def test_hu_without_air_embeds(tmp_path):
+    import ctfm
+    from ctfm.nn import ct_fm_encoder
+
+    vector = ctfm.embed(ct_fm_encoder(init_filters=4), _brain_template(tmp_path), patch_size=(8, 32, 32))
+    assert vector.shape == (64,) and torch.isfinite(vector).all()
