@@ -15,9 +15,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load": "ctfm.hub",
-    "list_models": "ctfm.hub",
-    "save_pretrained": "ctfm.hub",
+    "load": "ctfm.hub.loading",
+    "list_models": "ctfm.hub.registry",
+    "save_pretrained": "ctfm.hub.saving",
     "embed": "ctfm.embedding",
     "embed_patches": "ctfm.embedding",
     "CTPreprocessing": "ctfm.transforms.preprocess",

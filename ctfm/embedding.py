@@ -136,6 +136,18 @@ def embed(
         batch_size: patches per forward pass; bounds memory.
         preprocess: the canonical preprocessing by default; ``None`` when the MetaTensor is model input already.
         progress: show a progress bar (default: only for scans of more than 8 batches).
+
+    Examples:
+        >>> import tempfile, ctfm
+        >>> from ctfm.data.sample import generate_ct, write_nifti
+        >>> from ctfm.nn import ct_fm_encoder
+        >>> scan = write_nifti(generate_ct((24, 64, 64), seed=1), tempfile.mkdtemp() + "/scan.nii.gz")
+        >>> model = ct_fm_encoder(init_filters=4)  # or ctfm.load("ct-fm")
+        >>> ctfm.embed(model, scan, patch_size=(8, 32, 32)).shape
+        torch.Size([64])
+        >>> patches = ctfm.embed(model, scan, patch_size=(8, 32, 32), reduce=None)
+        >>> patches.embeddings.shape[1], patches.centers_mm.shape[1]
+        (64, 3)
     """
     patches = embed_patches(
         model,

@@ -13,12 +13,12 @@ from recipe_runner import fit_tiny
 from s3_server import LocalS3, selection_row
 
 from ctfm.cli import main
-from ctfm.data.pretrain import read_datalist
-from ctfm.io.reader import read_ct
+from ctfm.data.datalist import read_datalist
 from ctfm.data.sample import generate_ct, write_dicom_series
 from ctfm.export import read_checkpoint
 from ctfm.idc.selection import SELECTION_FILE
 from ctfm.idc.volumes import DATALIST_FILE, REPORT_FILE, convert
+from ctfm.io.reader import read_ct
 
 SHAPE, SPACING = (8, 16, 16), (2.5, 1.0, 1.0)
 #: Big enough for a tiny pretraining patch after resampling and cropping to the body.

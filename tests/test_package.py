@@ -17,7 +17,7 @@ def test_top_level_functions_survive_importing_their_modules():
 
     for name in ctfm.__all__:
         assert callable(getattr(ctfm, name)), name
-    assert ctfm.embed.__module__ == "ctfm.embedding" and ctfm.load.__module__ == "ctfm.hub"
+    assert ctfm.embed.__module__ == "ctfm.embedding" and ctfm.load.__module__ == "ctfm.hub.loading"
 
 
 def test_console_script_lists_every_command():

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from ctfm.data.cache import PreprocessCache, default_cache_dir
-    from ctfm.data.pretrain import read_datalist
+    from ctfm.data.datalist import read_datalist
     from ctfm.errors import CTFMError
     from ctfm.transforms.preprocess import PATCH_SIZE, PRETRAINING_SPACING, CTPreprocessing
 

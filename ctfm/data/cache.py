@@ -32,8 +32,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ctfm.atomic import write_atomically
-from ctfm.io.reader import read_ct
 from ctfm.errors import InvalidScanError
+from ctfm.io.reader import read_ct
 from ctfm.transforms.preprocess import CTPreprocessing
 
 logger = logging.getLogger(__name__)

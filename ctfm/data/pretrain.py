@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytorch_lightning as pl
 import torch
 from monai.transforms import Randomizable
@@ -23,35 +22,12 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from ctfm.data.cache import CachedScan, PrepareReport, PreprocessCache, default_cache_dir
+from ctfm.data.datalist import read_datalist
 from ctfm.errors import CTFMError
 from ctfm.transforms.preprocess import PATCH_SIZE, PRETRAINING_SPACING, CTPreprocessing
 from ctfm.transforms.views import PATCHES_PER_SCAN, ContrastiveViews
 
 logger = logging.getLogger(__name__)
-
-
-def read_datalist(csv: str | Path) -> pd.DataFrame:
-    """Read a datalist CSV with an ``image`` column; relative paths become absolute, resolved against the CSV's folder.
-
-    Other columns (IDs, labels, collection) are kept. A missing file, a missing column or no rows is a
-    :class:`~ctfm.errors.CTFMError` naming the CSV.
-    """
-    csv = Path(csv)
-    try:
-        table = pd.read_csv(csv, dtype={"image": str})
-    except FileNotFoundError as err:
-        raise CTFMError(f"{csv}: datalist not found") from err
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise CTFMError(f"{csv}: cannot be read as a CSV datalist: {err}") from err
-    if "image" not in table.columns:
-        raise CTFMError(f"{csv}: a datalist needs an 'image' column of scan paths; found columns {list(table.columns)}")
-    table = table.dropna(subset=["image"])
-    table = table[table["image"].str.strip() != ""]
-    if table.empty:
-        raise CTFMError(f"{csv}: the datalist has no scans (the 'image' column is empty)")
-    base = csv.resolve().parent
-    table["image"] = [os.path.normpath(base / Path(p.strip()).expanduser()) for p in table["image"]]
-    return table.reset_index(drop=True)
 
 
 class CachedScanDataset(Dataset, Randomizable):

@@ -22,11 +22,12 @@ import pandas as pd
 import SimpleITK as sitk
 from tqdm.auto import tqdm
 
+from ctfm.idc.errors import IDCError
+from ctfm.idc.selection import SELECTION_FILE, read_selection, series_dir, split_valid, write_csv_atomically
+
 # Imported here, not in the workers: forked workers inherit the pydicom/SimpleITK modules already loaded.
 from ctfm.io.dicom import check_dicom_series, read_dicom_series
 from ctfm.io.reader import validate_ct_array
-from ctfm.idc.errors import IDCError
-from ctfm.idc.selection import SELECTION_FILE, read_selection, series_dir, split_valid, write_csv_atomically
 
 DATALIST_FILE = "datalist.csv"
 REPORT_FILE = "conversion_report.csv"

@@ -108,7 +108,9 @@ def validate_ct_array(path: Path | str | None, array: np.ndarray, *, check_hu: b
             f"intercept (HU = stored - 1024 for most scanners), not Hounsfield units{override}",
         )
     if low > AIR_CHECK_HU:
-        logger.warning("%s: no air in the scan (lowest value %.1f HU); reading it as HU with its background cut", path, low)
+        logger.warning(
+            "%s: no air in the scan (lowest value %.1f HU); reading it as HU with its background cut", path, low
+        )
 
 
 def read_ct(path: str | Path, *, check_hu: bool = True) -> MetaTensor:

@@ -6,21 +6,27 @@ keeps state-dict keys identical to the released weights (``conv_init.*``, ``laye
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import torch
 from monai.networks.nets.segresnet_ds import SegResEncoder, SegResNetDS
 from torch import nn
 
-#: Constructor of each architecture a ``config.json`` may name.
-ARCHITECTURES: dict[str, type[nn.Module]] = {"SegResEncoder": SegResEncoder, "SegResNetDS": SegResNetDS}
-
+CT_FM_INIT_FILTERS = 32
 CT_FM_BLOCKS_DOWN = (1, 2, 2, 4, 4)
+#: The published CT-FM encoder's constructor arguments: the ``config.json`` of project-lighter/ct_fm_feature_extractor.
+CT_FM_CONFIG: Mapping[str, Any] = MappingProxyType(
+    {"spatial_dims": 3, "in_channels": 1, "init_filters": CT_FM_INIT_FILTERS, "blocks_down": list(CT_FM_BLOCKS_DOWN)}
+)
 
 
 def ct_fm_encoder(
-    spatial_dims: int = 3, in_channels: int = 1, init_filters: int = 32, blocks_down: Sequence[int] = CT_FM_BLOCKS_DOWN
+    spatial_dims: int = 3,
+    in_channels: int = 1,
+    init_filters: int = CT_FM_INIT_FILTERS,
+    blocks_down: Sequence[int] = CT_FM_BLOCKS_DOWN,
 ) -> SegResEncoder:
     """The CT-FM feature extractor: stride-16 SegResEncoder, BatchNorm + ReLU, ``init_filters * 16`` deep channels."""
     return SegResEncoder(
@@ -32,7 +38,7 @@ def ct_fm_segresnet(
     spatial_dims: int = 3,
     in_channels: int = 1,
     out_channels: int = 2,
-    init_filters: int = 32,
+    init_filters: int = CT_FM_INIT_FILTERS,
     blocks_down: Sequence[int] = CT_FM_BLOCKS_DOWN,
     dsdepth: int = 1,
 ) -> SegResNetDS:
@@ -45,14 +51,6 @@ def ct_fm_segresnet(
         blocks_down=tuple(blocks_down),
         dsdepth=dsdepth,
     )
-
-
-def build_model(architecture: str, config: dict[str, Any]) -> nn.Module:
-    """Instantiate ``architecture`` from the constructor kwargs of a hub ``config.json``."""
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-    return ARCHITECTURES[architecture](**kwargs)
 
 
 def encoder_of(model: nn.Module) -> SegResEncoder:

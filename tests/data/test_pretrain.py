@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from ctfm.data.pretrain import CachedScanDataset, CTPretrainDataModule, read_datalist
+from ctfm.data.datalist import read_datalist
+from ctfm.data.pretrain import CachedScanDataset, CTPretrainDataModule
 from ctfm.data.sample import generate_ct, write_nifti
 from ctfm.errors import CTFMError
 from ctfm.transforms.views import ContrastiveViews

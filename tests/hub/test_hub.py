@@ -26,10 +26,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ctfm import hub
+from ctfm.hub import saving
 from ctfm.errors import ModelLoadError
-from ctfm.hub import MODELS, ModelSpec, infer_config, list_models, load, save_pretrained
-from ctfm.nn.encoder import ARCHITECTURES, build_model, ct_fm_encoder, ct_fm_segresnet
+from ctfm.hub import ARCHITECTURES, MODELS, ModelSpec, build_model, infer_config, list_models, load, save_pretrained
+from ctfm.nn.encoder import ct_fm_encoder, ct_fm_segresnet
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TINY = {"blocks_down": [1, 2, 2, 4, 4], "in_channels": 1, "init_filters": 4, "spatial_dims": 3}
@@ -340,7 +340,7 @@ def test_an_interrupted_save_leaves_no_weights_file(tmp_path: Path, monkeypatch:
         Path(filename).write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(hub, "save_file", crash)
+    monkeypatch.setattr(saving, "save_file", crash)
     directory = tmp_path / "model"
     with pytest.raises(OSError, match="disk full"):
         save_pretrained(ct_fm_encoder(init_filters=4), directory)
@@ -470,3 +470,26 @@ def test_unreachable_hub_and_empty_cache_fail_at_once_with_instructions(
     monkeypatch.delenv("HF_HUB_OFFLINE")
     with pytest.raises(ModelLoadError, match="not in the cache"):
         load("ct-fm", cache_dir=cache, local_files_only=True)
+
+
+def _poisoned_encoder() -> nn.Module:
+    encoder = ct_fm_encoder(init_filters=4)
+    with torch.no_grad():
+        encoder.conv_init.weight[0].fill_(float("nan"))
+        encoder.layers[1].downsample.weight.fill_(float("inf"))
+    return encoder
+
+
+def test_save_pretrained_refuses_non_finite_weights_naming_them(tmp_path: Path):
+    with pytest.raises(ModelLoadError, match=r"2 of \d+ tensors hold NaN or inf values \(conv_init.weight, layers.1"):
+        save_pretrained(_poisoned_encoder(), tmp_path / "model")
+    assert not (tmp_path / "model" / "model.safetensors").exists()
+
+
+def test_load_refuses_non_finite_weights_naming_them(tmp_path: Path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "diverged.safetensors"
+    save_file({k: v.contiguous() for k, v in _poisoned_encoder().state_dict().items()}, str(path))
+    with pytest.raises(ModelLoadError, match=rf"{re.escape(str(path))}: 2 of \d+ tensors hold NaN or inf.*conv_init"):
+        load(path)

@@ -13,9 +13,9 @@ import SimpleITK as sitk
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from ctfm.io.dicom import check_dicom_series, read_dicom_series
 from ctfm.data.sample import generate_ct, write_dicom_series
 from ctfm.errors import InvalidScanError
+from ctfm.io.dicom import check_dicom_series, read_dicom_series
 
 PYDICOM_DATA = Path(get_testdata_file("CT_small.dcm")).parent
 CHEST_CT = "dicomdirtests/98892001/CT5N"  # a real 5-slice chest CT, 16 x 16, 2.5 mm apart

@@ -12,9 +12,9 @@ import SimpleITK as sitk
 import torch
 from pydicom.data import get_testdata_file
 
-from ctfm.io.reader import read_ct
 from ctfm.data.sample import generate_ct, write_dicom_series, write_nifti
 from ctfm.errors import InvalidScanError
+from ctfm.io.reader import read_ct
 from ctfm.transforms.preprocess import HU_RANGE, PATCH_SIZE, CTPreprocessing
 
 

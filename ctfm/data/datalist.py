@@ -1,0 +1,37 @@
+"""Datalists: the CSV of scans every recipe reads, shared by pretraining, ``ctfm prepare`` and fine-tuning.
+
+Only pandas is imported, so reading a CSV never pulls in Lightning or torch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from ctfm.errors import CTFMError
+
+
+def read_datalist(csv: str | Path) -> pd.DataFrame:
+    """Read a datalist CSV with an ``image`` column; relative paths become absolute, resolved against the CSV's folder.
+
+    Other columns (IDs, labels, collection) are kept. A missing file, a missing column or no rows is a
+    :class:`~ctfm.errors.CTFMError` naming the CSV.
+    """
+    csv = Path(csv)
+    try:
+        table = pd.read_csv(csv, dtype={"image": str})
+    except FileNotFoundError as err:
+        raise CTFMError(f"{csv}: datalist not found") from err
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise CTFMError(f"{csv}: cannot be read as a CSV datalist: {err}") from err
+    if "image" not in table.columns:
+        raise CTFMError(f"{csv}: a datalist needs an 'image' column of scan paths; found columns {list(table.columns)}")
+    table = table.dropna(subset=["image"])
+    table = table[table["image"].str.strip() != ""]
+    if table.empty:
+        raise CTFMError(f"{csv}: the datalist has no scans (the 'image' column is empty)")
+    base = csv.resolve().parent
+    table["image"] = [os.path.normpath(base / Path(p.strip()).expanduser()) for p in table["image"]]
+    return table.reset_index(drop=True)
