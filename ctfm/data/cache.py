@@ -35,13 +35,12 @@ from ctfm.atomic import write_atomically
 from ctfm.errors import InvalidScanError
 from ctfm.io.reader import read_ct
 from ctfm.transforms.preprocess import CTPreprocessing
+from ctfm.transforms.quantise import QUANTISATION_MAX, quantise
 
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the cached arrays would differ for the same source and settings.
 CACHE_VERSION = 1
-#: uint16 value that stands for 1.0.
-QUANTISATION_MAX = np.iinfo(np.uint16).max
 #: The body must span at least this fraction of a patch along every axis, or the scan is too small to pretrain on.
 MIN_BODY_FRACTION = 0.5
 
@@ -65,11 +64,6 @@ def source_fingerprint(source: str | Path) -> dict[str, object]:
     except OSError as err:
         raise InvalidScanError(source, "no such file or directory" if not path.exists() else str(err)) from err
     return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def dequantise(array: np.ndarray) -> np.ndarray:
-    """A cached uint16 array (or part of one) back to float32 in [0, 1]."""
-    return array.astype(np.float32) * np.float32(1.0 / QUANTISATION_MAX)
 
 
 def _save_array(path: Path, array: np.ndarray) -> None:
@@ -181,7 +175,7 @@ class PreprocessCache:
         except InvalidScanError as err:
             _write_json(self.failure_path(key), {"source": str(source), "problem": err.problem})
             raise
-        quantised = np.rint(np.clip(volume.numpy(), 0.0, 1.0) * QUANTISATION_MAX).astype(np.uint16)
+        quantised = quantise(volume.numpy())
         affine = np.asarray(volume.affine, dtype=np.float64)
         meta = {
             "version": CACHE_VERSION,

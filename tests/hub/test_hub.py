@@ -26,9 +26,18 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ctfm.hub import saving
 from ctfm.errors import ModelLoadError
-from ctfm.hub import ARCHITECTURES, MODELS, ModelSpec, build_model, infer_config, list_models, load, save_pretrained
+from ctfm.hub import (
+    ARCHITECTURES,
+    MODELS,
+    ModelSpec,
+    build_model,
+    infer_config,
+    list_models,
+    load,
+    save_pretrained,
+    saving,
+)
 from ctfm.nn.encoder import ct_fm_encoder, ct_fm_segresnet
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
