@@ -6,11 +6,18 @@ Every step is a public entry point a user would call (``lighter fit``, ``ctfm ex
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
-from collections.abc import Sequence
+import os
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ctfm.recipes import recipes_dir, run_recipe
+
+#: Framework messages a quickstart user cannot act on (Lightning's LeafSpec deprecation comes from torch's pytree).
+_FRAMEWORK_NOISE = (r".*LeafSpec.* is deprecated",)
 
 
 def run_quickstart(
@@ -30,7 +37,8 @@ def run_quickstart(
         f"vars::output_dir={out}",
     ]
     print("1/4 pretraining:  lighter fit " + " ".join(map(str, command + list(overrides))), flush=True)
-    run_recipe("fit", command + list(overrides))
+    with _only_warnings():
+        run_recipe("fit", command + list(overrides))
 
     checkpoint = out / "checkpoints" / "last.ckpt"
     encoder_dir = out / "encoder"
@@ -51,7 +59,10 @@ def run_quickstart(
     losses, patches_per_scan = epoch_losses(out / "logs")
     chance = math.log(2 * patches_per_scan - 1)  # a model that cannot tell a scan's views apart
     print(f"    training loss per epoch: {', '.join(f'{x:.3f}' for x in losses)} (chance level {chance:.3f})")
-    print(f"done: encoder in {encoder_dir}, logs in {out / 'logs'}")
+    from ctfm.plotting import loss_curve
+
+    picture = loss_curve(losses, out / "training_loss.png", chance=chance, title="quickstart pretraining")
+    print(f"done: encoder in {encoder_dir}, loss curve in {picture}, logs in {out / 'logs'}")
     return encoder_dir
 
 
@@ -65,3 +76,24 @@ def epoch_losses(log_dir: Path) -> tuple[list[float], int]:
     accumulator.Reload()
     config = yaml.safe_load((events.parent / "config.yaml").read_text())
     return [event.value for event in accumulator.Scalars("train/loss/epoch")], config["vars"]["patches_per_scan"]
+
+
+@contextlib.contextmanager
+def _only_warnings() -> Iterator[None]:
+    """Show warnings and errors of Lightning and lighter, not their banners, tips and info lines."""
+    os.environ.setdefault("PL_GLOBAL_SEED", "0")  # the recipe's seed; lighter warns when none is set
+    from loguru import logger  # lighter logs through loguru, and routes the standard logging module there too
+
+    levels = {name: logging.getLogger(name).level for name in ("pytorch_lightning", "lightning", "ctfm")}
+    for name in levels:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logger.disable("lighter")  # its only messages in a fit are "Saved config to ..."
+    with warnings.catch_warnings():
+        for pattern in _FRAMEWORK_NOISE:
+            warnings.filterwarnings("ignore", message=pattern)
+        try:
+            yield
+        finally:
+            logger.enable("lighter")
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)

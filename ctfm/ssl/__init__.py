@@ -1,5 +1,8 @@
-"""Self-supervised pretraining modules."""
+"""The SimCLR module's first home, kept so configs and checkpoints naming ``ctfm.ssl.IntraSampleSimCLR`` resolve.
 
-from ctfm.ssl.simclr import IntraSampleSimCLR
+New code imports it from :mod:`ctfm.tasks`.
+"""
+
+from ctfm.tasks.simclr import IntraSampleSimCLR
 
 __all__ = ["IntraSampleSimCLR"]

@@ -6,11 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from lighter import LighterModule
 from torch import nn
 
+from ctfm.tasks.base import NONFINITE_PATIENCE, CTFMModule
 
-class IntraSampleSimCLR(LighterModule):
+
+class IntraSampleSimCLR(CTFMModule):
     """Embeds every view of every scan in one batched forward pass, then applies the intra-sample loss.
 
     The batch is a dict whose ``"views"`` tensor has shape ``(scans, patches, 2, channels, z, y, x)``, as produced
@@ -21,7 +22,11 @@ class IntraSampleSimCLR(LighterModule):
         channels_last: run the network in ``channels_last_3d`` memory format, which is faster for 3D convolutions
             under mixed precision on recent GPUs.
         scheduler_interval: ``"epoch"`` (the paper's warm-up cosine is counted in epochs) or ``"step"``.
+        nonfinite_patience: non-finite losses in a row that stop the run (each one skips its step).
     """
+
+    #: Pretraining has no validation data; without this Lightning warns about a validation_step it cannot run.
+    validation_step = None
 
     def __init__(
         self,
@@ -31,8 +36,15 @@ class IntraSampleSimCLR(LighterModule):
         scheduler: Any = None,
         channels_last: bool = False,
         scheduler_interval: str = "epoch",
+        nonfinite_patience: int = NONFINITE_PATIENCE,
     ):
-        super().__init__(network=network, criterion=criterion, optimizer=optimizer, scheduler=scheduler)
+        super().__init__(
+            network=network,
+            criterion=criterion,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            nonfinite_patience=nonfinite_patience,
+        )
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
         self.channels_last = channels_last
@@ -50,7 +62,7 @@ class IntraSampleSimCLR(LighterModule):
         projections = self.network(flat)
         return self.criterion(projections.view(scans, patches, 2, -1))
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         return self.contrastive_loss(batch["views"])
 
     def configure_optimizers(self) -> dict[str, Any]:

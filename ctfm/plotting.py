@@ -1,0 +1,91 @@
+"""Every picture ctfm draws, and the only module that imports matplotlib.
+
+Figures are built on matplotlib's object API with the Agg canvas (no pyplot state, no display needed) and written
+atomically, so a picture that exists is complete. Volumes are ``(z, y, x)`` arrays in SPL orientation, the order
+the canonical preprocessing produces: axial slices are ``volume[z]``, coronal ``volume[:, y]``, sagittal
+``volume[:, :, x]``, each shown with the patient's superior side up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ctfm.atomic import write_atomically
+
+#: Display window (HU) for CT slices: soft tissue and lungs both readable.
+CT_DISPLAY_WINDOW = (-1000.0, 1000.0)
+
+
+def save_figure(figure: Figure, path: str | Path, *, dpi: int = 100) -> Path:
+    """Write ``figure`` as PNG at ``path`` atomically."""
+    FigureCanvasAgg(figure)
+    return write_atomically(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
+
+
+def loss_curve(losses: Sequence[float], path: str | Path, *, chance: float | None = None, title: str = "") -> Path:
+    """Training loss per epoch, with the chance level as a dashed line when given."""
+    figure = Figure(figsize=(5, 3.2))
+    axes = figure.add_subplot()
+    axes.plot(range(1, len(losses) + 1), losses, marker="o", label="training loss")
+    if chance is not None:
+        axes.axhline(chance, linestyle="--", color="grey", label=f"chance ({chance:.3f})")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("loss")
+    axes.set_title(title)
+    axes.legend()
+    return save_figure(figure, path)
+
+
+def orthogonal_slices(
+    volume: np.ndarray,
+    path: str | Path,
+    *,
+    point: Sequence[int] | None = None,
+    overlay: np.ndarray | None = None,
+    overlay_kind: str = "labels",
+    window: tuple[float, float] = CT_DISPLAY_WINDOW,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    title: str = "",
+) -> Path:
+    """Axial, coronal and sagittal slices of a ``(z, y, x)`` volume through ``point`` (default: the centre).
+
+    ``overlay`` on the same grid is drawn over the CT: integer labels in distinct colours (``overlay_kind="labels"``,
+    0 transparent) or a heat map in [0, 1] (``"heat"``). ``spacing`` (z, y, x mm) keeps anatomy in proportion.
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    if volume.ndim != 3:
+        raise ValueError(f"expected a (z, y, x) volume, got shape {volume.shape}")
+    if overlay is not None and np.shape(overlay) != volume.shape:
+        raise ValueError(f"overlay shape {np.shape(overlay)} differs from the volume's {volume.shape}")
+    if overlay_kind not in ("labels", "heat"):
+        raise ValueError(f"overlay_kind must be 'labels' or 'heat', got {overlay_kind!r}")
+    z, y, x = (s // 2 for s in volume.shape) if point is None else (int(p) for p in point)
+    dz, dy, dx = (float(s) for s in spacing)
+    views = [
+        ("axial", np.s_[z, :, :], dy / dx),  # rows y (posterior down), columns x
+        ("coronal", np.s_[::-1, y, :], dz / dx),  # rows z flipped: superior up
+        ("sagittal", np.s_[::-1, :, x], dz / dy),
+    ]
+    figure = Figure(figsize=(12, 4.2))
+    for index, (name, where, aspect) in enumerate(views, start=1):
+        axes = figure.add_subplot(1, 3, index)
+        axes.imshow(volume[where], cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect, interpolation="nearest")
+        if overlay is not None:
+            layer = np.asarray(overlay)[where]
+            if overlay_kind == "labels":
+                masked = np.ma.masked_equal(layer.astype(np.int64), 0)
+                axes.imshow(
+                    masked % 20, cmap="tab20", vmin=0, vmax=19, alpha=0.5, aspect=aspect, interpolation="nearest"
+                )
+            else:
+                axes.imshow(layer, cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.5, aspect=aspect)
+        axes.set_title(name)
+        axes.set_axis_off()
+    if title:
+        figure.suptitle(title)
+    return save_figure(figure, path)
