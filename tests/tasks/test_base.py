@@ -53,7 +53,8 @@ def test_a_non_finite_loss_skips_its_step_and_is_counted(tmp_path):
 
 def test_several_non_finite_losses_in_a_row_stop_the_run_naming_step_and_scans(tmp_path):
     module = _Regression(nan_at={1, 2, 3}, nonfinite_patience=3)
-    with pytest.raises(NonFiniteTrainingError, match=r"3 steps in a row, the last at step 3 \(scans: scan3a.nii.gz, scan3b.nii.gz\)"):
+    message = r"3 steps in a row, the last at step 3 \(scans: scan3a.nii.gz, scan3b.nii.gz\)"
+    with pytest.raises(NonFiniteTrainingError, match=message):
         _fit(module, 6, tmp_path)
 
 
