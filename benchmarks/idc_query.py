@@ -33,7 +33,7 @@ def child(method: str, sql_path: str) -> None:
     else:
         from idc_index import IDCClient
 
-        from ctfm.idc.index import load_sql
+        from ctfm.idc.query import load_sql
 
         selection = load_sql(sql_path)
         text = selection.text

@@ -17,14 +17,14 @@ from ctfm.data.pretrain import read_datalist
 from ctfm.data.reader import read_ct
 from ctfm.data.sample import generate_ct, write_dicom_series
 from ctfm.export import read_checkpoint
+from ctfm.idc.convert import DATALIST_FILE, REPORT_FILE, convert
 from ctfm.idc.selection import SELECTION_FILE
-from ctfm.idc.volumes import DATALIST_FILE, REPORT_FILE, convert
 
 SHAPE, SPACING = (8, 16, 16), (2.5, 1.0, 1.0)
 #: Big enough for a tiny pretraining patch after resampling and cropping to the body.
 E2E_SHAPE = (12, 48, 48)
 COLLECTION = "test_collection"
-QUERIES = Path(__file__).resolve().parents[1] / "data_queries"
+QUERIES = Path(__file__).resolve().parents[2] / "data_queries"
 
 
 def _series(root: Path, seed: int, **kwargs) -> tuple[Path, object]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -11,11 +15,31 @@ import pytest
 
 from ctfm.cli import main
 from ctfm.idc import IDCError, query, summarize
-from ctfm.idc.index import SelectionSummary, load_sql
+from ctfm.idc.query import SelectionSummary, load_sql
 from ctfm.idc.selection import REQUIRED_COLUMNS
 
-QUERIES = Path(__file__).resolve().parents[1] / "data_queries"
+QUERIES = Path(__file__).resolve().parents[2] / "data_queries"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def test_each_step_is_its_function_after_importing_its_module_and_a_query_imports_no_torch():
+    code = """
+import json, sys, types
+import ctfm.idc, ctfm.idc.query, ctfm.idc.download
+seen = {"after_query": {n: getattr(ctfm.idc, n).__module__ for n in ("query", "download")}}
+seen["torch"] = "torch" in sys.modules
+seen["convert"] = ctfm.idc.convert.__module__  # lazy: imported now
+import ctfm.idc.convert
+seen["after_convert"] = [isinstance(getattr(ctfm.idc, n), types.FunctionType) for n in ("query", "download", "convert")]
+print(json.dumps(seen))
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert json.loads(out) == {
+        "after_query": {"query": "ctfm.idc.query", "download": "ctfm.idc.download"},
+        "torch": False,
+        "convert": "ctfm.idc.convert",
+        "after_convert": [True, True, True],
+    }
 
 
 @pytest.mark.parametrize("path", sorted(QUERIES.glob("*.sql")), ids=lambda path: path.name)
@@ -113,7 +137,7 @@ def test_exact_pretraining_selection_on_ct_and_geometry_tables(tmp_path):
 
 
 def test_a_table_that_is_not_bundled_is_named_when_fetching_is_off(monkeypatch, tmp_path):
-    monkeypatch.setattr("ctfm.idc.index.idc_index_cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(importlib.import_module("ctfm.idc.query"), "idc_index_cache_dir", lambda: tmp_path)
     with pytest.raises(IDCError, match="needs table (ct_index|volume_geometry_index), which idc-index-data does not"):
         query(QUERIES / "ctfm_pretraining.sql", fetch=False)
 
