@@ -72,11 +72,6 @@ def dequantise(array: np.ndarray) -> np.ndarray:
     return array.astype(np.float32) * np.float32(1.0 / QUANTISATION_MAX)
 
 
-def _save_array(path: Path, array: np.ndarray) -> None:
-    with path.open("wb") as file:  # a file object: given a path without .npy, np.save would append the suffix
-        np.save(file, array, allow_pickle=False)
-
-
 def _write_json(path: Path, content: dict) -> None:
     write_atomically(path, lambda tmp: tmp.write_text(json.dumps(content, indent=1)))
 
@@ -194,7 +189,7 @@ class PreprocessCache:
             "scale": 1.0 / QUANTISATION_MAX,
             "preprocessing": dataclasses.asdict(self.preprocessing),
         }
-        write_atomically(array_path, lambda tmp: _save_array(tmp, quantised))
+        write_atomically(array_path, lambda tmp: np.save(tmp, quantised, allow_pickle=False))
         _write_json(array_path.with_suffix(".json"), meta)
         self.failure_path(key).unlink(missing_ok=True)
         return CachedScan(str(source), array_path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import SimpleITK as sitk
 from tqdm.auto import tqdm
 
 # Imported here, not in the workers: forked workers inherit the pydicom/SimpleITK modules already loaded.
+from ctfm.atomic import write_atomically
 from ctfm.data.dicom import check_dicom_series, read_dicom_series
 from ctfm.data.reader import validate_ct_array
 from ctfm.idc.errors import IDCError
@@ -124,12 +124,6 @@ def sidecar_path(volume: Path) -> Path:
     return volume.with_name(volume.name[: -len(_VOLUME_SUFFIX)] + ".json")
 
 
-def _temporary(path: Path, suffix: str) -> Path:
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(handle)
-    return Path(name)
-
-
 def convert_series(job: SeriesJob) -> dict[str, str]:
     """Check, read and write one series; returns its datalist row (``image`` absolute). Raises InvalidScanError."""
     info = check_dicom_series(job.folder)
@@ -158,17 +152,10 @@ def convert_series(job: SeriesJob) -> dict[str, str]:
         },
         "dicom": info.as_dict(),
     }
-    job.volume.parent.mkdir(parents=True, exist_ok=True)
-    volume_tmp = _temporary(job.volume, _VOLUME_SUFFIX)
-    sidecar_tmp = _temporary(job.volume, ".json")
-    try:
-        sitk.WriteImage(image, str(volume_tmp), useCompression=True)
-        sidecar_tmp.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
-        os.replace(sidecar_tmp, sidecar_path(job.volume))
-        os.replace(volume_tmp, job.volume)  # last: an existing volume means a finished conversion
-    finally:
-        volume_tmp.unlink(missing_ok=True)
-        sidecar_tmp.unlink(missing_ok=True)
+    text = json.dumps(sidecar, indent=2) + "\n"
+    write_atomically(sidecar_path(job.volume), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    # Last: an existing volume means a finished conversion.
+    write_atomically(job.volume, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=True))
     return {"image": str(job.volume), **ids}
 
 
