@@ -154,10 +154,6 @@ class PreprocessCache:
             return CachedScan(str(source), array_path)
         return None
 
-    def known_failure(self, source: str | Path) -> str | None:
-        """The recorded reason this exact version of ``source`` was unusable, or None."""
-        return self._failure(self.key(source))
-
     def _failure(self, key: str) -> str | None:
         try:
             return json.loads(self.failure_path(key).read_text())["problem"]
