@@ -250,5 +250,6 @@ def _write_datalist(path: Path, rows: list[dict[str, str]]) -> None:
     if path.is_file():
         earlier = pd.read_csv(path, dtype=str, keep_default_na=False)
         frame = pd.concat([earlier, frame], ignore_index=True).drop_duplicates("image", keep="last")
-    frame = frame[[(path.parent / image).is_file() for image in frame["image"]]]
+    exists = pd.Series([(path.parent / image).is_file() for image in frame["image"]], index=frame.index, dtype=bool)
+    frame = frame[exists]  # a Series, not a list: an empty list would select no columns rather than no rows
     write_csv_atomically(frame.sort_values("image").reset_index(drop=True), path)
