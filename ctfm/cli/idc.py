@@ -88,12 +88,12 @@ def run_convert(args: argparse.Namespace) -> int:
     from ctfm.idc.errors import IDCError
 
     report = convert(args.dicom_dir, args.out, workers=args.workers)
-    if not report.converted and not report.already_converted:  # one line, not a list of every failure
-        problems = report.failed + [(uid, "no complete download folder") for uid in report.not_downloaded]
+    if not report.done:  # one line, not a list of every failure
+        problems = report.problems
         if not problems:
             raise IDCError(f"{args.dicom_dir}: no DICOM series found (no folder with files)")
         raise IDCError(
-            f"{args.dicom_dir}: none of the {len(problems)} series could be converted (first: {problems[0][1]}); "
+            f"{args.dicom_dir}: none of the {len(problems)} series could be converted (first: {problems[0].reason}); "
             f"every reason is in {report.out_dir / REPORT_FILE}"
         )
     print(report.summary())

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ctfm.atomic import write_atomically
 from ctfm.data.reader import read_ct
 from ctfm.errors import InvalidScanError
+from ctfm.reports import ReportRow, RunReport
 from ctfm.transforms.preprocess import CTPreprocessing
 
 logger = logging.getLogger(__name__)
@@ -97,21 +98,24 @@ class CachedScan:
 
 
 @dataclass
-class PrepareReport:
+class PrepareReport(RunReport):
     """What :meth:`PreprocessCache.prepare` did; ``scans`` lists the usable entries in input order."""
+
+    STATUSES = {"prepared": "prepared", "cached": "already cached", "skipped": "skipped"}
+    PROBLEMS = frozenset({"skipped"})
+    ITEM_COLUMN = "image"
 
     scans: list[CachedScan] = field(default_factory=list)
     prepared: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
 
-    def summary(self, max_reasons: int = 10) -> str:
-        lines = [f"{len(self.prepared)} prepared, {len(self.cached)} already cached, {len(self.skipped)} skipped"]
-        for source, reason in list(self.skipped.items())[:max_reasons]:
-            lines.append(f"  skipped {source}: {reason}")
-        if len(self.skipped) > max_reasons:
-            lines.append(f"  ... and {len(self.skipped) - max_reasons} more skipped")
-        return "\n".join(lines)
+    def rows(self) -> list[ReportRow]:
+        return [
+            *(ReportRow(source, "prepared") for source in self.prepared),
+            *(ReportRow(source, "cached") for source in self.cached),
+            *(ReportRow(source, "skipped", reason) for source, reason in self.skipped.items()),
+        ]
 
 
 @dataclass(frozen=True)

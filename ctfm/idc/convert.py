@@ -27,6 +27,7 @@ from ctfm.data.dicom import check_dicom_series, read_dicom_series
 from ctfm.data.reader import validate_ct_array
 from ctfm.idc.errors import IDCError
 from ctfm.idc.selection import SELECTION_FILE, read_selection, series_dir, split_valid, write_csv_atomically
+from ctfm.reports import MAX_REASONS, ReportRow, RunReport
 
 DATALIST_FILE = "datalist.csv"
 REPORT_FILE = "conversion_report.csv"
@@ -45,8 +46,17 @@ class SeriesJob:
 
 
 @dataclass
-class ConversionReport:
+class ConversionReport(RunReport):
     """What one ``convert`` call did; ``ok`` is false when a series failed or was never downloaded."""
+
+    STATUSES = {
+        "converted": "series converted",
+        "already_converted": "already converted",
+        "failed": "failed",
+        "not_downloaded": "not (completely) downloaded",
+    }
+    PROBLEMS = frozenset({"failed", "not_downloaded"})
+    ITEM_COLUMN = "series"
 
     out_dir: Path
     datalist: Path
@@ -55,28 +65,20 @@ class ConversionReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     not_downloaded: list[str] = field(default_factory=list)
 
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not self.not_downloaded
-
-    def summary(self) -> str:
-        lines = [
-            f"{len(self.converted)} series converted, {len(self.already_converted)} already converted, "
-            f"{len(self.failed)} failed, {len(self.not_downloaded)} not (completely) downloaded; "
-            f"datalist: {self.datalist}"
+    def rows(self) -> list[ReportRow]:
+        return [
+            *(ReportRow(folder, "converted") for folder in self.converted),
+            *(ReportRow(folder, "already_converted") for folder in self.already_converted),
+            *(ReportRow(folder, "failed", reason) for folder, reason in self.failed),
+            *(ReportRow(uid, "not_downloaded", "no complete download folder") for uid in self.not_downloaded),
         ]
-        lines += [f"  failed {folder}: {reason}" for folder, reason in self.failed]
-        if self.failed or self.not_downloaded:
-            lines.append(f"  details in {self.out_dir / REPORT_FILE}")
-        return "\n".join(lines)
 
-    def to_frame(self) -> pd.DataFrame:
-        rows = [{"series": folder, "status": "failed", "reason": reason} for folder, reason in self.failed]
-        rows += [
-            {"series": uid, "status": "not_downloaded", "reason": "no complete download folder"}
-            for uid in self.not_downloaded
-        ]
-        return pd.DataFrame(rows, columns=["series", "status", "reason"])
+    def headline(self) -> str:
+        return f"{super().headline()}; datalist: {self.datalist}"
+
+    def summary(self, max_reasons: int = MAX_REASONS) -> str:
+        details = f"\n  details in {self.out_dir / REPORT_FILE}" if not self.ok else ""
+        return super().summary(max_reasons) + details
 
 
 def _has_files(folder: Path) -> bool:
@@ -224,7 +226,7 @@ def convert(
                 _collect((future.result() for future in as_completed(futures)), report, rows, bar)
 
     _write_datalist(report.datalist, rows)
-    write_csv_atomically(report.to_frame(), out_dir / REPORT_FILE)
+    report.write_csv(out_dir / REPORT_FILE, problems_only=True)
     return report
 
 
