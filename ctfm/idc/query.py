@@ -158,7 +158,7 @@ def connect(tables: Mapping[str, str | Path] | None = None) -> duckdb.DuckDBPyCo
 
 
 def add_views(connection: duckdb.DuckDBPyConnection) -> None:
-    """Define ``ct_series`` on ``connection``; it reads the ``index`` table only when a query calls it."""
+    """Define ``ct_series`` on ``connection``, which must already have an ``index`` table (DuckDB checks it now)."""
     connection.execute(CT_SERIES)
 
 
