@@ -4,7 +4,8 @@
 
 Each side runs in a fresh Python process, so its peak memory is its own: the time to the first answer includes
 importing the library and (for idc-index) loading the index into pandas; then the same query runs once more warm.
-IDCClient.sql_query takes no parameters, so the header defaults of the SQL file are written into its copy.
+IDCClient.sql_query takes no parameters, so the header defaults of the SQL file are written into its copy, and
+the ``ct_series`` view the selections read from is defined on its DuckDB connection.
 """
 
 from __future__ import annotations
@@ -33,13 +34,16 @@ def child(method: str, sql_path: str) -> None:
     else:
         from idc_index import IDCClient
 
-        from ctfm.idc.index import load_sql
+        from ctfm.idc.query import add_views, load_sql
 
         selection = load_sql(sql_path)
         text = selection.text
         for name, default in selection.defaults.items():
             text = text.replace(f"${name}", f"'{default}'")
         client = IDCClient()
+        # ct_series, on the connection sql_query uses (IDCClient has no public hook); DuckDB binds it to `index` now.
+        client._duckdb_conn.register("index", client.index)
+        add_views(client._duckdb_conn)
 
         def run() -> int:
             return len(client.sql_query(text))

@@ -15,12 +15,14 @@ from pathlib import Path
 def write_atomically(target: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` on a hidden temporary path beside ``target``, flush it to disk, rename it over ``target``.
 
-    The temporary file is created first under the process umask and keeps those permissions, whatever mode the
-    writer uses (safetensors, for one, writes owner-only files). On any failure it is removed.
+    The temporary name ends with the target's suffixes, so writers that choose a format by name (``np.save``
+    appending ``.npy``, nibabel and SimpleITK reading ``.nii.gz``, pandas) write what the target needs. It is
+    created first under the process umask and keeps those permissions, whatever mode the writer uses (safetensors,
+    for one, writes owner-only files). On any failure it is removed.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    tmp = _temporary_path(target)
     try:
         tmp.touch()
         mode = tmp.stat().st_mode & 0o777
@@ -33,3 +35,10 @@ def write_atomically(target: str | os.PathLike, write: Callable[[Path], object])
         tmp.unlink(missing_ok=True)
         raise
     return target
+
+
+def _temporary_path(target: Path) -> Path:
+    """``.{stem}.{pid}.{uuid}.tmp{suffixes}`` beside ``target``: hidden, unique, and ending like the target."""
+    suffixes = "".join(target.suffixes)
+    stem = target.name[: len(target.name) - len(suffixes)]
+    return target.with_name(f".{stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp{suffixes}")

@@ -14,23 +14,37 @@ from tqdm.auto import tqdm
 from ctfm.atomic import write_atomically
 from ctfm.embedding import Reduction, embed
 from ctfm.errors import InvalidScanError
+from ctfm.reports import ReportRow, RunReport
 from ctfm.transforms.preprocess import PATCH_SIZE, PRETRAINING_SPACING, CTPreprocessing
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class EmbeddingReport:
-    """What a corpus run did: the table it wrote and each scan it skipped with the reason."""
+class EmbeddingReport(RunReport):
+    """What a corpus run did: the table it wrote, the scans in it, and each scan it skipped with the reason."""
+
+    STATUSES = {"embedded": "embedded", "skipped": "skipped"}
+    PROBLEMS = frozenset({"skipped"})
+    ITEM_COLUMN = "path"
 
     out: Path
-    embedded: int = 0
+    embedded_paths: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
-    def summary(self) -> str:
-        lines = [f"embedded {self.embedded} scan(s) into {self.out}; skipped {len(self.skipped)}"]
-        lines += [f"  skipped {path}: {reason}" for path, reason in self.skipped]
-        return "\n".join(lines)
+    @property
+    def embedded(self) -> int:
+        """Rows of the table."""
+        return len(self.embedded_paths)
+
+    def rows(self) -> list[ReportRow]:
+        return [
+            *(ReportRow(path, "embedded") for path in self.embedded_paths),
+            *(ReportRow(path, "skipped", reason) for path, reason in self.skipped),
+        ]
+
+    def headline(self) -> str:
+        return super().headline() + (f"; table: {self.out}" if self.embedded else "; no table written")
 
 
 def embed_to_parquet(
@@ -71,7 +85,7 @@ def embed_to_parquet(
             report.skipped.append((str(path), err.problem))
             continue
         rows.append({"path": str(path), "embedding": vector.numpy().tolist()})
-    report.embedded = len(rows)
+        report.embedded_paths.append(str(path))
     if rows:
         write_atomically(out, lambda tmp: pd.DataFrame(rows).to_parquet(tmp, index=False))
     return report

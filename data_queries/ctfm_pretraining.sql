@@ -5,7 +5,7 @@
 -- Offline, use data_queries/ctfm_pretraining_offline.sql, an approximation on the bundled `index` table alone.
 --
 -- The paper's selection (IDC v14, BigQuery dicom_all; 148,394 series from 69 collections, NLST 86%):
---   * Modality CT, CT Image Storage, original data (not an analysis result)
+--   * Modality CT, CT Image Storage, original data (not an analysis result): ct_series, see ctfm/idc/query.py
 --   * slice thickness from $min_thickness_mm to $max_thickness_mm mm (ct_index keeps one representative
 --     SliceThickness per series; the paper bounded the minimum and maximum over the instances)
 --   * more than $min_instances instances
@@ -17,29 +17,11 @@
 -- $max_thickness_mm = 5: thickest slice thickness kept, in mm
 -- $min_instances = 50: keep series with more instances than this
 -- $max_idc_version = 14: keep series first released in this IDC version or earlier
-SELECT
-    i.SeriesInstanceUID,
-    i.StudyInstanceUID,
-    i.PatientID,
-    i.collection_id,
-    i.crdc_series_uuid,
-    i.aws_bucket,
-    i.instanceCount,
-    i.series_size_MB,
-    i.Modality,
-    i.BodyPartExamined,
-    i.license_short_name,
-    i.series_init_idc_version,
-    ct.SliceThickness,
-    g.slice_spacing_mm
-FROM "index" AS i
+SELECT i.*, ct.SliceThickness, g.slice_spacing_mm
+FROM ct_series($min_instances) AS i
 JOIN ct_index AS ct ON ct.SeriesInstanceUID = i.SeriesInstanceUID
 JOIN volume_geometry_index AS g ON g.SeriesInstanceUID = i.SeriesInstanceUID
-WHERE i.Modality = 'CT'
-    AND i.SOPClassUID = '1.2.840.10008.5.1.4.1.1.2'
-    AND i.analysis_result_id IS NULL
-    AND i.instanceCount > $min_instances::BIGINT
-    AND i.series_init_idc_version <= $max_idc_version::BIGINT
+WHERE i.series_init_idc_version <= $max_idc_version::BIGINT
     AND ct.SliceThickness BETWEEN $min_thickness_mm::DOUBLE AND $max_thickness_mm::DOUBLE
     AND g.unique_slice_positions
     AND NOT coalesce(list_contains(ct.ImageType, 'LOCALIZER'), false)

@@ -2,7 +2,7 @@
 --
 -- The exact CT-FM selection is data_queries/ctfm_pretraining.sql; it needs slice thickness, slice positions and
 -- image type, which live in idc-index's ct_index and volume_geometry_index tables (fetched from the network).
--- This file keeps what the bundled index can check:
+-- This file keeps what the bundled index can check (the first three are ct_series, see ctfm/idc/query.py):
 --   * CT Image Storage (SOPClassUID 1.2.840.10008.5.1.4.1.1.2) in Modality CT: drops Secondary Capture, Raw Data
 --   * original data, not an analysis result
 --   * more than $min_instances instances, as in the paper; this also drops scouts (1-3 instances)
@@ -14,23 +14,7 @@
 --
 -- $min_instances = 50: keep series with more instances than this
 -- $max_idc_version = 14: keep series first released in this IDC version or earlier
-SELECT
-    SeriesInstanceUID,
-    StudyInstanceUID,
-    PatientID,
-    collection_id,
-    crdc_series_uuid,
-    aws_bucket,
-    instanceCount,
-    series_size_MB,
-    Modality,
-    BodyPartExamined,
-    license_short_name,
-    series_init_idc_version
-FROM "index"
-WHERE Modality = 'CT'
-    AND SOPClassUID = '1.2.840.10008.5.1.4.1.1.2'
-    AND analysis_result_id IS NULL
-    AND instanceCount > $min_instances::BIGINT
-    AND series_init_idc_version <= $max_idc_version::BIGINT
+SELECT *
+FROM ct_series($min_instances)
+WHERE series_init_idc_version <= $max_idc_version::BIGINT
 ORDER BY collection_id, PatientID, StudyInstanceUID, SeriesInstanceUID

@@ -8,24 +8,8 @@
 -- $seed = 0: any text or number; another seed gives another subset
 -- $min_instances = 50: keep series with more instances than this
 -- $max_idc_version = 14: keep series first released in this IDC version or earlier
-SELECT
-    SeriesInstanceUID,
-    StudyInstanceUID,
-    PatientID,
-    collection_id,
-    crdc_series_uuid,
-    aws_bucket,
-    instanceCount,
-    series_size_MB,
-    Modality,
-    BodyPartExamined,
-    license_short_name,
-    series_init_idc_version
-FROM "index"
-WHERE Modality = 'CT'
-    AND SOPClassUID = '1.2.840.10008.5.1.4.1.1.2'
-    AND analysis_result_id IS NULL
-    AND instanceCount > $min_instances::BIGINT
-    AND series_init_idc_version <= $max_idc_version::BIGINT
+SELECT *
+FROM ct_series($min_instances)
+WHERE series_init_idc_version <= $max_idc_version::BIGINT
 ORDER BY md5(SeriesInstanceUID || ':' || $seed::VARCHAR)
 LIMIT $n::BIGINT

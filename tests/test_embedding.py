@@ -113,7 +113,7 @@ def test_cli_embeds_scans_with_a_local_model(encoder, sample_nifti, tmp_path, ca
     code = main(
         ["embed", str(sample_nifti), "--model", str(model_dir), "--out", str(out), "--patch-size", "8", "32", "32"]
     )
-    assert code == 0 and "embedded 1 scan(s)" in capsys.readouterr().out
+    assert code == 0 and "1 embedded, 0 skipped; table: " in capsys.readouterr().out
     table = pd.read_parquet(out)
     expected = embed(encoder, sample_nifti, patch_size=PATCH)
     torch.testing.assert_close(torch.tensor(table["embedding"][0], dtype=torch.float32), expected, rtol=1e-4, atol=1e-5)

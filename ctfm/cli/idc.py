@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_query(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ctfm.idc.index import query, summarize
+    from ctfm.idc.query import query, summarize
     from ctfm.idc.selection import write_csv_atomically
 
     selection = query(Path(args.sql), dict(args.param), tables=dict(args.table), fetch=not args.no_fetch)
@@ -70,9 +70,9 @@ def run_query(args: argparse.Namespace) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from ctfm.idc.index import summarize
+    from ctfm.idc.download import REPORT_FILE, download
+    from ctfm.idc.query import summarize
     from ctfm.idc.selection import read_selection
-    from ctfm.idc.transfer import REPORT_FILE, download
 
     selection = read_selection(args.selection)
     print(f"{args.selection}: {summarize(selection)}", flush=True)
@@ -84,8 +84,17 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from ctfm.idc.volumes import convert
+    from ctfm.idc.convert import REPORT_FILE, convert
+    from ctfm.idc.errors import IDCError
 
     report = convert(args.dicom_dir, args.out, workers=args.workers)
+    if not report.done:  # one line, not a list of every failure
+        problems = report.problems
+        if not problems:
+            raise IDCError(f"{args.dicom_dir}: no DICOM series found (no folder with files)")
+        raise IDCError(
+            f"{args.dicom_dir}: none of the {len(problems)} series could be converted (first: {problems[0].reason}); "
+            f"every reason is in {report.out_dir / REPORT_FILE}"
+        )
     print(report.summary())
     return 0 if report.ok else 1

@@ -37,8 +37,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import pandas as pd
-
     from ctfm.data.cache import PreprocessCache, default_cache_dir
     from ctfm.data.datalist import read_datalist
     from ctfm.errors import CTFMError
@@ -55,16 +53,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"cache: {cache.root}")
     print(report.summary())
     if args.report:
-        prepared = set(report.prepared)
-        rows = [
-            {
-                "image": s,
-                "status": "skipped" if s in report.skipped else "prepared" if s in prepared else "cached",
-                "reason": report.skipped.get(s, ""),
-            }
-            for s in sources
-        ]
-        pd.DataFrame(rows).to_csv(args.report, index=False)
+        report.write_csv(args.report)
         print(f"report: {args.report}")
     if not report.scans:
         raise CTFMError(f"{args.datalist}: none of the {len(sources)} scans could be preprocessed")

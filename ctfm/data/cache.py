@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ctfm.atomic import write_atomically
 from ctfm.errors import InvalidScanError
 from ctfm.io.reader import read_ct
+from ctfm.reports import ReportRow, RunReport
 from ctfm.transforms.preprocess import CTPreprocessing
 from ctfm.transforms.quantise import QUANTISATION_MAX, quantise
 
@@ -66,11 +67,6 @@ def source_fingerprint(source: str | Path) -> dict[str, object]:
     return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _save_array(path: Path, array: np.ndarray) -> None:
-    with path.open("wb") as file:  # a file object: given a path without .npy, np.save would append the suffix
-        np.save(file, array, allow_pickle=False)
-
-
 def _write_json(path: Path, content: dict) -> None:
     write_atomically(path, lambda tmp: tmp.write_text(json.dumps(content, indent=1)))
 
@@ -96,21 +92,24 @@ class CachedScan:
 
 
 @dataclass
-class PrepareReport:
+class PrepareReport(RunReport):
     """What :meth:`PreprocessCache.prepare` did; ``scans`` lists the usable entries in input order."""
+
+    STATUSES = {"prepared": "prepared", "cached": "already cached", "skipped": "skipped"}
+    PROBLEMS = frozenset({"skipped"})
+    ITEM_COLUMN = "image"
 
     scans: list[CachedScan] = field(default_factory=list)
     prepared: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
 
-    def summary(self, max_reasons: int = 10) -> str:
-        lines = [f"{len(self.prepared)} prepared, {len(self.cached)} already cached, {len(self.skipped)} skipped"]
-        for source, reason in list(self.skipped.items())[:max_reasons]:
-            lines.append(f"  skipped {source}: {reason}")
-        if len(self.skipped) > max_reasons:
-            lines.append(f"  ... and {len(self.skipped) - max_reasons} more skipped")
-        return "\n".join(lines)
+    def rows(self) -> list[ReportRow]:
+        return [
+            *(ReportRow(source, "prepared") for source in self.prepared),
+            *(ReportRow(source, "cached") for source in self.cached),
+            *(ReportRow(source, "skipped", reason) for source, reason in self.skipped.items()),
+        ]
 
 
 @dataclass(frozen=True)
@@ -153,10 +152,6 @@ class PreprocessCache:
             return CachedScan(str(source), array_path)
         return None
 
-    def known_failure(self, source: str | Path) -> str | None:
-        """The recorded reason this exact version of ``source`` was unusable, or None."""
-        return self._failure(self.key(source))
-
     def _failure(self, key: str) -> str | None:
         try:
             return json.loads(self.failure_path(key).read_text())["problem"]
@@ -188,7 +183,7 @@ class PreprocessCache:
             "scale": 1.0 / QUANTISATION_MAX,
             "preprocessing": dataclasses.asdict(self.preprocessing),
         }
-        write_atomically(array_path, lambda tmp: _save_array(tmp, quantised))
+        write_atomically(array_path, lambda tmp: np.save(tmp, quantised, allow_pickle=False))
         _write_json(array_path.with_suffix(".json"), meta)
         self.failure_path(key).unlink(missing_ok=True)
         return CachedScan(str(source), array_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +17,15 @@ from ctfm.cli import main
 from ctfm.data.datalist import read_datalist
 from ctfm.data.sample import generate_ct, write_dicom_series
 from ctfm.export import read_checkpoint
+from ctfm.idc.convert import DATALIST_FILE, REPORT_FILE, convert
 from ctfm.idc.selection import SELECTION_FILE
-from ctfm.idc.volumes import DATALIST_FILE, REPORT_FILE, convert
 from ctfm.io.reader import read_ct
 
 SHAPE, SPACING = (8, 16, 16), (2.5, 1.0, 1.0)
 #: Big enough for a tiny pretraining patch after resampling and cropping to the body.
 E2E_SHAPE = (12, 48, 48)
 COLLECTION = "test_collection"
-QUERIES = Path(__file__).resolve().parents[1] / "data_queries"
+QUERIES = Path(__file__).resolve().parents[2] / "data_queries"
 
 
 def _series(root: Path, seed: int, **kwargs) -> tuple[Path, object]:
@@ -138,6 +139,30 @@ def test_cli_convert_exits_nonzero_and_names_the_failures(download_dir, tmp_path
     assert code == 1
     assert "2 series converted, 0 already converted, 3 failed, 1 not (completely) downloaded" in out
     assert f"failed {root / COLLECTION / series['mr'][0]['SeriesInstanceUID']}:" in out
+
+
+def test_cli_convert_of_only_bad_series_says_so_in_one_line_and_writes_both_tables(download_dir, tmp_path, capsys):
+    root, series = download_dir
+    selection = pd.read_csv(root / SELECTION_FILE, dtype=str)
+    for name in ("good", "signed"):  # leave only series that fail their checks, and one never downloaded
+        uid = series[name][0]["SeriesInstanceUID"]
+        shutil.rmtree(root / COLLECTION / uid)
+        selection = selection[selection["SeriesInstanceUID"] != uid]
+    selection.to_csv(root / SELECTION_FILE, index=False)
+    out = tmp_path / "volumes"
+    code = main(["idc", "convert", str(root), "--out", str(out), "--workers", "1"])
+    captured = capsys.readouterr()
+    messages = [line for line in (captured.out + captured.err).splitlines() if line.strip()]
+    messages = [line for line in messages if not line.startswith("convert:")]  # tqdm's progress bar
+    assert code == 1
+    assert len(messages) == 1 and "Traceback" not in captured.err
+    assert messages[0].startswith(f"ctfm idc: error: {root}: none of the 4 series could be converted (first: ")
+    assert messages[0].endswith(f"every reason is in {out / REPORT_FILE}")
+    assert (out / DATALIST_FILE).read_text().splitlines() == [
+        "image,collection_id,PatientID,StudyInstanceUID,SeriesInstanceUID"
+    ]
+    written = pd.read_csv(out / REPORT_FILE, dtype=str)
+    assert sorted(written["status"]) == ["failed"] * 3 + ["not_downloaded"]
 
 
 @pytest.mark.slow

@@ -38,8 +38,8 @@ from ctfm.idc.selection import (
     read_selection,
     series_dir,
     split_valid,
-    write_csv_atomically,
 )
+from ctfm.reports import ReportRow, RunReport
 
 #: The public IDC buckets on AWS (idc-index's ``idc_index.index.aws_endpoint_url``).
 IDC_ENDPOINT_URL = "https://s3.amazonaws.com"
@@ -61,8 +61,17 @@ class IncompleteSeries:
 
 
 @dataclass
-class DownloadReport:
+class DownloadReport(RunReport):
     """What one ``download`` call did; ``ok`` is false when any series is incomplete or could not be tried."""
+
+    STATUSES = {
+        "downloaded": "series downloaded",
+        "already_complete": "already complete",
+        "incomplete": "incomplete",
+        "invalid": "invalid rows skipped",
+    }
+    PROBLEMS = frozenset({"incomplete", "invalid"})
+    ITEM_COLUMN = "SeriesInstanceUID"
 
     out_dir: Path
     downloaded: list[str] = field(default_factory=list)
@@ -71,37 +80,23 @@ class DownloadReport:
     invalid: list[tuple[str, str]] = field(default_factory=list)
     rounds: int = 0
 
-    @property
-    def ok(self) -> bool:
-        return not self.incomplete and not self.invalid
+    def rows(self) -> list[ReportRow]:
+        return [
+            *(ReportRow(uid, "downloaded") for uid in self.downloaded),
+            *(ReportRow(uid, "already_complete") for uid in self.already_complete),
+            *(
+                ReportRow(item.series_uid, "incomplete", f"{item.found}/{item.expected} files" + _detail(item.error))
+                for item in self.incomplete
+            ),
+            *(ReportRow(uid, "invalid", reason) for uid, reason in self.invalid),
+        ]
 
-    def summary(self) -> str:
-        lines = [
-            f"{len(self.downloaded)} series downloaded, {len(self.already_complete)} already complete, "
-            f"{len(self.incomplete)} incomplete, {len(self.invalid)} invalid rows skipped ({self.rounds} s5cmd rounds)"
-        ]
-        lines += [
-            f"  incomplete {item.series_uid}: {item.found}/{item.expected} files"
-            + (f" ({item.error})" if item.error else "")
-            for item in self.incomplete
-        ]
-        lines += [f"  invalid {uid}: {reason}" for uid, reason in self.invalid]
-        return "\n".join(lines)
+    def headline(self) -> str:
+        return f"{super().headline()} ({self.rounds} s5cmd rounds)"
 
-    def to_frame(self) -> pd.DataFrame:
-        """One row per series that needs attention: incomplete downloads and invalid selection rows."""
-        rows = [
-            {
-                "SeriesInstanceUID": item.series_uid,
-                "status": "incomplete",
-                "found": item.found,
-                "expected": item.expected,
-                "error": item.error,
-            }
-            for item in self.incomplete
-        ]
-        rows += [{"SeriesInstanceUID": uid, "status": "invalid", "error": reason} for uid, reason in self.invalid]
-        return pd.DataFrame(rows, columns=["SeriesInstanceUID", "status", "found", "expected", "error"])
+
+def _detail(error: str) -> str:
+    return f" ({error})" if error else ""
 
 
 def s5cmd_binary() -> str:
@@ -283,7 +278,7 @@ def download(
         IncompleteSeries(uid_of[uuid], count_files(partial_dir(finals[uuid])), expected[uuid], errors.get(uuid, ""))
         for uuid in pending
     ]
-    write_csv_atomically(report.to_frame(), out_dir / REPORT_FILE)
+    report.write_csv(out_dir / REPORT_FILE, problems_only=True)
     return report
 
 

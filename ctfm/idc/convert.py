@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -22,12 +21,14 @@ import pandas as pd
 import SimpleITK as sitk
 from tqdm.auto import tqdm
 
+from ctfm.atomic import write_atomically
 from ctfm.idc.errors import IDCError
 from ctfm.idc.selection import SELECTION_FILE, read_selection, series_dir, split_valid, write_csv_atomically
 
 # Imported here, not in the workers: forked workers inherit the pydicom/SimpleITK modules already loaded.
 from ctfm.io.dicom import check_dicom_series, read_dicom_series
 from ctfm.io.reader import validate_ct_array
+from ctfm.reports import MAX_REASONS, ReportRow, RunReport
 
 DATALIST_FILE = "datalist.csv"
 REPORT_FILE = "conversion_report.csv"
@@ -46,8 +47,17 @@ class SeriesJob:
 
 
 @dataclass
-class ConversionReport:
+class ConversionReport(RunReport):
     """What one ``convert`` call did; ``ok`` is false when a series failed or was never downloaded."""
+
+    STATUSES = {
+        "converted": "series converted",
+        "already_converted": "already converted",
+        "failed": "failed",
+        "not_downloaded": "not (completely) downloaded",
+    }
+    PROBLEMS = frozenset({"failed", "not_downloaded"})
+    ITEM_COLUMN = "series"
 
     out_dir: Path
     datalist: Path
@@ -56,28 +66,20 @@ class ConversionReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     not_downloaded: list[str] = field(default_factory=list)
 
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not self.not_downloaded
-
-    def summary(self) -> str:
-        lines = [
-            f"{len(self.converted)} series converted, {len(self.already_converted)} already converted, "
-            f"{len(self.failed)} failed, {len(self.not_downloaded)} not (completely) downloaded; "
-            f"datalist: {self.datalist}"
+    def rows(self) -> list[ReportRow]:
+        return [
+            *(ReportRow(folder, "converted") for folder in self.converted),
+            *(ReportRow(folder, "already_converted") for folder in self.already_converted),
+            *(ReportRow(folder, "failed", reason) for folder, reason in self.failed),
+            *(ReportRow(uid, "not_downloaded", "no complete download folder") for uid in self.not_downloaded),
         ]
-        lines += [f"  failed {folder}: {reason}" for folder, reason in self.failed]
-        if self.failed or self.not_downloaded:
-            lines.append(f"  details in {self.out_dir / REPORT_FILE}")
-        return "\n".join(lines)
 
-    def to_frame(self) -> pd.DataFrame:
-        rows = [{"series": folder, "status": "failed", "reason": reason} for folder, reason in self.failed]
-        rows += [
-            {"series": uid, "status": "not_downloaded", "reason": "no complete download folder"}
-            for uid in self.not_downloaded
-        ]
-        return pd.DataFrame(rows, columns=["series", "status", "reason"])
+    def headline(self) -> str:
+        return f"{super().headline()}; datalist: {self.datalist}"
+
+    def summary(self, max_reasons: int = MAX_REASONS) -> str:
+        details = f"\n  details in {self.out_dir / REPORT_FILE}" if not self.ok else ""
+        return super().summary(max_reasons) + details
 
 
 def _has_files(folder: Path) -> bool:
@@ -125,12 +127,6 @@ def sidecar_path(volume: Path) -> Path:
     return volume.with_name(volume.name[: -len(_VOLUME_SUFFIX)] + ".json")
 
 
-def _temporary(path: Path, suffix: str) -> Path:
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(handle)
-    return Path(name)
-
-
 def convert_series(job: SeriesJob) -> dict[str, str]:
     """Check, read and write one series; returns its datalist row (``image`` absolute). Raises InvalidScanError."""
     info = check_dicom_series(job.folder)
@@ -159,17 +155,10 @@ def convert_series(job: SeriesJob) -> dict[str, str]:
         },
         "dicom": info.as_dict(),
     }
-    job.volume.parent.mkdir(parents=True, exist_ok=True)
-    volume_tmp = _temporary(job.volume, _VOLUME_SUFFIX)
-    sidecar_tmp = _temporary(job.volume, ".json")
-    try:
-        sitk.WriteImage(image, str(volume_tmp), useCompression=True)
-        sidecar_tmp.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
-        os.replace(sidecar_tmp, sidecar_path(job.volume))
-        os.replace(volume_tmp, job.volume)  # last: an existing volume means a finished conversion
-    finally:
-        volume_tmp.unlink(missing_ok=True)
-        sidecar_tmp.unlink(missing_ok=True)
+    text = json.dumps(sidecar, indent=2) + "\n"
+    write_atomically(sidecar_path(job.volume), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    # Last: an existing volume means a finished conversion.
+    write_atomically(job.volume, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=True))
     return {"image": str(job.volume), **ids}
 
 
@@ -238,7 +227,7 @@ def convert(
                 _collect((future.result() for future in as_completed(futures)), report, rows, bar)
 
     _write_datalist(report.datalist, rows)
-    write_csv_atomically(report.to_frame(), out_dir / REPORT_FILE)
+    report.write_csv(out_dir / REPORT_FILE, problems_only=True)
     return report
 
 
@@ -264,5 +253,6 @@ def _write_datalist(path: Path, rows: list[dict[str, str]]) -> None:
     if path.is_file():
         earlier = pd.read_csv(path, dtype=str, keep_default_na=False)
         frame = pd.concat([earlier, frame], ignore_index=True).drop_duplicates("image", keep="last")
-    frame = frame[[(path.parent / image).is_file() for image in frame["image"]]]
+    exists = pd.Series([(path.parent / image).is_file() for image in frame["image"]], index=frame.index, dtype=bool)
+    frame = frame[exists]  # a Series, not a list: an empty list would select no columns rather than no rows
     write_csv_atomically(frame.sort_values("image").reset_index(drop=True), path)

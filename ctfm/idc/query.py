@@ -10,6 +10,9 @@ parameters in its header comments, one per line, with an optional default::
 
     -- $collection_id: the IDC collection, e.g. 'nlst'
     -- $min_instances = 50: series with fewer instances are left out
+
+Every connection also holds ``ct_series(min_instances)`` (:data:`CT_SERIES`), the CT series the shipped selections
+start from, so the filters every selection shares are written once: ``SELECT * FROM ct_series($min_instances)``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,32 @@ from ctfm.idc.errors import IDCError
 _MAIN_TABLE = {"idc_index": "index"}
 _PARAM_LINE = re.compile(r"^--\s*\$(?P<name>\w+)\s*(?:=\s*(?P<default>[^:]*?)\s*)?:\s*(?P<help>.*)$")
 _MISSING_TABLE = re.compile(r"Table with name (\w+) does not exist")
+
+
+#: ``ct_series(min_instances)``: a DuckDB table macro, i.e. a view with a parameter. CT Image Storage series of
+#: Modality CT, original data (not an analysis result), with more than ``min_instances`` instances, and the columns
+#: a selection carries (:data:`ctfm.idc.selection.REQUIRED_COLUMNS` and what users filter on).
+CT_SERIES = """
+CREATE OR REPLACE MACRO ct_series(min_instances) AS TABLE
+SELECT
+    SeriesInstanceUID,
+    StudyInstanceUID,
+    PatientID,
+    collection_id,
+    crdc_series_uuid,
+    aws_bucket,
+    instanceCount,
+    series_size_MB,
+    Modality,
+    BodyPartExamined,
+    license_short_name,
+    series_init_idc_version
+FROM "index"
+WHERE Modality = 'CT'
+    AND SOPClassUID = '1.2.840.10008.5.1.4.1.1.2'
+    AND analysis_result_id IS NULL
+    AND instanceCount > CAST(min_instances AS BIGINT)
+"""
 
 
 @dataclass(frozen=True)
@@ -124,7 +153,13 @@ def connect(tables: Mapping[str, str | Path] | None = None) -> duckdb.DuckDBPyCo
         if not Path(path).is_file():
             raise IDCError(f"{path}: no such parquet file for table {name}")
         connection.read_parquet(str(path)).create_view(name, replace=True)
+    add_views(connection)
     return connection
+
+
+def add_views(connection: duckdb.DuckDBPyConnection) -> None:
+    """Define ``ct_series`` on ``connection``, which must already have an ``index`` table (DuckDB checks it now)."""
+    connection.execute(CT_SERIES)
 
 
 def _bind(selection: SqlSelection, statement_params: set[str], params: Mapping[str, object] | None) -> dict:

@@ -2,20 +2,45 @@
 
 from __future__ import annotations
 
+import importlib
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
 import idc_index_data
+import numpy as np
 import pandas as pd
 import pytest
 
 from ctfm.cli import main
 from ctfm.idc import IDCError, query, summarize
-from ctfm.idc.index import SelectionSummary, load_sql
+from ctfm.idc.query import CT_SERIES, SelectionSummary, load_sql
 from ctfm.idc.selection import REQUIRED_COLUMNS
 
-QUERIES = Path(__file__).resolve().parents[1] / "data_queries"
+QUERIES = Path(__file__).resolve().parents[2] / "data_queries"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def test_each_step_is_its_function_after_importing_its_module_and_a_query_imports_no_torch():
+    code = """
+import json, sys, types
+import ctfm.idc, ctfm.idc.query, ctfm.idc.download
+seen = {"after_query": {n: getattr(ctfm.idc, n).__module__ for n in ("query", "download")}}
+seen["torch"] = "torch" in sys.modules
+seen["convert"] = ctfm.idc.convert.__module__  # lazy: imported now
+import ctfm.idc.convert
+seen["after_convert"] = [isinstance(getattr(ctfm.idc, n), types.FunctionType) for n in ("query", "download", "convert")]
+print(json.dumps(seen))
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert json.loads(out) == {
+        "after_query": {"query": "ctfm.idc.query", "download": "ctfm.idc.download"},
+        "torch": False,
+        "convert": "ctfm.idc.convert",
+        "after_convert": [True, True, True],
+    }
 
 
 @pytest.mark.parametrize("path", sorted(QUERIES.glob("*.sql")), ids=lambda path: path.name)
@@ -26,8 +51,92 @@ def test_every_query_declares_exactly_its_parameters_and_selects_the_required_co
     assert set(selection.defaults) == set(statement[0].named_parameters)
     assert all(selection.descriptions[name] for name in selection.defaults)
     code = "\n".join(line for line in selection.text.splitlines() if not line.lstrip().startswith("--"))
-    select_list = code.split("FROM", 1)[0]
-    assert all(column in select_list for column in REQUIRED_COLUMNS)
+    assert "FROM ct_series($min_instances)" in code  # the shared filters and columns, written once
+
+
+def test_ct_series_carries_the_required_columns():
+    columns = CT_SERIES.split("SELECT", 1)[1].split("FROM", 1)[0]
+    assert set(REQUIRED_COLUMNS) <= {column.strip() for column in columns.split(",")}
+
+
+#: The selections as they were written before ct_series, each filter spelled out: every shipped file must still
+#: return exactly these rows, in this order.
+_OLD_COLUMNS = """SeriesInstanceUID, StudyInstanceUID, PatientID, collection_id, crdc_series_uuid, aws_bucket,
+    instanceCount, series_size_MB, Modality, BodyPartExamined, license_short_name, series_init_idc_version"""
+_OLD_BASE = """WHERE Modality = 'CT' AND SOPClassUID = '1.2.840.10008.5.1.4.1.1.2' AND analysis_result_id IS NULL
+    AND instanceCount > $min_instances::BIGINT"""
+_OLD_ORDER = "ORDER BY collection_id, PatientID, StudyInstanceUID, SeriesInstanceUID"
+OLD_SQL = {
+    "body_part.sql": f"""SELECT {_OLD_COLUMNS} FROM "index" {_OLD_BASE}
+        AND upper(BodyPartExamined) = upper($body_part) {_OLD_ORDER}""",
+    "collection.sql": f"""SELECT {_OLD_COLUMNS} FROM "index" {_OLD_BASE}
+        AND collection_id = lower($collection_id) ORDER BY PatientID, StudyInstanceUID, SeriesInstanceUID""",
+    "ctfm_pretraining_offline.sql": f"""SELECT {_OLD_COLUMNS} FROM "index" {_OLD_BASE}
+        AND series_init_idc_version <= $max_idc_version::BIGINT {_OLD_ORDER}""",
+    "license.sql": f"""SELECT {_OLD_COLUMNS} FROM "index" {_OLD_BASE}
+        AND license_short_name LIKE $license {_OLD_ORDER}""",
+    "random_subset.sql": f"""SELECT {_OLD_COLUMNS} FROM "index" {_OLD_BASE}
+        AND series_init_idc_version <= $max_idc_version::BIGINT
+        ORDER BY md5(SeriesInstanceUID || ':' || $seed::VARCHAR) LIMIT $n::BIGINT""",
+    "ctfm_pretraining.sql": """SELECT i.SeriesInstanceUID, i.StudyInstanceUID, i.PatientID, i.collection_id,
+        i.crdc_series_uuid, i.aws_bucket, i.instanceCount, i.series_size_MB, i.Modality, i.BodyPartExamined,
+        i.license_short_name, i.series_init_idc_version, ct.SliceThickness, g.slice_spacing_mm
+    FROM "index" AS i
+    JOIN ct_index AS ct ON ct.SeriesInstanceUID = i.SeriesInstanceUID
+    JOIN volume_geometry_index AS g ON g.SeriesInstanceUID = i.SeriesInstanceUID
+    WHERE i.Modality = 'CT' AND i.SOPClassUID = '1.2.840.10008.5.1.4.1.1.2' AND i.analysis_result_id IS NULL
+        AND i.instanceCount > $min_instances::BIGINT AND i.series_init_idc_version <= $max_idc_version::BIGINT
+        AND ct.SliceThickness BETWEEN $min_thickness_mm::DOUBLE AND $max_thickness_mm::DOUBLE
+        AND g.unique_slice_positions AND NOT coalesce(list_contains(ct.ImageType, 'LOCALIZER'), false)
+    ORDER BY i.collection_id, i.PatientID, i.StudyInstanceUID, i.SeriesInstanceUID""",
+}
+OFFLINE = {"min_instances": 50, "max_idc_version": 14}
+PARAMETER_SETS = [
+    ("body_part.sql", {"body_part": "abdomen", "min_instances": 50}),
+    ("body_part.sql", {"body_part": "Chest", "min_instances": 200}),
+    ("collection.sql", {"collection_id": "LIDC_IDRI", "min_instances": 50}),
+    ("collection.sql", {"collection_id": "nlst", "min_instances": 120}),
+    ("ctfm_pretraining_offline.sql", OFFLINE),
+    ("ctfm_pretraining_offline.sql", {"min_instances": 10, "max_idc_version": 20}),
+    ("license.sql", {"license": "CC BY %", "min_instances": 50}),
+    ("license.sql", {"license": "CC BY-NC %", "min_instances": 300}),
+    ("random_subset.sql", {"n": 200, "seed": 5, **OFFLINE}),
+]
+
+
+@pytest.mark.parametrize("name, params", PARAMETER_SETS, ids=lambda v: v if isinstance(v, str) else "")
+def test_each_bundled_selection_returns_the_rows_it_returned_before_ct_series(name, params):
+    before = query(OLD_SQL[name], params)
+    after = query(QUERIES / name, params)
+    assert len(after) > 0 and set(REQUIRED_COLUMNS) <= set(after.columns)
+    pd.testing.assert_frame_equal(after, before)
+
+
+def test_the_exact_selection_returns_the_rows_it_returned_before_ct_series(tmp_path):
+    candidates = query(
+        QUERIES / "random_subset.sql", {"n": 400, "seed": 11, "min_instances": 10, "max_idc_version": 30}
+    )
+    uids = candidates["SeriesInstanceUID"].tolist()
+    rng = np.random.default_rng(0)
+    pd.DataFrame(
+        {
+            "SeriesInstanceUID": uids,
+            "SliceThickness": rng.choice([0.5, 1.0, 2.5, 5.0, 7.5], len(uids)),
+            "ImageType": [["ORIGINAL", "PRIMARY", rng.choice(["AXIAL", "LOCALIZER"], p=[0.8, 0.2])] for _ in uids],
+        }
+    ).to_parquet(tmp_path / "ct_index.parquet")
+    pd.DataFrame(
+        {"SeriesInstanceUID": uids, "unique_slice_positions": rng.random(len(uids)) < 0.8, "slice_spacing_mm": 1.0}
+    ).to_parquet(tmp_path / "volume_geometry_index.parquet")
+    tables = {name: tmp_path / f"{name}.parquet" for name in ("ct_index", "volume_geometry_index")}
+    for params in (
+        {"min_thickness_mm": 1, "max_thickness_mm": 5, **OFFLINE},
+        {"min_thickness_mm": 0.5, "max_thickness_mm": 2.5, "min_instances": 100, "max_idc_version": 20},
+    ):
+        before = query(OLD_SQL["ctfm_pretraining.sql"], params, tables=tables, fetch=False)
+        after = query(QUERIES / "ctfm_pretraining.sql", params, tables=tables, fetch=False)
+        assert 0 < len(after) < len(uids)
+        pd.testing.assert_frame_equal(after, before)
 
 
 def test_offline_pretraining_selection_applies_the_ctfm_filters():
@@ -113,7 +222,7 @@ def test_exact_pretraining_selection_on_ct_and_geometry_tables(tmp_path):
 
 
 def test_a_table_that_is_not_bundled_is_named_when_fetching_is_off(monkeypatch, tmp_path):
-    monkeypatch.setattr("ctfm.idc.index.idc_index_cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(importlib.import_module("ctfm.idc.query"), "idc_index_cache_dir", lambda: tmp_path)
     with pytest.raises(IDCError, match="needs table (ct_index|volume_geometry_index), which idc-index-data does not"):
         query(QUERIES / "ctfm_pretraining.sql", fetch=False)
 
