@@ -82,9 +82,11 @@ def epoch_losses(log_dir: Path) -> tuple[list[float], int]:
 def _only_warnings() -> Iterator[None]:
     """Show warnings and errors of Lightning and lighter, not their banners, tips and info lines."""
     os.environ.setdefault("PL_GLOBAL_SEED", "0")  # the recipe's seed; lighter warns when none is set
+    import lighter  # noqa: F401  (imports Lightning first: its import sets its loggers' levels)
     from loguru import logger  # lighter logs through loguru, and routes the standard logging module there too
 
-    levels = {name: logging.getLogger(name).level for name in ("pytorch_lightning", "lightning", "ctfm")}
+    names = ("pytorch_lightning", "lightning_fabric", "lightning", "ctfm")
+    levels = {name: logging.getLogger(name).level for name in names}
     for name in levels:
         logging.getLogger(name).setLevel(logging.WARNING)
     logger.disable("lighter")  # its only messages in a fit are "Saved config to ..."

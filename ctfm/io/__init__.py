@@ -1,5 +1,5 @@
-"""Reading and checking CT scans: the bottom of the package (imports nothing else of ctfm but ``errors``)."""
+"""Reading and checking CT scans and label maps: the bottom of the package (imports only ``ctfm.errors``)."""
 
-from ctfm.io.reader import read_ct
+from ctfm.io.reader import check_same_grid, read_ct, read_label_map
 
-__all__ = ["read_ct"]
+__all__ = ["check_same_grid", "read_ct", "read_label_map"]

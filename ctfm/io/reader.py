@@ -115,25 +115,69 @@ def validate_ct_array(path: Path | str | None, array: np.ndarray, *, check_hu: b
 
 def read_ct(path: str | Path, *, check_hu: bool = True) -> MetaTensor:
     """Read and validate one CT scan; returns a float32 ``(1, I, J, K)`` MetaTensor in HU with its RAS affine."""
+    path = Path(path)
+    array, ras = _read_volume(path, what="CT")
+    validate_ct_array(path, array, check_hu=check_hu)
+    return _as_meta_tensor(path, array.astype(np.float32, copy=False), ras)
+
+
+def read_label_map(path: str | Path, *, like: MetaTensor | None = None) -> MetaTensor:
+    """Read an integer label map (NIfTI, NRRD, MHA) as a ``(1, I, J, K)`` MetaTensor with its RAS affine.
+
+    Values are kept as float32 (exact for any label count a CT has), which MONAI's resampling needs. With ``like``
+    (the scan it belongs to) the map must lie on that scan's grid: same shape and affine.
+    """
+    path = Path(path)
+    array, ras = _read_volume(path, what="label map")
+    if array.ndim != 3:
+        raise InvalidScanError(path, f"is not a 3D label map (shape {tuple(array.shape)})")
+    if not np.isfinite(array).all() or (array < 0).any() or not np.array_equal(array, np.round(array)):
+        raise InvalidScanError(path, "is not a label map: its values must be non-negative integers")
+    labels = _as_meta_tensor(path, array.astype(np.float32, copy=False), ras)
+    if like is not None:
+        check_same_grid(like, labels, path)
+    return labels
+
+
+def check_same_grid(
+    image: MetaTensor, other: MetaTensor, other_path: str | Path, *, tolerance_mm: float = 1e-3
+) -> None:
+    """Raise InvalidScanError naming ``other_path`` unless ``other`` has ``image``'s shape and affine."""
+    if tuple(image.shape[1:]) != tuple(other.shape[1:]):
+        raise InvalidScanError(
+            other_path,
+            f"has shape {tuple(other.shape[1:])} but its scan {image.meta.get('filename_or_obj', '')} has "
+            f"{tuple(image.shape[1:])}: not on the scan's grid",
+        )
+    difference = float(np.abs(np.asarray(image.affine, dtype=np.float64) - np.asarray(other.affine)).max())
+    if difference > tolerance_mm:
+        raise InvalidScanError(
+            other_path,
+            f"its affine differs from its scan's {image.meta.get('filename_or_obj', '')} by up to {difference:.3g} mm: "
+            "not on the scan's grid",
+        )
+
+
+def _read_volume(path: Path, *, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels in index order (i, j, k) and the RAS affine, with SimpleITK's checks of a CT file or series."""
+    if path.is_file() and is_nifti(path):
+        return read_nifti(path)
+    image = read_image(path)
+    if image.GetDimension() != 3:
+        raise InvalidScanError(path, f"is {image.GetDimension()}D; CT-FM needs a 3D {what}")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        components = image.GetNumberOfComponentsPerPixel()
+        raise InvalidScanError(path, f"has {components} components per voxel; a {what} is scalar")
+    if image.HasMetaDataKey(_MODALITY_TAG) and image.GetMetaData(_MODALITY_TAG).strip() not in ("CT", ""):
+        raise InvalidScanError(path, f"modality is {image.GetMetaData(_MODALITY_TAG).strip()!r}, not CT")
+    # SimpleITK arrays are (k, j, i); MONAI wants index order (i, j, k) to match the affine's columns.
+    return sitk.GetArrayFromImage(image).transpose(2, 1, 0), affine_from_sitk(image)
+
+
+def _as_meta_tensor(path: Path, array: np.ndarray, ras: np.ndarray) -> MetaTensor:
     import torch  # imported here so the checks above stay usable without torch (e.g. in conversion workers)
     from monai.data import MetaTensor
 
-    path = Path(path)
-    if path.is_file() and is_nifti(path):
-        array, ras = read_nifti(path)
-    else:
-        image = read_image(path)
-        if image.GetDimension() != 3:
-            raise InvalidScanError(path, f"is {image.GetDimension()}D; CT-FM needs a 3D scan")
-        if image.GetNumberOfComponentsPerPixel() != 1:
-            components = image.GetNumberOfComponentsPerPixel()
-            raise InvalidScanError(path, f"has {components} components per voxel; CT is scalar")
-        if image.HasMetaDataKey(_MODALITY_TAG) and image.GetMetaData(_MODALITY_TAG).strip() not in ("CT", ""):
-            raise InvalidScanError(path, f"modality is {image.GetMetaData(_MODALITY_TAG).strip()!r}, not CT")
-        # SimpleITK arrays are (k, j, i); MONAI wants index order (i, j, k) to match the affine's columns.
-        array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False).transpose(2, 1, 0)
-        ras = affine_from_sitk(image)
-    validate_ct_array(path, array, check_hu=check_hu)
     affine = torch.as_tensor(ras, dtype=torch.float64)
     meta = {"filename_or_obj": str(path), "original_affine": affine.clone(), "spatial_shape": array.shape}
     return MetaTensor(torch.from_numpy(np.ascontiguousarray(array))[None], affine=affine, meta=meta)

@@ -28,6 +28,16 @@ PATCH_SIZE = (24, 128, 128)
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
+class AboveThreshold:
+    """``x > threshold`` as a picklable callable: the foreground test of the crop (DataLoader workers pickle it)."""
+
+    def __init__(self, threshold: float):
+        self.threshold = float(threshold)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x > self.threshold
+
+
 class LoadCT(Transform):
     """Path -> validated HU MetaTensor; a MetaTensor passes through (so in-memory scans share the pipeline)."""
 
@@ -68,7 +78,11 @@ class CTPreprocessing:
         return (self.body_threshold_hu - low) / (high - low)
 
     def transforms(self) -> Compose:
-        """The MONAI pipeline itself, for users who want to extend it."""
+        """The MONAI pipeline itself (array form), for users who want to extend it.
+
+        :class:`ctfm.transforms.dictionary.CTPreprocessingd` is the same pipeline for dictionaries, where label
+        maps follow the image and predictions can be inverted onto the input's grid.
+        """
         low, high = self.hu_range
         threshold = self.body_threshold
         steps: list[Transform] = [LoadCT(check_hu=self.check_hu), Orientation(axcodes="SPL", labels=RAS_LABELS)]
@@ -76,7 +90,7 @@ class CTPreprocessing:
             steps.append(Spacing(pixdim=self.spacing, mode="bilinear", padding_mode="border"))
         steps.append(ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True))
         if self.crop_foreground:
-            steps.append(CropForeground(select_fn=lambda x: x > threshold, allow_smaller=True))
+            steps.append(CropForeground(select_fn=AboveThreshold(threshold), allow_smaller=True))
         steps.append(SpatialPad(spatial_size=self.min_size, mode="constant", value=0.0))
         return Compose(steps)
 
