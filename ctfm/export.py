@@ -1,12 +1,15 @@
-"""Turn a pretraining checkpoint into the Hub format that ``ctfm.load`` reads.
+"""Turn a training checkpoint into the Hub format that ``ctfm.load`` reads.
 
-A Lightning checkpoint holds the whole SimCLR module (encoder, projection head, optimizer state) and, via lighter,
-the config it was built from. Export rebuilds the encoder from that config, so the exported ``config.json`` always
-describes the trained architecture, and keeps only the encoder's weights under the published key names.
+A Lightning checkpoint holds the whole Lighter module (network, heads, optimizer state) and, via lighter, the
+config it was built from. Export finds the network worth publishing in that config (a SegResNetDS for a fine-tuned
+segmentation model, else the encoder inside the module: ``model::network`` or ``model::network::encoder``),
+rebuilds it from the config, so the exported ``config.json`` describes what was trained, and loads its weights
+strictly from the matching ``state_dict`` prefix (``network.`` or ``network.encoder.``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -14,8 +17,8 @@ from torch import nn
 
 from ctfm.errors import ModelLoadError
 
-ENCODER_PREFIX = "network.encoder."
-ENCODER_CONFIG_KEY = "model::network::encoder"
+#: Where exportable networks sit in ctfm's recipes, tried in order (the first SegResEncoder/SegResNetDS wins).
+EXPORT_CANDIDATES = ("model::network", "model::network::encoder", "model::network::student")
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -29,11 +32,16 @@ def read_checkpoint(path: str | Path) -> dict:
         raise ModelLoadError(f"{path}: cannot be read as a PyTorch checkpoint: {err}") from err
 
 
-def encoder_from_checkpoint(path: str | Path) -> nn.Module:
-    """Rebuild the pretrained encoder from a lighter checkpoint's saved config and load its weights strictly."""
+def network_from_checkpoint(path: str | Path, config_key: str | None = None) -> nn.Module:
+    """Rebuild the exportable network from a lighter checkpoint's saved config and load its weights strictly.
+
+    ``config_key`` (e.g. ``model::network::encoder``) picks the network; by default the first of
+    :data:`EXPORT_CANDIDATES` that is a SegResEncoder or SegResNetDS. A recipe's ``vars::weights`` (a pretrained
+    start) is not fetched again: the checkpoint holds the trained weights.
+    """
     from sparkwheel import Config
 
-    from ctfm.hub import load_state_dict_strict
+    from ctfm.hub.loading import load_state_dict_strict
 
     checkpoint = read_checkpoint(path)
     try:
@@ -44,16 +52,38 @@ def encoder_from_checkpoint(path: str | Path) -> nn.Module:
         ) from None
     parser = Config()
     parser.update(config)
-    encoder = parser.resolve(ENCODER_CONFIG_KEY)
-    state = {k[len(ENCODER_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(ENCODER_PREFIX)}
+    if "vars::weights" in parser:
+        parser.set("vars::weights", None)
+    key, network = _exportable(parser, [config_key] if config_key else EXPORT_CANDIDATES, path)
+    prefix = key.removeprefix("model::").replace("::", ".") + "."
+    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     if not state:
-        raise ModelLoadError(f"{path}: no weights under {ENCODER_PREFIX!r}; is it a ctfm pretraining checkpoint?")
-    load_state_dict_strict(encoder, state, source=str(path))
-    return encoder.eval()
+        raise ModelLoadError(f"{path}: no weights under {prefix!r} for {key}")
+    load_state_dict_strict(network, state, source=str(path))
+    return network.eval()
 
 
-def export_encoder(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Write the checkpoint's encoder as ``config.json`` + ``model.safetensors`` in ``out_dir``."""
-    from ctfm.hub import save_pretrained
+def export_encoder(checkpoint: str | Path, out_dir: str | Path, *, config_key: str | None = None) -> Path:
+    """Write the checkpoint's network as ``config.json`` + ``model.safetensors`` in ``out_dir``.
 
-    return save_pretrained(encoder_from_checkpoint(checkpoint), out_dir)
+    Refuses (naming the tensors) weights holding NaN or inf, as every save in ctfm does.
+    """
+    from ctfm.hub.saving import save_pretrained
+
+    return save_pretrained(network_from_checkpoint(checkpoint, config_key), out_dir)
+
+
+def _exportable(parser, keys: Sequence[str], path: str | Path) -> tuple[str, nn.Module]:
+    from ctfm.hub.registry import ARCHITECTURES
+
+    architectures = tuple(ARCHITECTURES.values())
+    for key in keys:
+        if key not in parser:
+            continue
+        network = parser.resolve(key)
+        if isinstance(network, architectures):
+            return key, network
+    raise ModelLoadError(
+        f"{path}: found no {' or '.join(ARCHITECTURES)} at {', '.join(keys)} of its config; pass the config key "
+        "of the network to export"
+    )

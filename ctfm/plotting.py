@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ctfm.atomic import write_atomically
 
@@ -34,6 +35,7 @@ def loss_curve(losses: Sequence[float], path: str | Path, *, chance: float | Non
     axes.plot(range(1, len(losses) + 1), losses, marker="o", label="training loss")
     if chance is not None:
         axes.axhline(chance, linestyle="--", color="grey", label=f"chance ({chance:.3f})")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("epoch")
     axes.set_ylabel("loss")
     axes.set_title(title)

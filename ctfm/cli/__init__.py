@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "ctfm.cli.prepare",
     "ctfm.cli.idc",
     "ctfm.cli.models",
+    "ctfm.cli.recipes",
 )
 
 

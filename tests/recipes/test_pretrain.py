@@ -1,15 +1,22 @@
 """The Lighter recipes: they resolve with the published defaults, train, export, load, and resume."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from recipe_runner import RECIPES, fit_tiny
 from sparkwheel import Config
 
+from ctfm.recipes import load_recipe
+
+BEFORE_BASE = Path(__file__).parent / "data" / "pretrain_before_base.yaml"
+
 
 def resolved(*inputs):
+    """The config lighter builds from ``inputs``, with recipe files read wherever the tests run from."""
     config = Config()
     for item in inputs:
-        config.update(str(item))
+        config.update(load_recipe(item) if isinstance(item, Path) else item)
     return config
 
 
@@ -78,13 +85,13 @@ def test_fit_export_load_and_resume(tmp_path, datalist):
 def test_exported_full_size_encoder_has_the_published_keys(tmp_path):
     """A checkpoint of the full recipe exports to the exact public tensor names."""
     import ctfm
-    from ctfm.export import encoder_from_checkpoint
+    from ctfm.export import network_from_checkpoint
 
     config = resolved(RECIPES / "pretrain.yaml", f"vars::datalist={tmp_path / 'd.csv'}")
     model = config.resolve("model")
     path = tmp_path / "full.ckpt"
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": {"config": config.get()}}, path)
-    encoder = encoder_from_checkpoint(path)
+    encoder = network_from_checkpoint(path)
     keys = list(encoder.state_dict())
     assert len(keys) == 161 and keys[0].startswith("conv_init.")
     assert all(k.split(".")[0] in ("conv_init", "layers") for k in keys)
@@ -103,3 +110,40 @@ def test_recipe_mistakes_fail_early_with_the_fix(tmp_path, override, message):
     with pytest.raises(Exception) as raised:
         resolved(*inputs).resolve("data")
     assert message in str(raised.value)
+
+
+def test_pretrain_built_from_base_pieces_is_the_recipe_it_was(tmp_path):
+    """pretrain.yaml composes _base/ pieces now; it must still expand to exactly the self-contained recipe it was."""
+    datalist = f"vars::datalist={tmp_path / 'datalist.csv'}"
+    old = Config().update(str(BEFORE_BASE)).update(datalist)
+    new = resolved(RECIPES / "pretrain.yaml", datalist)
+    expected = old.get()
+    expected["model"]["_target_"] = "ctfm.tasks.IntraSampleSimCLR"  # the module moved; ctfm.ssl still resolves
+    assert new.get() == expected
+    old_model, new_model = old.resolve("model"), new.resolve("model")
+    assert type(old_model) is type(new_model)
+    assert str(old_model.network) == str(new_model.network)
+    old_data, new_data = old.resolve("data"), new.resolve("data")
+    keys = ("patch_size", "patches_per_scan", "scans_per_device", "num_workers", "steps_per_epoch", "seed")
+    assert {k: getattr(old_data, k) for k in keys} == {k: getattr(new_data, k) for k in keys}
+    assert old_data.cache == new_data.cache
+
+
+def test_a_copied_recipe_runs_from_a_folder_without_a_checkout(tmp_path, monkeypatch, datalist):
+    """`ctfm recipes copy pretrain my_recipes && lighter fit my_recipes/pretrain.yaml ...`, exactly as typed."""
+    from lighter import Runner
+    from recipe_runner import TINY
+
+    from ctfm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["recipes", "copy", "pretrain", "my_recipes"]) == 0
+    assert sorted(p.name for p in (tmp_path / "my_recipes" / "_base").iterdir()) == [
+        "encoder.yaml",
+        "optimization.yaml",
+        "trainer.yaml",
+    ]
+    overrides = [f"vars::datalist={datalist}", "vars::output_dir=run", *TINY, "vars::precision=32-true"]
+    overrides += ["trainer::accelerator=cpu", "trainer::max_steps=1", "trainer::enable_progress_bar=false"]
+    Runner().run("fit", ["my_recipes/pretrain.yaml", *overrides])
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()

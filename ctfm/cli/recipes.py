@@ -1,0 +1,30 @@
+"""``ctfm recipes``: list the Lighter recipes that ship with ctfm, or copy one (with its ``_base`` pieces) to edit."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("recipes", help="list the Lighter recipes, or copy one to edit and run")
+    parser.add_argument("--from", dest="folder", help="recipes folder (default: ./lighter_configs, else ctfm's own)")
+    commands = parser.add_subparsers(dest="recipes_command", metavar="ACTION")
+    copy = commands.add_parser("copy", help="copy a recipe and the _base pieces it uses into a folder")
+    copy.add_argument("name", help="recipe name as listed, e.g. pretrain")
+    copy.add_argument("destination", help="folder to copy into; run `lighter fit DESTINATION/NAME.yaml` next to it")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ctfm.recipes import copy_recipe, list_recipes, recipes_dir
+
+    if args.recipes_command == "copy":
+        written = copy_recipe(args.name, args.destination, folder=args.folder)
+        for path in written:
+            print(f"wrote {path}")
+        print(f"run it from here: lighter fit {written[0]} vars::...=...")
+        return 0
+    print(f"recipes in {recipes_dir(args.folder)} (run with `lighter fit lighter_configs/NAME.yaml`):")
+    for name, summary in list_recipes(args.folder).items():
+        print(f"  {name:20s} {summary}")
+    return 0
