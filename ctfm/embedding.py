@@ -36,7 +36,7 @@ class PatchEmbeddings:
     embeddings: torch.Tensor
     centers_voxel: torch.Tensor
     centers_mm: torch.Tensor
-    patch_size: tuple[int, int, int]
+    patch_size: tuple[int, ...]
 
     def reduce(self, how: Reduction = "mean") -> torch.Tensor:
         if how == "mean":

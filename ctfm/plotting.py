@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -68,7 +69,7 @@ def orthogonal_slices(
         raise ValueError(f"overlay_kind must be 'labels' or 'heat', got {overlay_kind!r}")
     z, y, x = (s // 2 for s in volume.shape) if point is None else (int(p) for p in point)
     dz, dy, dx = (float(s) for s in spacing)
-    views = [
+    views: list[tuple[str, tuple[Any, ...], float]] = [
         ("axial", np.s_[z, :, :], dy / dx),  # rows y (posterior down), columns x
         ("coronal", np.s_[::-1, y, :], dz / dx),  # rows z flipped: superior up
         ("sagittal", np.s_[::-1, :, x], dz / dy),

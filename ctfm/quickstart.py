@@ -30,7 +30,7 @@ def run_quickstart(
     out = Path(out).resolve()
     recipes = recipes_dir(configs)
     datalist = make_sample_dataset(out / "data", n_scans=n_scans, seed=0)
-    command = [
+    command: list[str | Path] = [
         recipes / "pretrain.yaml",
         recipes / "quickstart.yaml",
         f"vars::datalist={datalist}",

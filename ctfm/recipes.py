@@ -94,8 +94,10 @@ def run_recipe(stage: str, inputs: Sequence[str | Path | dict[str, Any]], **stag
 
     resolved: list[Any] = []
     for item in inputs:
-        is_file = isinstance(item, Path) or (isinstance(item, str) and "=" not in item and not item.startswith("~"))
-        resolved.append(load_recipe(item) if is_file else item)
+        if isinstance(item, Path) or (isinstance(item, str) and "=" not in item and not item.startswith("~")):
+            resolved.append(load_recipe(item))
+        else:
+            resolved.append(item)
     Runner().run(stage, resolved, **stage_kwargs)
 
 

@@ -219,12 +219,12 @@ class PreprocessCache:
         Unusable scans are skipped, logged and listed in the report with their reason; scans that failed before
         (same file, same settings) are skipped without being read again unless ``retry_failed``.
         """
-        sources = [str(source) for source in sources]
+        names = [str(source) for source in sources]
         report = PrepareReport()
         done: dict[str, CachedScan] = {}
         todo: dict[str, str] = {}  # key -> first source with that key
         keys: dict[str, str] = {}
-        for source in sources:
+        for source in names:
             try:
                 key = keys[source] = self.key(source)
             except InvalidScanError as err:
@@ -248,12 +248,12 @@ class PreprocessCache:
             else:
                 logger.warning("skipping %s: %s", source, outcome)
                 report.skipped[source] = outcome
-        for source in sources:
-            key = keys.get(source)
-            if key in done:
-                report.scans.append(dataclasses.replace(done[key], source=source))
+        for source in names:
+            found = keys.get(source)
+            if found is not None and found in done:
+                report.scans.append(dataclasses.replace(done[found], source=source))
             elif source not in report.skipped:  # a duplicate of a skipped scan
-                report.skipped[source] = report.skipped[todo.get(key, source)]
+                report.skipped[source] = report.skipped[todo.get(found, source) if found else source]
         return report
 
     def _run(self, sources: Sequence[str], workers: int, progress: bool):
@@ -293,6 +293,7 @@ def _prepare_one(cache: PreprocessCache, source: str) -> CachedScan | str:
         return err.problem
     except Exception as err:  # noqa: BLE001 - one bad scan must not end a run over thousands
         logger.debug("preprocessing %s failed", source, exc_info=True)
-        while err.__cause__ is not None:  # MONAI wraps the real error in "applying transform ..."
-            err = err.__cause__
-        return f"preprocessing failed: {type(err).__name__}: {err}"
+        cause: BaseException = err
+        while cause.__cause__ is not None:  # MONAI wraps the real error in "applying transform ..."
+            cause = cause.__cause__
+        return f"preprocessing failed: {type(cause).__name__}: {cause}"

@@ -64,7 +64,7 @@ class CachedScanDataset(Dataset, Randomizable):
         self.views.set_random_state(seed=int(self.R.randint(MAX_SEED)))
         return self
 
-    def randomize(self, data=None) -> int:
+    def randomize(self, data: object = None) -> int:  # type: ignore[override]  # returns the draw
         """A random scan index among those still readable."""
         if len(self._unreadable) == len(self.scans):
             raise CTFMError(f"none of the {len(self.scans)} cached scans can be read any more; see the warnings above")
@@ -93,8 +93,9 @@ class CachedScanDataset(Dataset, Randomizable):
 def _seed_worker(seed: int, rank: int, worker_id: int) -> None:
     """Give every DataLoader worker of every rank its own stream, new for each epoch's fresh workers."""
     info = torch.utils.data.get_worker_info()
+    assert info is not None, "worker_init_fn runs in DataLoader workers only"
     entropy = np.random.SeedSequence([seed, rank, info.seed % MAX_SEED]).generate_state(1)[0]
-    info.dataset.set_random_state(seed=int(entropy) % MAX_SEED)
+    info.dataset.set_random_state(seed=int(entropy) % MAX_SEED)  # type: ignore[attr-defined]
 
 
 class CTPretrainDataModule(pl.LightningDataModule):
@@ -194,6 +195,7 @@ class CTPretrainDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             self.setup("fit")
+        assert self.train_dataset is not None
         world = self.trainer.world_size if self.trainer is not None else 1
         dataset = self.train_dataset
         if self.steps_per_epoch is not None:

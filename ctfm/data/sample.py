@@ -8,6 +8,10 @@ painted with broadcast numpy expressions inside its bounding box, so a 120 x 350
 
 Array convention: ``hu[z, y, x]`` with z towards the head (superior), y towards the back (posterior) and x towards
 the patient's left: the SPL orientation that :class:`ctfm.transforms.CTPreprocessing` produces.
+
+About 400 lines on purpose: the generator and the writers of its files (NIfTI, label maps, a DICOM series, a
+dataset with its datalist) are one concept, the bundled sample data, and share one geometry (SPL arrays, RAS
+affines, LPS DICOM tags) that is easiest to keep right in one place.
 """
 
 from __future__ import annotations
@@ -287,7 +291,7 @@ def generate_ct(
 
     sz, sy, sx = spacing
     origin = (-(nx - 1) * sx / 2, -(ny - 1) * sy / 2, -(nz - 1) * sz / 2)
-    return SampleCT(hu=hu, labels=labels, spacing=spacing, origin=origin, seed=int(seed))
+    return SampleCT(hu=hu, labels=labels, spacing=(sz, sy, sx), origin=origin, seed=int(seed))
 
 
 def _to_image(sample: SampleCT, array: np.ndarray) -> sitk.Image:

@@ -61,20 +61,21 @@ class _HubFetch:
         from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
 
         endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or None
-        arguments = {"revision": self.revision, "cache_dir": self.cache_dir, "endpoint": endpoint}
+        cache_dir = None if self.cache_dir is None else str(self.cache_dir)
+        arguments = {"revision": self.revision, "cache_dir": cache_dir, "endpoint": endpoint}
         if self.offline:
             try:
-                return Path(hf_hub_download(self.repo_id, filename, local_files_only=True, **arguments))
+                return Path(hf_hub_download(self.repo_id, filename, local_files_only=True, **arguments))  # type: ignore[call-overload]
             except LocalEntryNotFoundError as err:
                 reason = "offline (HF_HUB_OFFLINE or local_files_only) and not in the cache"
                 raise self._error(filename, reason, absent=True) from err
         try:
-            if not isinstance(try_to_load_from_cache(self.repo_id, filename, self.cache_dir, self.revision), str):
+            if not isinstance(try_to_load_from_cache(self.repo_id, filename, cache_dir, self.revision), str):
                 # Not cached: ask once, without retries. hf_hub_download would retry a refused connection with
                 # back-off for half a minute before failing; with a cached copy it falls back to it at once.
                 url = hf_hub_url(self.repo_id, filename, revision=self.revision, endpoint=endpoint)
                 get_hf_file_metadata(url, timeout=constants.HF_HUB_ETAG_TIMEOUT, endpoint=endpoint)
-            return Path(hf_hub_download(self.repo_id, filename, **arguments))
+            return Path(hf_hub_download(self.repo_id, filename, **arguments))  # type: ignore[call-overload]
         except LocalEntryNotFoundError as err:  # the Hub stopped answering between the check and the download
             raise self._error(filename, _reason(err, endpoint or constants.ENDPOINT, self.revision)) from err
         except EntryNotFoundError as err:

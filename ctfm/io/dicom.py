@@ -86,7 +86,7 @@ def _number(value: Any) -> float | None:
 
 def _read_headers(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
     """Headers of the DICOM files directly in ``folder``; other files (sidecars, DICOMDIR) are skipped."""
-    headers = []
+    headers: list[tuple[Path, pydicom.Dataset]] = []
     for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
@@ -69,7 +69,7 @@ def is_nifti(path: Path) -> bool:
 def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Voxels (float32, index order i, j, k) and RAS affine of a NIfTI file; damage becomes InvalidScanError."""
     try:
-        image = nib.load(path)
+        image: Any = nib.load(path)  # a Nifti1Image or Nifti2Image
         array = np.asarray(image.dataobj, dtype=np.float32)
     except Exception as err:  # nibabel raises ImageFileError, OSError, EOFError, zlib.error... for a damaged file
         reason = " ".join(str(err).split())

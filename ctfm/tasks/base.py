@@ -120,7 +120,7 @@ def _describe(batch: Any) -> str:
         image = batch.get("image")
         if isinstance(image, (list, tuple)):
             names = image
-        elif hasattr(image, "meta"):
+        elif image is not None and hasattr(image, "meta"):
             names = image.meta.get("filename_or_obj", ())
     names = [str(name) for name in (names if isinstance(names, (list, tuple)) else [names])]
     if not names:

@@ -50,7 +50,7 @@ class IntraSampleSimCLR(CTFMModule):
         self.channels_last = channels_last
         self.scheduler_interval = scheduler_interval
         if channels_last:
-            self.network = self.network.to(memory_format=torch.channels_last_3d)
+            self.network: nn.Module = network.to(memory_format=torch.channels_last_3d)
 
     def contrastive_loss(self, views: torch.Tensor) -> torch.Tensor:
         if views.ndim != 7 or views.shape[2] != 2:

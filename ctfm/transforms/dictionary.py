@@ -9,7 +9,7 @@ prediction back on the input's grid.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from monai.data import MetaTensor
 from monai.transforms import (
@@ -49,9 +49,9 @@ class LoadCTd(MapTransform):
             if isinstance(value, MetaTensor):
                 from ctfm.io.reader import check_same_grid
 
-                value = value if value.ndim == 4 else value[None]
-                check_same_grid(image, value, value.meta.get("filename_or_obj", key))
-                out[key] = value.float()
+                labels = value if value.ndim == 4 else cast(MetaTensor, value[None])
+                check_same_grid(image, labels, labels.meta.get("filename_or_obj", str(key)))
+                out[key] = labels.float()
             else:
                 out[key] = read_label_map(value, like=image)
         return out
@@ -98,7 +98,7 @@ class CTPreprocessingd(Compose):
         self.settings = settings
         self.loader = LoadCTd(image_key, label_keys, check_hu=settings.check_hu) if load else None
 
-    def __call__(self, data: Mapping[Hashable, Any], *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, data: Mapping[Hashable, Any], *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         if self.loader is not None:
             data = self.loader(data)
         return super().__call__(data, *args, **kwargs)

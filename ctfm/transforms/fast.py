@@ -23,7 +23,7 @@ class SkipIdleRandAffine(RandAffine):
     MONAI builds a full coordinate grid on every call, even the 80 % that leave the view unchanged.
     """
 
-    def __call__(self, img: torch.Tensor, randomize: bool = True, **kwargs) -> torch.Tensor:
+    def __call__(self, img: torch.Tensor, randomize: bool = True, **kwargs) -> torch.Tensor:  # type: ignore[override]
         if randomize:
             self.randomize()
         if not self._do_transform:
@@ -38,7 +38,7 @@ class FastHistogramShift(RandHistogramShift):
     adding ``slope change * max(x - knot, 0)`` for each of the few knots.
     """
 
-    def interp(self, x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    def interp(self, x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         slopes = (fp[1:] - fp[:-1]) / (xp[1:] - xp[:-1])
         x = x.clamp(float(xp[0]), float(xp[-1]))
         out = (x - xp[0]).mul_(slopes[0]).add_(fp[0])

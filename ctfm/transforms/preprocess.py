@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ class LoadCT(Transform):
 
     def __call__(self, image: str | Path | MetaTensor) -> MetaTensor:
         if isinstance(image, MetaTensor):
-            return image if image.ndim == 4 else image[None]
+            return image if image.ndim == 4 else cast(MetaTensor, image[None])
         return read_ct(image, check_hu=self.check_hu)
 
 
@@ -58,9 +59,9 @@ class CTPreprocessing:
     what counts as foreground for the crop: voxels above it (default -500 HU: body, not air or noise in air).
     """
 
-    spacing: tuple[float, float, float] | None = PRETRAINING_SPACING
+    spacing: tuple[float, ...] | None = PRETRAINING_SPACING
     hu_range: tuple[float, float] = HU_RANGE
-    min_size: tuple[int, int, int] = PATCH_SIZE
+    min_size: tuple[int, ...] = PATCH_SIZE
     crop_foreground: bool = True
     body_threshold_hu: float = -500.0
     check_hu: bool = True
@@ -97,8 +98,8 @@ class CTPreprocessing:
     def __call__(self, image: str | Path | MetaTensor) -> MetaTensor:
         # Load outside the Compose: MONAI wraps a transform's exception in RuntimeError("applying transform ..."),
         # and callers must see the InvalidScanError that names the file. LoadCT in the pipeline then passes through.
-        out = self.transforms()(LoadCT(check_hu=self.check_hu)(image))
-        return out.float() if out.dtype != torch.float32 else out
+        out = cast(MetaTensor, self.transforms()(LoadCT(check_hu=self.check_hu)(image)))
+        return cast(MetaTensor, out.float()) if out.dtype != torch.float32 else out
 
 
 def as_model_input(array: np.ndarray | torch.Tensor, min_size: Sequence[int] = PATCH_SIZE) -> MetaTensor:
@@ -116,4 +117,4 @@ def as_model_input(array: np.ndarray | torch.Tensor, min_size: Sequence[int] = P
         tensor = tensor[None]
     if tensor.ndim != 4 or tensor.shape[0] != 1:
         raise ValueError(f"expected a (z, y, x) or (1, z, y, x) array, got shape {tuple(tensor.shape)}")
-    return SpatialPad(spatial_size=tuple(min_size), mode="constant", value=0.0)(tensor)
+    return cast(MetaTensor, SpatialPad(spatial_size=tuple(min_size), mode="constant", value=0.0)(tensor))

@@ -68,7 +68,7 @@ class RandScaledCrop(RandomizableTransform):
     def __call__(self, img: torch.Tensor, randomize: bool = True) -> torch.Tensor:
         if randomize:
             self.randomize(img.shape[1:])
-        return img[(slice(None), *self._box)]
+        return img[(slice(None),) + self._box]
 
 
 def view_augmentation(
@@ -147,7 +147,7 @@ class ContrastiveViews(Randomizable):
     def patch(self, volume: np.ndarray | torch.Tensor, start: Sequence[int]) -> torch.Tensor:
         """The float32 ``(1, pz, py, px)`` patch at ``start``, padded with air where the volume is too small."""
         box = tuple(slice(int(s), int(s) + p) for s, p in zip(start, self.patch_size))
-        patch = dequantise(volume[(slice(None), *box)])
+        patch = dequantise(volume[(slice(None),) + box])
         missing = [p - s for p, s in zip(self.patch_size, patch.shape[1:])]
         if any(missing):
             patch = torch.nn.functional.pad(patch, [v for m in reversed(missing) for v in (0, m)], value=0.0)
