@@ -26,6 +26,7 @@ LAYERS = [
     ("ctfm",),  # the package root: lazy attributes for the public API of the layers below
     ("ctfm.quickstart",),
     ("ctfm.cli",),
+    ("ctfm.__main__",),
 ]
 
 

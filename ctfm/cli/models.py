@@ -14,5 +14,9 @@ def run(args: argparse.Namespace) -> int:
     from ctfm.hub import MODELS
 
     for spec in MODELS.values():
-        print(f"{spec.name:20s} {spec.repo_id:45s} {spec.description}")
+        outputs = f"{len(spec.classes)} classes" if spec.classes else f"{spec.embedding_dim}-d embedding"
+        spacing = (
+            "native" if spec.preprocessing.spacing is None else "x".join(f"{s:g}" for s in spec.preprocessing.spacing)
+        )
+        print(f"{spec.name:18s} {spec.repo_id:42s} {outputs:16s} spacing {spacing:8s} {spec.description}")
     return 0
