@@ -23,6 +23,7 @@ _LAZY = {
     "CTPreprocessing": "ctfm.transforms.preprocess",
     "read_ct": "ctfm.io.reader",
     "export_encoder": "ctfm.export",
+    "recipes_dir": "ctfm.recipes",
 }
 
 __all__ = sorted(_LAZY)

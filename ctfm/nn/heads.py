@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 
@@ -13,6 +12,3 @@ class ProjectionHead(nn.Sequential):
         super().__init__(
             nn.Linear(in_features, hidden_features), nn.ReLU(inplace=True), nn.Linear(hidden_features, out_features)
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x)
