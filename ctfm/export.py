@@ -1,8 +1,9 @@
 """Turn a training checkpoint into the Hub format that ``ctfm.load`` reads.
 
 A Lightning checkpoint holds the whole Lighter module (network, heads, optimizer state) and, via lighter, the
-config it was built from. Export finds the network worth publishing in that config (a SegResNetDS for a fine-tuned
-segmentation model, else the encoder inside the module: ``model::network`` or ``model::network::encoder``),
+config it was built from. Export finds the network worth publishing in that config (a distilled student, the
+encoder inside a SimCLR network, or a fine-tuned SegResNetDS: ``model::network::student``, ``::encoder`` or
+``model::network``),
 rebuilds it from the config, so the exported ``config.json`` describes what was trained, and loads its weights
 strictly from the matching ``state_dict`` prefix (``network.`` or ``network.encoder.``).
 """
@@ -17,8 +18,9 @@ from torch import nn
 
 from ctfm.errors import ModelLoadError
 
-#: Where exportable networks sit in ctfm's recipes, tried in order (the first SegResEncoder/SegResNetDS wins).
-EXPORT_CANDIDATES = ("model::network", "model::network::encoder", "model::network::student")
+#: Where exportable networks sit in ctfm's recipes, tried in order (the first SegResEncoder/SegResNetDS wins): the
+#: narrowest first, so exporting a distilled student never builds its teacher, nor SimCLR's encoder its head.
+EXPORT_CANDIDATES = ("model::network::student", "model::network::encoder", "model::network")
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -35,7 +37,7 @@ def read_checkpoint(path: str | Path) -> dict:
 def network_from_checkpoint(path: str | Path, config_key: str | None = None) -> nn.Module:
     """Rebuild the exportable network from a lighter checkpoint's saved config and load its weights strictly.
 
-    ``config_key`` (e.g. ``model::network::encoder``) picks the network; by default the first of
+    ``config_key`` (e.g. ``model::network``) picks the network; by default the first of
     :data:`EXPORT_CANDIDATES` that is a SegResEncoder or SegResNetDS. A recipe's ``vars::weights`` (a pretrained
     start) is not fetched again: the checkpoint holds the trained weights.
     """

@@ -13,8 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("out_dir", help="directory to write config.json and model.safetensors into")
     parser.add_argument(
         "--config-key",
-        help="config key of the network to export (default: model::network if it is a SegResNetDS or "
-        "SegResEncoder, else model::network::encoder)",
+        help="config key of the network to export (default: the first SegResEncoder or SegResNetDS among "
+        "model::network::student, model::network::encoder and model::network)",
     )
     parser.set_defaults(func=run)
 

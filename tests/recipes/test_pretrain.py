@@ -141,6 +141,7 @@ def test_a_copied_recipe_runs_from_a_folder_without_a_checkout(tmp_path, monkeyp
     assert sorted(p.name for p in (tmp_path / "my_recipes" / "_base").iterdir()) == [
         "encoder.yaml",
         "optimization.yaml",
+        "pretrain_data.yaml",
         "trainer.yaml",
     ]
     overrides = [f"vars::datalist={datalist}", "vars::output_dir=run", *TINY, "vars::precision=32-true"]
