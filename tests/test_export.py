@@ -61,7 +61,5 @@ def test_export_refuses_nan_weights_naming_them(tmp_path):
         }
     }
     path = _checkpoint(tmp_path / "nan.ckpt", config, state)
-    with pytest.raises(
-        ctfm.errors.ModelLoadError, match=r"1 of \d+ tensors hold NaN or inf values \(encoder.conv_init.weight\)"
-    ):
+    with pytest.raises(ModelLoadError, match=r"1 of \d+ tensors hold NaN or inf values \(encoder.conv_init.weight\)"):
         ctfm.export_encoder(path, tmp_path / "out")
