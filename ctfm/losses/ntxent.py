@@ -35,11 +35,17 @@ class IntraSampleNTXentLoss(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.ndim != 4 or z.shape[2] != 2:
             raise ValueError(f"expected projections of shape (scans, patches, 2, dim), got {tuple(z.shape)}")
+        if z.shape[1] < 2:
+            raise ValueError(f"intra-sample NT-Xent needs at least 2 patches per scan, got {z.shape[1]}")
+        # Under mixed precision the similarity matmul would otherwise run in bf16/fp16, whose 8-bit mantissa
+        # blurs cosine similarities that differ in the third decimal, ten times over at temperature 0.1.
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self._loss(z.float())
+
+    def _loss(self, z: torch.Tensor) -> torch.Tensor:
         scans, patches, _, dim = z.shape
-        if patches < 2:
-            raise ValueError(f"intra-sample NT-Xent needs at least 2 patches per scan, got {patches}")
         # Rows 0..M-1 are the first views, rows M..2M-1 the second views, so view i's positive is row (i + M) % 2M.
-        views = F.normalize(z.float(), dim=-1).transpose(1, 2).reshape(scans, 2 * patches, dim)
+        views = F.normalize(z, dim=-1).transpose(1, 2).reshape(scans, 2 * patches, dim)
         logits = views @ views.transpose(1, 2) / self.temperature
         eye = torch.eye(2 * patches, dtype=torch.bool, device=z.device)
         logits = logits.masked_fill(eye, float("-inf"))

@@ -5,16 +5,23 @@
   agree before skipping, so they never disagree on whether to step.
 - A checkpoint is never written with non-finite weights: saving one stops the run and names the tensors.
 - Logged values carry the batch size explicitly, so Lightning never guesses it from a batch of paths.
+- Under CPU autocast (``precision=bf16-mixed`` on a CPU) the training step runs in float32: oneDNN's bfloat16
+  Conv3d weight gradient reads uninitialised memory whenever a feature map is 2 voxels deep (the stride-16 encoder
+  makes one from 16-, 24- and 32-slice patches), so gradients, and one optimizer step later most weights, became
+  garbage or NaN, depending on what the freed memory held (hence runs that differed with the DataLoader workers).
+  Autocast on GPUs is left on.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from lighter import LighterModule
+from pytorch_lightning.utilities import rank_zero_warn
 
 from ctfm.errors import CTFMError
 from ctfm.hub.loading import listing, nonfinite_tensors
@@ -79,7 +86,22 @@ class CTFMModule(LighterModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         self._batch_size = self.batch_size_of(batch)
-        return self.finite_or_skip(self.compute_loss(batch), batch)
+        with self.training_precision():
+            loss = self.compute_loss(batch)
+        return self.finite_or_skip(loss, batch)
+
+    def training_precision(self) -> contextlib.AbstractContextManager:
+        """Autocast switched off for a training step on the CPU (see the module docstring); else a no-op.
+
+        Tasks that write their own ``training_step`` run its forward and loss inside this.
+        """
+        if self.device.type != "cpu" or not _cpu_autocast_enabled():
+            return contextlib.nullcontext()
+        rank_zero_warn(
+            "bf16 mixed precision on a CPU: training steps run in float32 instead, because oneDNN's bfloat16 Conv3d "
+            "weight gradient is corrupt for 2-voxel-deep feature maps; set precision=32-true to silence this"
+        )
+        return torch.autocast("cpu", enabled=False)
 
     def compute_loss(self, batch: Any) -> torch.Tensor:
         """The training loss of ``batch``; tasks that only need a loss implement this instead of training_step."""
@@ -111,6 +133,13 @@ class CTFMModule(LighterModule):
             sync_dist=sync_dist,
             batch_size=self._batch_size,
         )
+
+
+def _cpu_autocast_enabled() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
 
 
 def _describe(batch: Any) -> str:

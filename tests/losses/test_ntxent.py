@@ -43,3 +43,13 @@ def test_gradients_reach_every_view():
 def test_rejects_bad_shapes(shape):
     with pytest.raises(ValueError, match="patches|shape"):
         IntraSampleNTXentLoss()(torch.randn(*shape))
+
+
+def test_the_loss_is_computed_in_float32_under_autocast():
+    torch.manual_seed(0)
+    z = torch.randn(2, 6, 2, 32)
+    loss = IntraSampleNTXentLoss()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = loss(z.bfloat16())
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, loss(z.bfloat16().float()))

@@ -82,6 +82,25 @@ def test_fit_export_load_and_resume(tmp_path, datalist):
     assert ctfm.embed(model, torch.rand(8, 32, 32), patch_size=(8, 32, 32)).shape == (64,)
 
 
+@pytest.mark.slow
+def test_bf16_mixed_on_a_cpu_trains_finite_weights(tmp_path, datalist, monkeypatch):
+    """The user's report: bf16-mixed (the recipe default) on a CPU with 16-slice patches gave NaN weights.
+
+    16-slice patches give the encoder a 2-voxel-deep level, where oneDNN's bf16 weight gradient is corrupt (see
+    tests/tasks/test_simclr.py); the step must see Lightning's autocast, turn it off, and leave no NaN in last.ckpt.
+    """
+    from ctfm.export import read_checkpoint
+    from ctfm.tasks import base
+
+    seen = []
+    detect = base._cpu_autocast_enabled
+    monkeypatch.setattr(base, "_cpu_autocast_enabled", lambda: seen.append(detect()) or seen[-1])
+    fit_tiny(tmp_path, datalist, "vars::precision=bf16-mixed", "=vars::patch_size=[16,32,32]", "vars::num_workers=2")
+    assert seen and all(seen)
+    state = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["state_dict"]
+    assert not [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
 def test_exported_full_size_encoder_has_the_published_keys(tmp_path):
     """A checkpoint of the full recipe exports to the exact public tensor names."""
     import ctfm
