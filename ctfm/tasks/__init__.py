@@ -1,6 +1,7 @@
 """Training tasks: one LighterModule a file, each on :class:`~ctfm.tasks.base.CTFMModule`."""
 
 from ctfm.tasks.base import CTFMModule, NonFiniteTrainingError
+from ctfm.tasks.ddpm import DDPMPretraining
 from ctfm.tasks.simclr import IntraSampleSimCLR
 
-__all__ = ["CTFMModule", "IntraSampleSimCLR", "NonFiniteTrainingError"]
+__all__ = ["CTFMModule", "DDPMPretraining", "IntraSampleSimCLR", "NonFiniteTrainingError"]
