@@ -3,11 +3,13 @@
 Epsilon prediction with MSE over MONAI's ``DDPMScheduler`` (1000 steps, linear betas 1e-4 to 2e-2) through
 ``DiffusionInferer``; the window condition is replaced by the null window with probability ``condition_dropout``
 (LCTfound: 5%) so sampling can use classifier-free guidance; gradients are clipped to norm ``gradient_clip``;
-``ema_decay`` keeps an exponential moving average of the weights in ``ema_network`` (saved in the checkpoint).
+``ema_decay`` keeps an exponential moving average of the weights in ``ema_network`` (saved in the checkpoint);
+:func:`load_denoiser` reads either back.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +18,8 @@ from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ctfm.nn.diffusion.network import NULL_WINDOW
+from ctfm.errors import CTFMError
+from ctfm.nn.diffusion.network import NULL_WINDOW, WindowConditionedUNet
 from ctfm.tasks.base import NONFINITE_PATIENCE, CTFMModule
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -105,3 +108,46 @@ class DDPMPretraining(CTFMModule):
         if self.scheduler is not None:
             config["lr_scheduler"] = {"scheduler": self.scheduler, "interval": self.scheduler_interval}
         return config
+
+
+def load_denoiser(
+    checkpoint: str | Path, spatial_dims: int | None = None, ema: bool = False
+) -> tuple[WindowConditionedUNet, dict[str, Any]]:
+    """The denoiser of a pretraining checkpoint (its EMA weights with ``ema``) and the recipe's ``vars``.
+
+    The network is rebuilt from the config lighter saved in the checkpoint; a checkpoint of another dimension than
+    ``spatial_dims``, or whose weights do not fit its own config, is refused with one line before anything runs.
+    """
+    from sparkwheel import Config
+
+    from ctfm.export import read_checkpoint
+
+    state = read_checkpoint(checkpoint)
+    try:
+        config = state["hyper_parameters"]["config"]
+    except KeyError:
+        raise CTFMError(
+            f"{checkpoint}: has no lighter config in hyper_parameters; was it written by `lighter fit`?"
+        ) from None
+    parser = Config().update(config)
+    network = parser.resolve("model::network") if "model::network" in parser else None
+    if not isinstance(network, WindowConditionedUNet):
+        raise CTFMError(f"{checkpoint}: model::network is not a diffusion denoiser (ctfm.nn.diffusion)")
+    prefix = "ema_network.module." if ema else "network."
+    weights = {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
+    if not weights:
+        hint = " (trained without vars::ema_decay)" if ema else ""
+        raise CTFMError(f"{checkpoint}: no weights under {prefix!r}{hint}")
+    stored_dims = weights["unet.conv_in.conv.weight"].ndim - 2
+    if spatial_dims is not None and stored_dims != spatial_dims:
+        raise CTFMError(f"{checkpoint}: holds a {stored_dims}D denoiser, but spatial_dims is {spatial_dims}")
+    if stored_dims != network.spatial_dims:
+        raise CTFMError(
+            f"{checkpoint}: its weights are {stored_dims}D but its config builds a {network.spatial_dims}D net"
+        )
+    missing, unexpected = network.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise CTFMError(
+            f"{checkpoint}: weights do not match the network: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    return network.eval(), dict(parser.get("vars") or {})
