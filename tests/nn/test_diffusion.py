@@ -105,3 +105,21 @@ def test_sparse_view_restoration_fits_the_projections():
     assert residual(fbp) < 0.2
     with pytest.raises(CTFMError, match="ParallelBeam is 2D"):
         operator.forward(torch.zeros(1, 1, 8, 32, 32))
+
+
+def test_adapter_features_and_heads(spatial_dims):
+    from ctfm.nn.diffusion.features import BottleneckClassifier, DiffusionFeatures, PixelMLP
+
+    shape = SHAPES[spatial_dims]
+    extractor = DiffusionFeatures(tiny(spatial_dims), timesteps=(10, 400))
+    images = torch.rand(2, 1, *shape) * 2 - 1
+    decoder, bottleneck = extractor(images)
+    assert decoder.shape == (2, extractor.decoder_channels, *shape)
+    assert bottleneck.shape[:2] == (2, extractor.bottleneck_channels)
+    again, _ = extractor(images)
+    torch.testing.assert_close(decoder, again)  # the same noise every time
+    half = decoder.shape[1] // 2
+    assert not torch.allclose(decoder[:, :half], decoder[:, half:])  # one block of channels per timestep
+    assert not any(p.requires_grad for p in extractor.network.parameters())
+    assert PixelMLP(spatial_dims, decoder.shape[1], 3)(decoder).shape == (2, 3, *shape)
+    assert BottleneckClassifier(spatial_dims, bottleneck.shape[1], 2, width=16)(bottleneck).shape == (2, 2)

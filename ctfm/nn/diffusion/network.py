@@ -24,7 +24,8 @@ NULL_WINDOW = -1.0
 _HU_SCALE = 1000.0
 
 #: Network sizes. ``lctfound``: five levels 64-1024, two residual blocks, attention (self + cross) at the middle
-#: three, as LCTfound's 256 x 256 2D model; ``small`` and ``tiny`` train on a CPU.
+#: three, as LCTfound's 256 x 256 2D model; ``small`` and ``tiny`` train on a CPU (attention at the deepest level
+#: only: full-resolution attention is what makes a CPU step slow).
 PRESETS: dict[str, dict[str, Any]] = {
     "lctfound": {
         "channels": (64, 128, 256, 512, 1024),
@@ -36,7 +37,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "small": {
         "channels": (32, 64, 128),
-        "attention_levels": (False, True, True),
+        "attention_levels": (False, False, True),
         "num_res_blocks": 1,
         "num_head_channels": 32,
         "norm_num_groups": 16,
