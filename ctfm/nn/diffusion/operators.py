@@ -66,6 +66,14 @@ class Downsample(LinearOperator):
         return x + F.interpolate(y - self.forward(x), scale_factor=self.factor, mode="nearest")
 
 
+def _skimage_transform():
+    try:
+        from skimage import transform
+    except ImportError as err:
+        raise CTFMError("sparse-view CT needs scikit-image: pip install 'ctfm[diffusion]'") from err
+    return transform
+
+
 class ParallelBeam(LinearOperator):
     """2D parallel-beam projection at ``angles`` (degrees) by scikit-image's ``radon``, on images mapped to [0, 1].
 
@@ -95,14 +103,12 @@ class ParallelBeam(LinearOperator):
         return images * inside  # outside the field of view is air (0 here, -1 in the model's space)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from skimage.transform import radon
-
+        radon = _skimage_transform().radon
         sinograms = [radon(image, self.angles, circle=True) for image in self._slices(x)]
         return torch.from_numpy(np.stack(sinograms)[:, None]).to(x.dtype)
 
     def project(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        from skimage.transform import iradon_sart
-
+        iradon_sart = _skimage_transform().iradon_sart
         images = []
         for image, sinogram in zip(self._slices(x), y[:, 0].double().cpu().numpy()):
             for _ in range(self.iterations):
@@ -112,7 +118,6 @@ class ParallelBeam(LinearOperator):
 
     def filtered_back_projection(self, y: torch.Tensor) -> torch.Tensor:
         """The baseline: FBP (ramp filter) of the sinograms, in [-1, 1] like the images."""
-        from skimage.transform import iradon
-
+        iradon = _skimage_transform().iradon
         images = [iradon(s, self.angles, filter_name="ramp", circle=True) for s in y[:, 0].double().cpu().numpy()]
         return (torch.from_numpy(np.stack(images)[:, None]) * 2 - 1).float()
