@@ -55,6 +55,7 @@ def datalist(tmp_path_factory):
     return make_sample_dataset(tmp_path_factory.mktemp("data"), n_scans=2, shape=(24, 64, 64), seed=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_recipe_trains_three_steps_on_a_cpu(tmp_path, datalist, spatial_dims):
     overrides = [
