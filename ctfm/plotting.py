@@ -92,3 +92,34 @@ def orthogonal_slices(
     if title:
         figure.suptitle(title)
     return save_figure(figure, path)
+
+
+# ---- diffusion
+def image_grid(
+    images: Sequence[np.ndarray],
+    path: str | Path,
+    *,
+    titles: Sequence[str] | None = None,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+    columns: int = 4,
+    title: str = "",
+) -> Path:
+    """2D images (a volume's middle axial slice for 3D ones) side by side, in grey over ``value_range``."""
+    count = len(images)
+    if count == 0:
+        raise ValueError("image_grid needs at least one image")
+    columns = min(columns, count)
+    rows = -(-count // columns)
+    figure = Figure(figsize=(3 * columns, 3 * rows + (0.4 if title else 0)))
+    for index, image in enumerate(images):
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim == 3:
+            image = image[image.shape[0] // 2]
+        axes = figure.add_subplot(rows, columns, index + 1)
+        axes.imshow(image, cmap="gray", vmin=value_range[0], vmax=value_range[1], interpolation="nearest")
+        if titles is not None:
+            axes.set_title(titles[index], fontsize=9)
+        axes.set_axis_off()
+    if title:
+        figure.suptitle(title)
+    return save_figure(figure, path)

@@ -76,7 +76,7 @@ def copy_recipe(name: str, destination: str | Path, *, folder: str | Path | None
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    """A recipe as a dict whose ``_base`` references point at the ``_base`` folder beside the recipe file."""
+    """A recipe as a dict whose ``_base`` references point at the ``_base`` folder of its recipes folder."""
     import yaml
 
     path = Path(path)
@@ -84,7 +84,10 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as err:
         raise CTFMError(f"{path}: cannot read the recipe ({err})") from err
-    anchored = _rewrite_base_refs(text, lambda _: (path.resolve().parent / BASE_DIRNAME).as_posix())
+    # The recipes folder is the nearest one holding _base/ (recipes may sit in sub-folders such as diffusion/).
+    folders = path.resolve().parents
+    base = next((f / BASE_DIRNAME for f in folders if (f / BASE_DIRNAME).is_dir()), folders[0] / BASE_DIRNAME)
+    anchored = _rewrite_base_refs(text, lambda _: base.as_posix())
     return yaml.safe_load(anchored) or {}
 
 

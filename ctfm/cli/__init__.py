@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "ctfm.cli.idc",
     "ctfm.cli.models",
     "ctfm.cli.recipes",
+    "ctfm.cli.diffusion",
 )
 
 

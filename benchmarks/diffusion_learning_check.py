@@ -1,0 +1,111 @@
+"""CPU learning check of diffusion pretraining: the small 2D preset on slices of the synthetic sample scans.
+
+    PYTHONPATH=. python benchmarks/diffusion_learning_check.py --steps 300
+
+Trains through the pretrain_2d recipe (slices at 3 mm in-plane, so a 64 x 64 slice holds the whole torso), prints
+the loss of the first and last 10% of steps, then samples at the lung (1500/-500) and mediastinal (400/0) windows
+and reports the mean intensity ([-1, 1]) inside the body (central quarter of the image) and outside it (the border
+frame), next to the same numbers for real slices of the training data at each window. Soft tissue sits near the
+top of the lung window and in the middle of the mediastinal one, so samples at the lung window should be brighter
+inside the body; air is -1 outside at both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ctfm.data.diffusion import DiffusionDataset
+from ctfm.data.sample import make_sample_dataset
+from ctfm.nn.diffusion.sampling import sample
+from ctfm.recipes import recipes_dir, run_recipe
+from ctfm.tasks.ddpm import load_denoiser
+
+WINDOWS = {"lung 1500/-500": (1500.0, -500.0), "mediastinal 400/0": (400.0, 0.0)}
+SIZE = 64
+
+
+def inside_outside(images: torch.Tensor) -> tuple[float, float]:
+    """Mean of the central quarter and of a 4-pixel border frame of ``(n, 1, s, s)`` images."""
+    s = images.shape[-1]
+    centre = images[..., s // 4 : 3 * s // 4, s // 4 : 3 * s // 4].mean()
+    frame = torch.ones(s, s, dtype=torch.bool)
+    frame[4:-4, 4:-4] = False
+    return float(centre), float(images[..., frame].mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--sample-steps", type=int, default=50)
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--out", default=None, help="keep the run here (default: a temporary folder)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    work = Path(args.out or tempfile.mkdtemp(prefix="ctfm-diffusion-check-"))
+    work.mkdir(parents=True, exist_ok=True)
+    datalist = make_sample_dataset(work / "data", n_scans=4, shape=(48, 192, 192), seed=0)
+    overrides = [
+        f"vars::datalist={datalist}",
+        f"vars::output_dir={work / 'run'}",
+        "vars::preset=small",
+        f"=vars::image_size=[{SIZE},{SIZE}]",
+        "=vars::spacing=[3.0,3.0,3.0]",
+        "vars::batch_size=8",
+        "vars::num_workers=0",
+        "vars::precision=32-true",
+        "vars::lr=1.0e-3",
+        "vars::warmup_steps=20",
+        f"vars::steps_per_epoch={args.steps}",
+        "vars::max_epochs=1",
+        "trainer::accelerator=cpu",
+        "trainer::enable_progress_bar=false",
+        "trainer::log_every_n_steps=1",
+    ]
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        run_recipe("fit", [recipes_dir() / "diffusion" / "pretrain_2d.yaml", *overrides])
+    finally:
+        os.chdir(cwd)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(work / "run" / "logs" / "version_0"))
+    events.Reload()
+    losses = [e.value for e in events.Scalars("train/loss/step")]
+    tenth = max(1, len(losses) // 10)
+    print(f"loss: first {tenth} steps {np.mean(losses[:tenth]):.4f}, last {tenth} steps {np.mean(losses[-tenth:]):.4f}")
+
+    network, _ = load_denoiser(work / "run" / "checkpoints" / "last.ckpt", spatial_dims=2)
+    from ctfm.data.cache import PreprocessCache
+    from ctfm.data.datalist import read_datalist
+    from ctfm.transforms.preprocess import CTPreprocessing
+
+    cache = PreprocessCache(
+        work / "data" / "ctfm_cache", CTPreprocessing(spacing=(3.0, 3.0, 3.0), min_size=(1, SIZE, SIZE))
+    )
+    scans = cache.prepare(read_datalist(datalist)["image"].tolist(), progress=False).scans
+    print(f"{'window':<20} {'real inside':>12} {'real outside':>13} {'sample inside':>14} {'sample outside':>15}")
+    for name, window in WINDOWS.items():
+        real = DiffusionDataset(scans, 2, (SIZE, SIZE), [window], max_zoom=1.0, flip_prob=0, intensity=0)
+        real.set_random_state(0)
+        real_images = torch.stack([real[i]["image"] for i in range(32)])
+        generated = sample(
+            network, (SIZE, SIZE), window, n=args.n, steps=args.sample_steps, generator=torch.Generator().manual_seed(0)
+        )
+        r_in, r_out = inside_outside(real_images)
+        s_in, s_out = inside_outside(generated)
+        print(f"{name:<20} {r_in:>12.3f} {r_out:>13.3f} {s_in:>14.3f} {s_out:>15.3f}")
+        from ctfm.plotting import image_grid
+
+        image_grid(list(generated[:, 0].numpy()), work / f"samples_{window[0]:g}_{window[1]:g}.png", title=name)
+    print(f"pictures in {work}")
+
+
+if __name__ == "__main__":
+    main()

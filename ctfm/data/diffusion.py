@@ -1,0 +1,200 @@
+"""Diffusion pretraining data: 2D slices or 3D patches of the canonical preprocessing cache, windowed to [-1, 1].
+
+One code path for both: an item crops a random region from a cached scan (a single axial slice in 2D, a patch in
+3D) a random 1 to ``max_zoom`` times ``image_size``, resizes it to ``image_size`` (LCTfound's random scale-crop),
+flips it left-right, windows it by a window drawn from ``windows`` (its condition) and scales it to [-1, 1], then
+changes contrast and brightness slightly. Only the cropped region is read from the memory-mapped cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from monai.transforms import Randomizable
+from monai.utils import MAX_SEED
+from pytorch_lightning.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset
+
+from ctfm.data.cache import CachedScan, PreprocessCache, default_cache_dir
+from ctfm.data.datalist import read_datalist
+from ctfm.errors import CTFMError
+from ctfm.nn.diffusion.network import check_window
+from ctfm.transforms.preprocess import HU_RANGE, PRETRAINING_SPACING, CTPreprocessing
+from ctfm.transforms.quantise import QUANTISATION_MAX
+
+logger = logging.getLogger(__name__)
+
+#: LCTfound's two windows (width, level) in HU: lung and mediastinal.
+LCTFOUND_WINDOWS = ((1500.0, -500.0), (400.0, 0.0))
+
+
+def apply_window(hu: torch.Tensor | np.ndarray, width: float, level: float) -> torch.Tensor:
+    """HU -> [-1, 1]: ``level - width / 2`` becomes -1, ``level + width / 2`` becomes 1, clipped outside."""
+    hu = torch.as_tensor(hu, dtype=torch.float32)
+    return ((hu - (level - width / 2)) / width * 2 - 1).clamp(-1, 1)
+
+
+def remove_window(image: torch.Tensor, width: float, level: float) -> torch.Tensor:
+    """[-1, 1] -> HU inside the window (the inverse of :func:`apply_window` where nothing was clipped)."""
+    return (image.float() + 1) / 2 * width + (level - width / 2)
+
+
+def cached_to_hu(values: np.ndarray) -> np.ndarray:
+    """The cache's uint16 values -> HU (the canonical preprocessing maps [-1024, 2048] HU to [0, 1])."""
+    low, high = HU_RANGE
+    return values.astype(np.float32) / QUANTISATION_MAX * (high - low) + low
+
+
+class DiffusionDataset(Dataset, Randomizable):
+    """Item -> ``{"image": (1, *image_size) in [-1, 1], "window": (2,) HU, "source": path}``, drawn at random."""
+
+    def __init__(
+        self,
+        scans: Sequence[CachedScan],
+        spatial_dims: int,
+        image_size: Sequence[int],
+        windows: Sequence[Sequence[float]] = LCTFOUND_WINDOWS,
+        length: int = 1000,
+        max_zoom: float = 1.25,
+        flip_prob: float = 0.5,
+        intensity: float = 0.05,
+    ):
+        if spatial_dims not in (2, 3):
+            raise CTFMError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if len(image_size) != spatial_dims:
+            raise CTFMError(
+                f"image_size {list(image_size)} has {len(image_size)} values but spatial_dims is {spatial_dims}; "
+                "replace a list from the command line with =vars::image_size=[...]"
+            )
+        if not scans:
+            raise CTFMError("DiffusionDataset needs at least one cached scan")
+        if max_zoom < 1:
+            raise ValueError(f"max_zoom must be at least 1, got {max_zoom}")
+        self.scans = list(scans)
+        self.spatial_dims = spatial_dims
+        self.image_size = tuple(int(s) for s in image_size)
+        self.windows = [check_window(*w) for w in windows]
+        self.length = length
+        self.max_zoom = max_zoom
+        self.flip_prob = flip_prob
+        self.intensity = intensity
+
+    def __len__(self) -> int:
+        return self.length
+
+    def crop(self, volume: np.ndarray) -> np.ndarray:
+        """A random region of ``volume`` (``(1, z, y, x)``), one slice thick in 2D, read from the memory map."""
+        shape = volume.shape[1:]
+        zoom = self.R.uniform(1.0, self.max_zoom)
+        size = [1] * (3 - self.spatial_dims) + [max(1, round(s * zoom)) for s in self.image_size]
+        size = [min(s, extent) for s, extent in zip(size, shape)]
+        start = [int(self.R.randint(extent - s + 1)) for s, extent in zip(size, shape)]
+        region = volume[(0, *(slice(b, b + s) for b, s in zip(start, size)))]
+        return region[0] if self.spatial_dims == 2 else region
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+        scan = self.scans[int(self.R.randint(len(self.scans)))]
+        hu = torch.from_numpy(cached_to_hu(np.asarray(self.crop(scan.load(mmap=True)))))[None, None]
+        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+        hu = F.interpolate(hu, size=self.image_size, mode=mode, align_corners=False)[0]
+        if self.R.rand() < self.flip_prob:
+            hu = hu.flip(-1)
+        width, level = self.windows[int(self.R.randint(len(self.windows)))]
+        image = apply_window(hu, width, level)
+        scale = 1 + self.R.uniform(-self.intensity, self.intensity)
+        shift = self.R.uniform(-self.intensity, self.intensity)
+        image = (image * scale + shift).clamp(-1, 1)
+        return {"image": image, "window": torch.tensor([width, level]), "source": scan.source}
+
+
+def _seed_worker(worker_id: int) -> None:
+    info = torch.utils.data.get_worker_info()
+    info.dataset.set_random_state(seed=info.seed % MAX_SEED)
+
+
+class DiffusionDataModule(pl.LightningDataModule):
+    """Datalist -> batches of windowed 2D slices (``spatial_dims=2``) or 3D patches (``spatial_dims=3``).
+
+    Scans go through the canonical preprocessing cache once (:class:`~ctfm.data.cache.PreprocessCache`, at
+    ``spacing``; bad scans are skipped and reported). An epoch is ``steps_per_epoch`` batches of random items.
+    """
+
+    def __init__(
+        self,
+        datalist: str | Path | None,
+        spatial_dims: int,
+        image_size: Sequence[int],
+        batch_size: int = 4,
+        windows: Sequence[Sequence[float]] = LCTFOUND_WINDOWS,
+        cache_dir: str | Path | None = None,
+        spacing: Sequence[float] = PRETRAINING_SPACING,
+        steps_per_epoch: int = 500,
+        num_workers: int = 4,
+        max_zoom: float = 1.25,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if datalist is None:
+            raise CTFMError("no datalist given: set vars::datalist=path/to/datalist.csv (a CSV with an 'image' column)")
+        if spatial_dims not in (2, 3):
+            raise CTFMError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if len(image_size) != spatial_dims:
+            raise CTFMError(
+                f"image_size {list(image_size)} has {len(image_size)} values but spatial_dims is {spatial_dims}; "
+                "replace a list from the command line with =vars::image_size=[...]"
+            )
+        self.windows = [check_window(*w) for w in windows]
+        self.datalist = datalist
+        self.spatial_dims = spatial_dims
+        self.image_size = tuple(int(s) for s in image_size)
+        self.batch_size = batch_size
+        self.steps_per_epoch = steps_per_epoch
+        self.num_workers = num_workers
+        self.max_zoom = max_zoom
+        self.seed = seed
+        min_size = (1, *self.image_size) if spatial_dims == 2 else self.image_size
+        self.cache = PreprocessCache(
+            Path(cache_dir) if cache_dir is not None else default_cache_dir(datalist),
+            CTPreprocessing(spacing=tuple(float(s) for s in spacing), min_size=min_size),
+        )
+        self.train_dataset: DiffusionDataset | None = None
+
+    def prepare_data(self) -> None:
+        self.cache.prepare(read_datalist(self.datalist)["image"].tolist())
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        sources = read_datalist(self.datalist)["image"].tolist()
+        report = self.cache.prepare(sources)
+        if not report.scans:
+            raise CTFMError(f"no usable scan among the {len(sources)} of the datalist:\n{report.summary()}")
+        rank_zero_info(f"diffusion data in {self.cache.root}: {len(report.scans)} usable scans; {report.summary()}")
+        self.train_dataset = DiffusionDataset(
+            report.scans,
+            self.spatial_dims,
+            self.image_size,
+            self.windows,
+            length=self.steps_per_epoch * self.batch_size,
+            max_zoom=self.max_zoom,
+        )
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        self.train_dataset.set_random_state(seed=int(np.random.SeedSequence([self.seed, rank]).generate_state(1)[0]))
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            self.setup("fit")
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            worker_init_fn=_seed_worker if self.num_workers else None,
+            persistent_workers=self.num_workers > 0,
+            drop_last=True,
+        )

@@ -1,0 +1,12 @@
+"""LCTfound-style diffusion networks, sampling and restoration operators, one code path for 2D and 3D."""
+
+from ctfm.nn.diffusion.network import (
+    NULL_WINDOW,
+    PRESETS,
+    WindowConditionedUNet,
+    WindowEmbedding,
+    check_window,
+    diffusion_unet,
+)
+
+__all__ = ["NULL_WINDOW", "PRESETS", "WindowConditionedUNet", "WindowEmbedding", "check_window", "diffusion_unet"]

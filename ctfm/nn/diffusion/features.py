@@ -1,0 +1,122 @@
+"""Features of a frozen denoiser for the LCTfound adapters, read with forward hooks, in 2D or 3D.
+
+Segmentation (Baranchuk et al., as LCTfound): the decoder (up-block) activations at several timesteps, the same
+noise for all, upsampled to the input size (bilinear in 2D, trilinear in 3D) and concatenated along channels, one
+feature vector per pixel/voxel. Classification: the bottleneck (middle-block) activations at several timesteps,
+concatenated along channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctfm.errors import CTFMError
+from ctfm.nn.diffusion.network import WindowConditionedUNet
+from ctfm.tasks.ddpm import ddpm_scheduler
+
+#: Timesteps LCTfound-style adapters read (low noise keeps detail, higher noise adds context).
+DEFAULT_TIMESTEPS = (50, 150, 250)
+
+
+class DiffusionFeatures(nn.Module):
+    """``forward(images, windows=None) -> (decoder features at input size, bottleneck features)``.
+
+    ``blocks`` picks decoder blocks by index in ``unet.up_blocks`` (default: all). The denoiser stays frozen and in
+    eval mode; ``seed`` fixes the noise, so a pixel's features depend on the image only.
+    """
+
+    def __init__(
+        self,
+        network: WindowConditionedUNet,
+        timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
+        blocks: Sequence[int] | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.network = network.eval().requires_grad_(False)
+        self.timesteps = tuple(int(t) for t in timesteps)
+        self.scheduler = ddpm_scheduler()
+        if any(not 0 <= t < self.scheduler.num_train_timesteps for t in self.timesteps):
+            raise CTFMError(f"timesteps must be in [0, {self.scheduler.num_train_timesteps}), got {self.timesteps}")
+        up_blocks = network.unet.up_blocks
+        self.blocks = tuple(range(len(up_blocks))) if blocks is None else tuple(blocks)
+        self.seed = seed
+        self._captured: dict[str, torch.Tensor] = {}
+        for index in self.blocks:
+            up_blocks[index].register_forward_hook(self._keep(f"up{index}"))
+        network.unet.middle_block.register_forward_hook(self._keep("middle"))
+
+    def _keep(self, name: str):
+        def hook(module, inputs, output):
+            self._captured[name] = output
+
+        return hook
+
+    @property
+    def decoder_channels(self) -> int:
+        """Channels per pixel of the decoder features."""
+        out = self.network.unet.block_out_channels
+        return len(self.timesteps) * sum(tuple(reversed(out))[i] for i in self.blocks)
+
+    @property
+    def bottleneck_channels(self) -> int:
+        return len(self.timesteps) * self.network.unet.block_out_channels[-1]
+
+    def train(self, mode: bool = True) -> DiffusionFeatures:
+        super().train(mode)
+        self.network.eval()  # frozen: never switches to training mode
+        return self
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, windows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        dims = self.network.spatial_dims
+        if images.ndim != 2 + dims:
+            raise CTFMError(
+                f"a {dims}D denoiser needs (N, C, *spatial) images of {2 + dims} dimensions, got {tuple(images.shape)}"
+            )
+        generator = torch.Generator(device="cpu").manual_seed(self.seed)
+        noise = torch.randn(images.shape, generator=generator).to(images)
+        mode = "bilinear" if dims == 2 else "trilinear"
+        decoder, bottleneck = [], []
+        for t in self.timesteps:
+            timesteps = torch.full((images.shape[0],), t, device=images.device, dtype=torch.long)
+            noisy = self.scheduler.add_noise(images, noise, timesteps)
+            self._captured.clear()
+            self.network(noisy, timesteps, windows)
+            for index in self.blocks:
+                decoder.append(F.interpolate(self._captured[f"up{index}"], size=images.shape[2:], mode=mode))
+            bottleneck.append(self._captured["middle"])
+        return torch.cat(decoder, dim=1), torch.cat(bottleneck, dim=1)
+
+
+class PixelMLP(nn.Module):
+    """A per-pixel (per-voxel) MLP classifier over feature maps: 1x1 convolutions, so it is one MLP everywhere."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, num_classes: int, hidden: Sequence[int] = (128, 32)):
+        super().__init__()
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        layers: list[nn.Module] = []
+        for width in hidden:
+            layers += [conv(in_channels, width, 1), nn.ReLU(), nn.GroupNorm(min(8, width), width)]
+            in_channels = width
+        self.layers = nn.Sequential(*layers, conv(in_channels, num_classes, 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(features)
+
+
+class BottleneckClassifier(nn.Module):
+    """Bottleneck features -> conv -> global average pooling -> MLP -> class logits (LCTfound's PAP head)."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, num_classes: int, width: int = 256):
+        super().__init__()
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        self.conv = nn.Sequential(conv(in_channels, width, 3, padding=1), nn.GroupNorm(8, width), nn.SiLU())
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, num_classes))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.conv(features).flatten(2).mean(-1))

@@ -1,0 +1,92 @@
+"""Reverse diffusion with classifier-free guidance and an optional data-consistency step, in 2D or 3D.
+
+Every reverse step predicts the noise (guided: ``null + scale * (cond - null)``, the null window being the one
+training dropped to), forms the clean estimate x0, clips it to [-1, 1] and, for restoration, replaces it by its
+data-consistent version ``operator.project(x0, measurement)``; the noise is then re-derived from that x0 and MONAI's
+scheduler takes the step. At the last step x0 is the output, so the output satisfies the operator's constraint
+(exactly for down-sampling; up to the projector's iterations for sparse views).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from tqdm.auto import tqdm
+
+from ctfm.errors import CTFMError
+from ctfm.nn.diffusion.network import NULL_WINDOW, WindowConditionedUNet, check_window
+from ctfm.nn.diffusion.operators import LinearOperator
+from ctfm.tasks.ddpm import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS
+
+METHODS = ("ddim", "ddpm")
+
+
+def sampling_scheduler(method: str, steps: int) -> DDIMScheduler | DDPMScheduler:
+    """The training schedule walked backwards: DDIM in ``steps`` steps, or DDPM over all 1000."""
+    common = {"schedule": "linear_beta", "beta_start": BETA_START, "beta_end": BETA_END, "clip_sample": False}
+    if method == "ddim":
+        scheduler = DDIMScheduler(NUM_TRAIN_TIMESTEPS, **common)
+    elif method == "ddpm":
+        if steps != NUM_TRAIN_TIMESTEPS:
+            raise CTFMError(f"DDPM sampling walks all {NUM_TRAIN_TIMESTEPS} steps (got {steps}); use ddim for fewer")
+        scheduler = DDPMScheduler(NUM_TRAIN_TIMESTEPS, **common)
+    else:
+        raise CTFMError(f"unknown sampling method {method!r}; known: {', '.join(METHODS)}")
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+@torch.no_grad()
+def sample(
+    network: WindowConditionedUNet,
+    shape: Sequence[int],
+    window: Sequence[float] | None = None,
+    *,
+    n: int = 1,
+    steps: int = 50,
+    method: str = "ddim",
+    guidance_scale: float = 1.0,
+    operator: LinearOperator | None = None,
+    measurement: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """``n`` images ``(n, 1, *shape)`` in [-1, 1] at ``window`` (None: unconditional), optionally restored.
+
+    ``guidance_scale`` 1 uses the conditional prediction alone, 0 the unconditional one, > 1 extrapolates.
+    ``operator`` and ``measurement`` (``(n, 1, ...)`` as ``operator.forward`` gives) enable data consistency.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != network.spatial_dims:
+        raise CTFMError(f"a {network.spatial_dims}D denoiser cannot sample shape {list(shape)}")
+    if any(s % network.downsampling for s in shape):
+        raise CTFMError(f"every size of {list(shape)} must be a multiple of {network.downsampling} for this network")
+    if (operator is None) != (measurement is None):
+        raise CTFMError("restoration needs both an operator and a measurement")
+    device = next(network.parameters()).device
+    if operator is not None:
+        operator.check(measurement, (n, network.in_channels, *shape))
+        measurement = measurement.to(device)
+    scheduler = sampling_scheduler(method, steps)
+    null = torch.full((n, 2), NULL_WINDOW, device=device)
+    condition = null if window is None else torch.tensor([check_window(*window)] * n, device=device)
+    guided = window is not None and guidance_scale != 1.0
+    alphas = scheduler.alphas_cumprod.to(device)
+    x = torch.randn((n, network.in_channels, *shape), generator=generator, device=device)
+    for t in tqdm(scheduler.timesteps, desc="Sampling", disable=not progress):
+        timesteps = torch.full((n,), int(t), device=device, dtype=torch.long)
+        if guided:
+            both = network(torch.cat([x, x]), torch.cat([timesteps, timesteps]), torch.cat([null, condition]))
+            unconditional, conditional = both.chunk(2)
+            eps = unconditional + guidance_scale * (conditional - unconditional)
+        else:
+            eps = network(x, timesteps, condition)
+        alpha = alphas[int(t)]
+        x0 = ((x - (1 - alpha).sqrt() * eps) / alpha.sqrt()).clamp(-1, 1)
+        if operator is not None:
+            x0 = operator.project(x0, measurement)
+        eps = (x - alpha.sqrt() * x0) / (1 - alpha).sqrt()
+        x = scheduler.step(eps, int(t), x, generator=generator)[0]
+    return x0 if operator is not None else x.clamp(-1, 1)

@@ -1,0 +1,153 @@
+"""DDPM pretraining (LCTfound) as a Lighter module, for 2D slices or 3D patches alike.
+
+Epsilon prediction with MSE over MONAI's ``DDPMScheduler`` (1000 steps, linear betas 1e-4 to 2e-2) through
+``DiffusionInferer``; the window condition is replaced by the null window with probability ``condition_dropout``
+(LCTfound: 5%) so sampling can use classifier-free guidance; gradients are clipped to norm ``gradient_clip``;
+``ema_decay`` keeps an exponential moving average of the weights in ``ema_network`` (saved in the checkpoint);
+:func:`load_denoiser` reads either back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.inferers import DiffusionInferer
+from monai.networks.schedulers import DDPMScheduler
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from ctfm.errors import CTFMError
+from ctfm.nn.diffusion.network import NULL_WINDOW, WindowConditionedUNet
+from ctfm.tasks.base import NONFINITE_PATIENCE, CTFMModule
+
+NUM_TRAIN_TIMESTEPS = 1000
+BETA_START, BETA_END = 1e-4, 2e-2
+
+
+def ddpm_scheduler(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> DDPMScheduler:
+    """The training noise schedule: linear betas 1e-4 to 2e-2 (Ho et al., as LCTfound)."""
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps, schedule="linear_beta", beta_start=BETA_START, beta_end=BETA_END
+    )
+
+
+class DDPMPretraining(CTFMModule):
+    """Batches ``{"image": (B, 1, *spatial) in [-1, 1], "window": (B, 2) HU}`` -> noise-prediction MSE."""
+
+    validation_step = None  # pretraining has no validation data
+
+    def __init__(
+        self,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        num_train_timesteps: int = NUM_TRAIN_TIMESTEPS,
+        condition_dropout: float = 0.05,
+        gradient_clip: float | None = 1.0,
+        ema_decay: float | None = None,
+        scheduler_interval: str = "epoch",
+        nonfinite_patience: int = NONFINITE_PATIENCE,
+    ):
+        super().__init__(
+            network=network,
+            criterion=nn.MSELoss(),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            nonfinite_patience=nonfinite_patience,
+        )
+        if not 0.0 <= condition_dropout < 1.0:
+            raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) or None, got {ema_decay}")
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        self.noise_scheduler = ddpm_scheduler(num_train_timesteps)
+        self.inferer = DiffusionInferer(self.noise_scheduler)
+        self.condition_dropout = condition_dropout
+        self.gradient_clip = gradient_clip
+        self.scheduler_interval = scheduler_interval
+        self.ema_network = (
+            AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            if ema_decay is not None
+            else None
+        )
+
+    def drop_conditions(self, windows: torch.Tensor) -> torch.Tensor:
+        """``windows`` with each row replaced by the null window with probability ``condition_dropout``."""
+        drop = torch.rand(windows.shape[0], device=windows.device) < self.condition_dropout
+        return torch.where(drop[:, None], torch.full_like(windows, NULL_WINDOW), windows)
+
+    def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        images, windows = batch["image"], batch["window"]
+        expected = 2 + self.network.spatial_dims
+        if images.ndim != expected:
+            raise ValueError(
+                f"the network is {self.network.spatial_dims}D and expects images (B, C, *spatial) of {expected} "
+                f"dimensions, got shape {tuple(images.shape)}"
+            )
+        noise = torch.randn_like(images)
+        timesteps = torch.randint(0, self.noise_scheduler.num_train_timesteps, (images.shape[0],), device=images.device)
+        condition = self.drop_conditions(windows.to(images.dtype))[:, None, :]
+        prediction = self.inferer(images, self.network, noise, timesteps, condition=condition)
+        return self.criterion(prediction.float(), noise.float())
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip = self.gradient_clip if gradient_clip_val is None else gradient_clip_val
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        if outputs is not None and self.ema_network is not None:
+            self.ema_network.update_parameters(self.network)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        config = super().configure_optimizers()
+        if self.scheduler is not None:
+            config["lr_scheduler"] = {"scheduler": self.scheduler, "interval": self.scheduler_interval}
+        return config
+
+
+def load_denoiser(
+    checkpoint: str | Path, spatial_dims: int | None = None, ema: bool = False
+) -> tuple[WindowConditionedUNet, dict[str, Any]]:
+    """The denoiser of a pretraining checkpoint (its EMA weights with ``ema``) and the recipe's ``vars``.
+
+    The network is rebuilt from the config lighter saved in the checkpoint; a checkpoint of another dimension than
+    ``spatial_dims``, or whose weights do not fit its own config, is refused with one line before anything runs.
+    """
+    from sparkwheel import Config
+
+    from ctfm.export import read_checkpoint
+
+    state = read_checkpoint(checkpoint)
+    try:
+        config = state["hyper_parameters"]["config"]
+    except KeyError:
+        raise CTFMError(
+            f"{checkpoint}: has no lighter config in hyper_parameters; was it written by `lighter fit`?"
+        ) from None
+    parser = Config().update(config)
+    network = parser.resolve("model::network") if "model::network" in parser else None
+    if not isinstance(network, WindowConditionedUNet):
+        raise CTFMError(f"{checkpoint}: model::network is not a diffusion denoiser (ctfm.nn.diffusion)")
+    prefix = "ema_network.module." if ema else "network."
+    weights = {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
+    if not weights:
+        hint = " (trained without vars::ema_decay)" if ema else ""
+        raise CTFMError(f"{checkpoint}: no weights under {prefix!r}{hint}")
+    stored_dims = weights["unet.conv_in.conv.weight"].ndim - 2
+    if spatial_dims is not None and stored_dims != spatial_dims:
+        raise CTFMError(f"{checkpoint}: holds a {stored_dims}D denoiser, but spatial_dims is {spatial_dims}")
+    if stored_dims != network.spatial_dims:
+        raise CTFMError(
+            f"{checkpoint}: its weights are {stored_dims}D but its config builds a {network.spatial_dims}D net"
+        )
+    missing, unexpected = network.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise CTFMError(
+            f"{checkpoint}: weights do not match the network: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    return network.eval(), dict(parser.get("vars") or {})
