@@ -59,8 +59,9 @@ def make_totalsegmentator_sample(
         image_id = f"s{index:04d}"
         sample = generate_ct(shape, spacing, seed=int(scan_seed))
         write_nifti(sample, out_dir / image_id / "ct.nii.gz")
+        masks = out_dir / image_id / "segmentations"
         for name in classes:
-            _write_mask(sample, class_mask(sample.labels, name), out_dir / image_id / "segmentations" / f"{name}.nii.gz")
+            _write_mask(sample, class_mask(sample.labels, name), masks / f"{name}.nii.gz")
         rows.append({"image_id": image_id, "age": 60, "gender": "f", "split": split, "study_type": "ct thorax"})
     pd.DataFrame(rows).to_csv(out_dir / "meta.csv", sep=";", index=False)
     return out_dir
