@@ -34,7 +34,8 @@ def copy(dataset, tmp_path):
 
 def test_class_names_are_the_published_order_and_a_subset_is_remapped():
     names = selected_class_names(None)
-    assert len(names) == 118 and names[0] == "background" and names[26] == "vertebrae_S1" and names[50] == "vertebrae_C1"
+    assert len(names) == 118 and names[0] == "background"
+    assert names[26] == "vertebrae_S1" and names[50] == "vertebrae_C1"
     assert names.index("liver") == 5 and len(set(names)) == 118
     assert selected_class_names(["spleen", "liver"]) == ("background", "spleen", "liver")
     with pytest.raises(CTFMError, match="unknown TotalSegmentator classes \\['livers'\\]"):
@@ -108,4 +109,3 @@ def test_training_patches_follow_labels_and_predictions_invert_onto_the_input_gr
     assert np.allclose(restored.affine.numpy(), ct.affine, atol=1e-4)
     expected = np.asarray(ct.dataobj) > -500
     assert np.array_equal(restored[0].numpy() > 0, expected)
-
