@@ -113,14 +113,25 @@ def stitched_argmax(
             if buffer is None:
                 buffer = torch.zeros((logits.shape[1], roi[0], *shape[1:]), device=stitch_device)
             for scores, w in zip(logits, chunk, strict=True):
-                buffer[:, :, w[1], w[2]] += scores * weight
+                buffer[:, :, w[1], w[2]].addcmul_(scores, weight)
         assert buffer is not None
         z1 = starts[index + 1] if index + 1 < len(starts) else shape[0]
         done = z1 - z0
         labels[z0:z1] = buffer[:, :done].argmax(dim=0).cpu()
-        if index + 1 < len(starts):
-            buffer = torch.cat([buffer[:, done:], torch.zeros_like(buffer[:, :done])], dim=1)
+        _shift_out(buffer, done)
     return labels
+
+
+def _shift_out(buffer: torch.Tensor, done: int) -> None:
+    """Drop the first ``done`` slices of ``buffer`` (class, z, y, x) in place and zero the freed ones at its end.
+
+    Copied ``done`` slices at a time, so no copy reads slices it has already overwritten and nothing is allocated.
+    """
+    depth = buffer.shape[1]
+    for first in range(0, depth - done, done):
+        last = min(first + done, depth - done)
+        buffer[:, first:last].copy_(buffer[:, first + done : last + done])
+    buffer[:, max(depth - done, 0) :].zero_()
 
 
 def segment(
