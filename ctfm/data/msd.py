@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from monai.transforms import Compose, MapLabelValued
+from monai.transforms import MapLabelValued
 
 from ctfm.data.segmentation import SegmentationDataModule
 from ctfm.errors import CTFMError, InvalidScanError
@@ -132,13 +132,12 @@ class MSDDataModule(SegmentationDataModule):
         self.items.update(train=train, val=val, test=val)
         self.items["predict"] = [{"image": c["image"], "image_id": c["image_id"]} for c in val]
 
-    def transform(self, stage: str) -> Any:
-        base = super().transform(stage)
-        if stage == "predict" or sorted(self.label_values.items()) == [(v, v) for v in sorted(self.label_values)]:
-            return base
-        remap = MapLabelValued(
-            keys="label", orig_labels=list(self.label_values), target_labels=list(self.label_values.values())
-        )
-        if stage == "train":  # remap before the label-balanced crop sees the classes
-            return Compose([self.labelled, remap, *base.transforms[1:]])
-        return Compose([base, remap])
+    def label_steps(self) -> list[Any]:
+        """The task's label values -> 0..K: selected classes in order, the others background."""
+        if all(value == new for value, new in self.label_values.items()):
+            return []
+        return [
+            MapLabelValued(
+                keys="label", orig_labels=list(self.label_values), target_labels=list(self.label_values.values())
+            )
+        ]

@@ -18,6 +18,7 @@ from monai.data import DataLoader, Dataset, MetaTensor
 from monai.transforms import (
     Compose,
     Invertd,
+    MapTransform,
     RandAffined,
     RandCropByLabelClassesd,
     RandGaussianNoised,
@@ -26,6 +27,7 @@ from monai.transforms import (
     RandShiftIntensityd,
 )
 
+from ctfm.errors import InvalidScanError
 from ctfm.transforms.dictionary import CTPreprocessingd
 from ctfm.transforms.preprocess import CTPreprocessing
 
@@ -59,6 +61,25 @@ def segmentation_augmentation(patch_size: Sequence[int], num_classes: int, sampl
     ]
 
 
+class LabelsBelow(MapTransform):
+    """Refuse a label map holding a value the network has no output for, naming its file."""
+
+    def __init__(self, num_classes: int, key: str = "label"):
+        super().__init__([key])
+        self.num_classes = num_classes
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        for key in self.keys:
+            label = data[key]
+            highest = int(label.max()) if label.numel() else 0
+            if highest >= self.num_classes:
+                source = label.meta.get("filename_or_obj", key) if isinstance(label, MetaTensor) else key
+                raise InvalidScanError(
+                    source, f"holds label {highest}, outside the {self.num_classes - 1} selected classes (1..K)"
+                )
+        return dict(data)
+
+
 class SegmentationDataModule(pl.LightningDataModule):
     """Lists of item dicts per stage -> preprocessed, augmented batches; subclasses fill the lists in ``setup``.
 
@@ -89,11 +110,17 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.labelled = CTPreprocessingd(preprocessing, label_keys=["label"])
         self.predict_transform = CTPreprocessingd(preprocessing)
 
+    def label_steps(self) -> list[Any]:
+        """Transforms of the label map between preprocessing and the range check (a remap, say); none here."""
+        return []
+
     def transform(self, stage: str) -> Any:
+        if stage == "predict":
+            return self.predict_transform
+        labelled = [self.labelled, *self.label_steps(), LabelsBelow(self.num_classes)]
         if stage == "train":
-            augment = segmentation_augmentation(self.patch_size, self.num_classes, self.samples_per_scan)
-            return Compose([self.labelled, *augment])
-        return self.predict_transform if stage == "predict" else self.labelled
+            labelled += segmentation_augmentation(self.patch_size, self.num_classes, self.samples_per_scan)
+        return Compose(labelled)
 
     def _loader(self, stage: str) -> DataLoader:
         train = stage == "train"

@@ -50,3 +50,20 @@ def test_a_missing_file_is_named_with_its_entry(task, tmp_path):
     (copy / "labelsTr" / "liver_2.nii.gz").unlink()
     with pytest.raises(InvalidScanError, match=r"dataset.json: training\[2\] label './labelsTr/liver_2.nii.gz'"):
         read_msd(copy)
+
+
+def test_a_label_value_outside_the_task_labels_is_named(task, tmp_path):
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+
+    copy = shutil.copytree(task, tmp_path / "Task03_Liver")
+    label = copy / "labelsTr" / "liver_0.nii.gz"
+    image = nib.load(label)
+    values = np.asarray(image.dataobj).copy()
+    values[values == 2] = 7
+    nib.save(nib.Nifti1Image(values, image.affine), label)
+    module = MSDDataModule(copy, PREPROCESSING, (16, 32, 32), num_workers=0)
+    with pytest.raises(Exception, match=rf"{label}: holds label 7, outside the 2 selected classes"):
+        module.transform("val")({"image": str(copy / "imagesTr" / "liver_0.nii.gz"), "label": str(label)})
