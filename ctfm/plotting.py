@@ -123,3 +123,20 @@ def image_grid(
     if title:
         figure.suptitle(title)
     return save_figure(figure, path)
+
+
+# ---- segmentation
+
+
+def segmentation_preview(
+    volume: np.ndarray,
+    labels: np.ndarray,
+    path: str | Path,
+    *,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    title: str = "",
+) -> Path:
+    """Orthogonal slices of a ``(z, y, x)`` CT with its label map coloured over it, through the labels' centre."""
+    labelled = np.argwhere(np.asarray(labels) > 0)
+    point = labelled.mean(axis=0).round().astype(int) if len(labelled) else None
+    return orthogonal_slices(volume, path, point=point, overlay=labels, spacing=spacing, title=title)

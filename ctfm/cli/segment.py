@@ -1,0 +1,45 @@
+"""``ctfm segment``: CT scans -> whole-body label maps (TotalSegmentator classes) with the published model."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "segment", help="segment CT scans into label maps on their own grid (ct-fm-whole-body or your export)"
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI / NRRD / MHA files or DICOM series folders")
+    parser.add_argument("--model", default="ct-fm-whole-body", help="model name or Hub-format folder of a SegResNetDS")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--roi", type=int, nargs=3, default=(96, 160, 160), metavar=("Z", "Y", "X"), help="window")
+    parser.add_argument("--overlap", type=float, default=0.625, help="sliding-window overlap (Gaussian blending)")
+    parser.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    parser.add_argument("--classes", nargs="+", metavar="NAME", help="keep only these classes (others become 0)")
+    parser.add_argument("--split-masks", action="store_true", help="also write <name>/<class>.nii.gz binary masks")
+    parser.add_argument(
+        "--no-largest-component", action="store_true", help="keep every component, not only each class's largest"
+    )
+    parser.add_argument("--preview", action="store_true", help="write <name>.png: three slices with the labels")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ctfm.segmentation_files import segment_to_files
+
+    report = segment_to_files(
+        args.inputs,
+        args.out,
+        model=args.model,
+        roi_size=tuple(args.roi),
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        device=args.device,
+        classes=args.classes,
+        split_masks=args.split_masks,
+        largest_component=not args.no_largest_component,
+        preview=args.preview,
+    )
+    print(report.summary())
+    return 0 if report.segmented else 1

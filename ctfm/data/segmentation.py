@@ -1,0 +1,153 @@
+"""The data module every segmentation recipe shares: canonical preprocessing, label-balanced patches, inversion.
+
+Items are dicts ``{"image": CT path, "label": label-map path, "image_id": name}``. Every split goes through
+:class:`~ctfm.transforms.dictionary.CTPreprocessingd`, so label maps follow the image and training sees what the
+encoder saw; training then draws patches centred on foreground classes (``RandCropByLabelClassesd`` with background
+ratio 0) and augments them; validation and test see whole scans (one per batch, for the sliding window); predict
+preprocesses the image only and :meth:`invert` puts a prediction back on the input's own grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from monai.data import DataLoader, Dataset, MetaTensor
+from monai.transforms import (
+    Compose,
+    Invertd,
+    MapTransform,
+    RandAffined,
+    RandCropByLabelClassesd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+)
+
+from ctfm.errors import InvalidScanError
+from ctfm.transforms.dictionary import CTPreprocessingd
+from ctfm.transforms.preprocess import CTPreprocessing
+
+KEYS = ("image", "label")
+
+
+def segmentation_augmentation(patch_size: Sequence[int], num_classes: int, samples_per_scan: int) -> list[Any]:
+    """Label-balanced patches, then random affine, smoothing, intensity scale and shift, and noise."""
+    return [
+        RandCropByLabelClassesd(
+            keys=KEYS,
+            label_key="label",
+            spatial_size=tuple(patch_size),
+            ratios=[0, *([1] * (num_classes - 1))],
+            num_classes=num_classes,
+            num_samples=samples_per_scan,
+            warn=False,
+        ),
+        RandAffined(
+            keys=KEYS,
+            prob=0.2,
+            rotate_range=(0.26, 0.26, 0.26),
+            scale_range=(0.2, 0.2, 0.2),
+            mode=("bilinear", "nearest"),
+            padding_mode="zeros",
+        ),
+        RandGaussianSmoothd(keys="image", prob=0.2, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)),
+        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+        RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+        RandGaussianNoised(keys="image", prob=0.2, std=0.01),
+    ]
+
+
+class LabelsBelow(MapTransform):
+    """Refuse a label map holding a value the network has no output for, naming its file."""
+
+    def __init__(self, num_classes: int, key: str = "label"):
+        super().__init__([key])
+        self.num_classes = num_classes
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        for key in self.keys:
+            label = data[key]
+            highest = int(label.max()) if label.numel() else 0
+            if highest >= self.num_classes:
+                source = label.meta.get("filename_or_obj", key) if isinstance(label, MetaTensor) else key
+                raise InvalidScanError(
+                    source, f"holds label {highest}, outside the {self.num_classes - 1} selected classes (1..K)"
+                )
+        return dict(data)
+
+
+class SegmentationDataModule(pl.LightningDataModule):
+    """Lists of item dicts per stage -> preprocessed, augmented batches; subclasses fill the lists in ``setup``.
+
+    Args:
+        preprocessing: the canonical settings (the recipes pass ``_base/preprocessing.yaml``'s).
+        patch_size: training patch (z, y, x); scans smaller than it are padded with air.
+        num_classes: output channels, background included (for the label-balanced crop).
+        batch_size: training patches per step (``samples_per_scan`` per scan read).
+    """
+
+    def __init__(
+        self,
+        preprocessing: CTPreprocessing,
+        patch_size: Sequence[int],
+        num_classes: int,
+        batch_size: int = 2,
+        samples_per_scan: int = 1,
+        num_workers: int = 4,
+    ):
+        super().__init__()
+        self.preprocessing = preprocessing
+        self.patch_size = tuple(patch_size)
+        self.num_classes = int(num_classes)
+        self.batch_size = batch_size
+        self.samples_per_scan = samples_per_scan
+        self.num_workers = num_workers
+        self.items: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": [], "predict": []}
+        self.labelled = CTPreprocessingd(preprocessing, label_keys=["label"])
+        self.predict_transform = CTPreprocessingd(preprocessing)
+
+    def label_steps(self) -> list[Any]:
+        """Transforms of the label map between preprocessing and the range check (a remap, say); none here."""
+        return []
+
+    def transform(self, stage: str) -> Any:
+        if stage == "predict":
+            return self.predict_transform
+        labelled = [self.labelled, *self.label_steps(), LabelsBelow(self.num_classes)]
+        if stage == "train":
+            labelled += segmentation_augmentation(self.patch_size, self.num_classes, self.samples_per_scan)
+        return Compose(labelled)
+
+    def _loader(self, stage: str) -> DataLoader:
+        train = stage == "train"
+        scans_per_batch = max(1, self.batch_size // self.samples_per_scan) if train else 1
+        return DataLoader(
+            Dataset(self.items[stage], transform=self.transform(stage)),
+            batch_size=scans_per_batch,
+            shuffle=train,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")
+
+    def invert(self, item: Mapping[Hashable, Any]) -> MetaTensor:
+        """``item["pred"]`` (a label map on the preprocessed grid) back on ``item["image"]``'s input grid."""
+        inverted = Invertd(keys="pred", transform=self.predict_transform, orig_keys="image", nearest_interp=True)(
+            dict(item)
+        )["pred"]
+        return inverted.to(torch.int64) if isinstance(inverted, torch.Tensor) else inverted

@@ -1,0 +1,148 @@
+"""``ctfm segment`` on many scans: label maps, per-class masks, statistics and previews on disk, bad scans reported.
+
+Per input ``<name>`` (the file name without its extension, or the DICOM folder's name) in the output folder:
+``<name>.nii.gz`` (integer labels on the input's grid) with ``<name>.json`` naming the values, ``<name>/<class>.nii.gz``
+binary masks with ``split_masks`` (as TotalSegmentator writes them), ``<name>.png`` with ``preview``; one
+``statistics.csv`` for the run (a row per input and class: volume in ml and mean HU inside the class).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ctfm.atomic import write_atomically
+from ctfm.errors import CTFMError, InvalidScanError
+from ctfm.io.reader import read_ct
+from ctfm.reports import ReportRow, RunReport
+from ctfm.segmentation import OVERLAP, ROI_SIZE, load_segmenter, segment
+from ctfm.tasks.segmentation import write_label_map
+
+logger = logging.getLogger(__name__)
+_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass
+class SegmentReport(RunReport):
+    """Scans segmented and scans skipped with the reason."""
+
+    STATUSES = {"segmented": "segmented", "skipped": "skipped"}
+    PROBLEMS = frozenset({"skipped"})
+    ITEM_COLUMN = "image"
+
+    out: Path
+    segmented: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def rows(self) -> list[ReportRow]:
+        return [
+            *(ReportRow(path, "segmented") for path in self.segmented),
+            *(ReportRow(path, "skipped", reason) for path, reason in self.skipped),
+        ]
+
+    def headline(self) -> str:
+        return super().headline() + f"; outputs in {self.out}"
+
+
+def output_name(path: str | Path) -> str:
+    """``scan.nii.gz`` -> ``scan``; a DICOM folder -> its name."""
+    name = Path(path).name
+    for suffix in _SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def class_statistics(labels: torch.Tensor, hu: torch.Tensor, class_names: Sequence[str], values: Sequence[int]):
+    """Rows ``label, class, volume_ml, mean_hu`` for ``values`` of a label map and its HU scan (same grid)."""
+    voxel_ml = float(abs(np.linalg.det(np.asarray(labels.affine, dtype=np.float64)[:3, :3]))) / 1000.0
+    flat_labels = labels.reshape(-1).to(torch.int64)
+    flat_hu = hu.reshape(-1).to(torch.float64)
+    counts = torch.bincount(flat_labels, minlength=len(class_names))
+    sums = torch.bincount(flat_labels, weights=flat_hu, minlength=len(class_names))
+    rows = []
+    for value in values:
+        count = int(counts[value])
+        mean = float(sums[value]) / count if count else float("nan")
+        rows.append({"label": value, "class": class_names[value], "volume_ml": count * voxel_ml, "mean_hu": mean})
+    return rows
+
+
+def segment_to_files(
+    inputs: Iterable[str | Path],
+    out: str | Path,
+    *,
+    model: str | Path = "ct-fm-whole-body",
+    roi_size: Sequence[int] = ROI_SIZE,
+    overlap: float = OVERLAP,
+    batch_size: int = 1,
+    device: str = "cpu",
+    classes: Sequence[str] | None = None,
+    split_masks: bool = False,
+    largest_component: bool = True,
+    preview: bool = False,
+) -> SegmentReport:
+    """Segment each input into ``out`` (see the module docstring); a bad input is skipped and reported."""
+    segmenter = load_segmenter(model, device=device)
+    names = segmenter.class_names
+    values = list(range(1, len(names))) if classes is None else [names.index(c) for c in classes if c in names]
+    if classes is not None and len(values) != len(classes):
+        raise CTFMError(f"the model has no classes {[c for c in classes if c not in names]}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = SegmentReport(out=out)
+    statistics: list[dict] = []
+    for path in tqdm(list(inputs), desc="segmenting", unit="scan"):
+        try:
+            hu = read_ct(path)
+            labels = segment(
+                segmenter,
+                hu,
+                roi_size=roi_size,
+                overlap=overlap,
+                batch_size=batch_size,
+                device=device,
+                classes=classes,
+                largest_component=largest_component,
+            )
+        except InvalidScanError as err:
+            logger.warning("skipping %s", err)
+            report.skipped.append((str(path), err.problem))
+            continue
+        name = output_name(path)
+        affine = np.asarray(hu.affine, dtype=np.float64)
+        array = labels[0].numpy()
+        write_label_map(array, affine, out / f"{name}.nii.gz", names)
+        if split_masks:
+            for value in values:
+                write_label_map(
+                    array == value, affine, out / name / f"{names[value]}.nii.gz", ("background", names[value])
+                )
+        if preview:
+            _preview(hu, labels, out / f"{name}.png", title=name)
+        statistics += [{"image": str(path), **row} for row in class_statistics(labels, hu, names, values)]
+        report.segmented.append(str(path))
+    if statistics:
+        frame = pd.DataFrame(statistics)
+        write_atomically(out / "statistics.csv", lambda tmp: frame.to_csv(tmp, index=False))
+    return report
+
+
+def _preview(hu, labels, path: Path, title: str) -> None:
+    """Three orthogonal slices through the labelled region's centre, labels coloured over the CT."""
+    from monai.transforms import Orientation
+
+    from ctfm.plotting import segmentation_preview
+    from ctfm.transforms.preprocess import RAS_LABELS
+
+    orient = Orientation(axcodes="SPL", labels=RAS_LABELS)
+    volume, overlay = orient(hu)[0].numpy(), orient(labels.float())[0].numpy().astype(np.int64)
+    spacing = tuple(float(s) for s in orient(hu).pixdim)
+    segmentation_preview(volume, overlay, path, spacing=spacing, title=title)

@@ -1,0 +1,72 @@
+"""The Decathlon reader: dataset.json labels and the tumour label, splits, class subsets, missing files."""
+
+import json
+
+import pytest
+
+from ctfm.data.msd import MSDDataModule, msd_class_names, read_msd
+from ctfm.data.sample_layouts import make_msd_sample
+from ctfm.errors import InvalidScanError
+from ctfm.transforms.preprocess import CTPreprocessing
+
+PREPROCESSING = CTPreprocessing(spacing=None, min_size=(16, 32, 32))
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return make_msd_sample(tmp_path_factory.mktemp("msd") / "Task03_Liver", n_cases=5, shape=(24, 64, 64))
+
+
+def test_labels_and_tumour_come_from_dataset_json(task):
+    read = read_msd(task)
+    assert read.labels == {0: "background", 1: "liver", 2: "cancer"} and read.tumour_label == 2
+    assert [c["image_id"] for c in read.cases] == [f"liver_{i}" for i in range(5)]
+    assert msd_class_names(task) == ("background", "liver", "cancer")
+    assert msd_class_names(task, ["cancer"]) == ("background", "cancer")
+
+
+def test_seeded_fraction_or_a_list_of_ids_splits_the_cases(task, tmp_path):
+    module = MSDDataModule(task, PREPROCESSING, (16, 32, 32), val_fraction=0.4, seed=1)
+    again = MSDDataModule(task, PREPROCESSING, (16, 32, 32), val_fraction=0.4, seed=1)
+    assert len(module.items["val"]) == 2 and module.items["val"] == again.items["val"]
+    assert not {c["image_id"] for c in module.items["train"]} & {c["image_id"] for c in module.items["val"]}
+    listing = tmp_path / "val.json"
+    listing.write_text(json.dumps(["liver_4"]))
+    chosen = MSDDataModule(task, PREPROCESSING, (16, 32, 32), val_cases=listing, fewshot=2)
+    assert [c["image_id"] for c in chosen.items["val"]] == ["liver_4"]
+    assert [c["image_id"] for c in chosen.items["train"]] == ["liver_0", "liver_1"]
+
+
+def test_a_class_subset_is_remapped_to_one(task):
+    module = MSDDataModule(task, PREPROCESSING, (16, 32, 32), classes=["cancer"], num_workers=0)
+    item = module.transform("val")(module.items["val"][0])
+    assert set(item["label"].unique().tolist()) == {0.0, 1.0}
+
+
+def test_a_missing_file_is_named_with_its_entry(task, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(task, tmp_path / "Task03_Liver")
+    (copy / "labelsTr" / "liver_2.nii.gz").unlink()
+    with pytest.raises(InvalidScanError, match=r"dataset.json: training\[2\] label './labelsTr/liver_2.nii.gz'"):
+        read_msd(copy)
+
+
+def test_a_label_value_outside_the_task_labels_is_named(task, tmp_path):
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+
+    copy = shutil.copytree(task, tmp_path / "Task03_Liver")
+    label = copy / "labelsTr" / "liver_0.nii.gz"
+    image = nib.load(label)
+    values = np.asarray(image.dataobj).copy()
+    values[values == 2] = 7
+    nib.save(nib.Nifti1Image(values, image.affine), label)
+    module = MSDDataModule(copy, PREPROCESSING, (16, 32, 32), num_workers=0)
+    with pytest.raises(RuntimeError) as raised:  # MONAI's Compose wraps it; the cause names the file
+        module.transform("val")({"image": str(copy / "imagesTr" / "liver_0.nii.gz"), "label": str(label)})
+    cause = raised.value.__cause__
+    assert isinstance(cause, InvalidScanError)
+    assert str(cause) == f"{label}: holds label 7, outside the 2 selected classes (1..K)"
