@@ -20,8 +20,9 @@ LAYERS = [
     ("ctfm.data", "ctfm.nn", "ctfm.losses"),
     ("ctfm.hub",),
     ("ctfm.embedding",),
-    ("ctfm.embedding_table", "ctfm.export", "ctfm.idc"),
-    ("ctfm.tasks", "ctfm.analysis", "ctfm.recipes"),
+    ("ctfm.embedding_table", "ctfm.export", "ctfm.idc", "ctfm.segmentation"),
+    ("ctfm.tasks", "ctfm.recipes"),
+    ("ctfm.analysis", "ctfm.segmentation_files"),
     ("ctfm.ssl",),  # kept so configs naming ctfm.ssl.IntraSampleSimCLR resolve; re-exports ctfm.tasks
     ("ctfm",),  # the package root: lazy attributes for the public API of the layers below
     ("ctfm.quickstart",),

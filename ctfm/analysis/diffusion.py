@@ -12,10 +12,10 @@ import torch
 from ctfm.atomic import write_atomically
 from ctfm.data.diffusion import remove_window
 from ctfm.errors import CTFMError
-from ctfm.nn.diffusion.network import check_window
 from ctfm.nn.diffusion.sampling import sample
 from ctfm.plotting import image_grid
 from ctfm.tasks.ddpm import load_denoiser
+from ctfm.transforms.window import check_window
 
 
 def spl_affine(spacing: Sequence[float]) -> np.ndarray:

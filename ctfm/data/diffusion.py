@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 from ctfm.data.cache import CachedScan, PreprocessCache, default_cache_dir
 from ctfm.data.datalist import read_datalist
 from ctfm.errors import CTFMError
-from ctfm.nn.diffusion.network import check_window
 from ctfm.transforms.preprocess import HU_RANGE, PRETRAINING_SPACING, CTPreprocessing
 from ctfm.transforms.quantise import QUANTISATION_MAX
+from ctfm.transforms.window import check_window
 
 logger = logging.getLogger(__name__)
 

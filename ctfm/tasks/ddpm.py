@@ -14,23 +14,13 @@ from typing import Any
 
 import torch
 from monai.inferers import DiffusionInferer
-from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ctfm.errors import CTFMError
 from ctfm.nn.diffusion.network import NULL_WINDOW, WindowConditionedUNet
+from ctfm.nn.diffusion.schedule import NUM_TRAIN_TIMESTEPS, ddpm_scheduler
 from ctfm.tasks.base import NONFINITE_PATIENCE, CTFMModule
-
-NUM_TRAIN_TIMESTEPS = 1000
-BETA_START, BETA_END = 1e-4, 2e-2
-
-
-def ddpm_scheduler(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> DDPMScheduler:
-    """The training noise schedule: linear betas 1e-4 to 2e-2 (Ho et al., as LCTfound)."""
-    return DDPMScheduler(
-        num_train_timesteps=num_train_timesteps, schedule="linear_beta", beta_start=BETA_START, beta_end=BETA_END
-    )
 
 
 class DDPMPretraining(CTFMModule):

@@ -16,7 +16,7 @@ from torch import nn
 
 from ctfm.errors import CTFMError
 from ctfm.nn.diffusion.network import WindowConditionedUNet
-from ctfm.tasks.ddpm import ddpm_scheduler
+from ctfm.nn.diffusion.schedule import ddpm_scheduler
 
 #: Timesteps LCTfound-style adapters read (low noise keeps detail, higher noise adds context).
 DEFAULT_TIMESTEPS = (50, 150, 250)

@@ -54,14 +54,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def check_window(width: float, level: float) -> tuple[float, float]:
-    """``(width, level)`` as floats; a width <= 0 is refused with one line (it would be the null condition)."""
-    width, level = float(width), float(level)
-    if not width > 0:
-        raise CTFMError(f"window width must be > 0 HU, got width {width:g} and level {level:g} (e.g. lung 1500 -500)")
-    return width, level
-
-
 class WindowEmbedding(nn.Module):
     """``(B, 2)`` or ``(B, 1, 2)`` windows (width, level) in HU -> ``(B, 1, dim)`` cross-attention context."""
 

@@ -16,9 +16,10 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from tqdm.auto import tqdm
 
 from ctfm.errors import CTFMError
-from ctfm.nn.diffusion.network import NULL_WINDOW, WindowConditionedUNet, check_window
+from ctfm.nn.diffusion.network import NULL_WINDOW, WindowConditionedUNet
 from ctfm.nn.diffusion.operators import LinearOperator
-from ctfm.tasks.ddpm import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS
+from ctfm.nn.diffusion.schedule import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS
+from ctfm.transforms.window import check_window
 
 METHODS = ("ddim", "ddpm")
 
