@@ -16,3 +16,17 @@ class ProjectionHead(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x)
+
+
+class ClassificationHead(nn.Sequential):
+    """Scan-level classifier on pooled features ``in -> hidden -> ReLU -> classes`` (CT-FM triage: 512 -> 256 -> 1)."""
+
+    def __init__(self, in_features: int = 512, hidden_features: int = 256, num_classes: int = 1):
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1 (1 = binary with one logit), got {num_classes}")
+        super().__init__(
+            nn.Linear(in_features, hidden_features), nn.ReLU(inplace=True), nn.Linear(hidden_features, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)
