@@ -15,7 +15,7 @@ def test_windows_stack_along_the_first_spatial_axis():
     assert torch.allclose(blood, torch.tensor([0.0, 0.0, 0.4, 1.0, 1.0]))
     assert torch.allclose(subdural, torch.tensor([0.0, 125 / 300, 157 / 300, 205 / 300, 1.0]))
     assert stroke.tolist() == [0.0, 0.0, 0.5, 1.0, 1.0]
-    assert torch.allclose(bone, torch.tensor([0.0, 0.3, 932 / 3000, 0.33, 1.0]))
+    assert torch.allclose(bone, torch.tensor([0.0, 0.3, 932 / 3000, 980 / 3000, 1.0]))
 
 
 def test_dictionary_form_and_channel_stacking():
