@@ -111,6 +111,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         train_transforms / eval_transforms: dict transforms from ``{"image": path}`` to a fixed-size image
             (the recipes build them: canonical preprocessing, or the head-CT windows).
         predict_split: the rows ``lighter predict`` scores: ``all`` or one of train / val / test.
+        external_test: every row is a test scan (an external test set such as CQ500), whatever its split column.
     """
 
     def __init__(
@@ -123,6 +124,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         predict_split: str = "all",
+        external_test: bool = False,
     ):
         super().__init__()
         if datalist is None:
@@ -131,7 +133,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.table = read_labelled_datalist(self.csv, label_column, require_labels=False)
         self.labelled = label_column in self.table.columns
         self.encoding = LabelEncoding(self.table[label_column].tolist(), str(self.csv)) if self.labelled else None
-        self.table["split"] = assign_splits(self.table, self.csv, seed)
+        self.table["split"] = "test" if external_test else assign_splits(self.table, self.csv, seed)
         if predict_split not in ("all", *SPLITS):
             raise ValueError(f"predict_split must be 'all' or one of {SPLITS}, got {predict_split!r}")
         self.label_column = label_column

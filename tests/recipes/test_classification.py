@@ -83,22 +83,67 @@ def test_head_ct_triage_is_the_paper_setting(heads):
         assert torch.allclose(block, ((hu[0] - low) / (high - low)).clamp(0, 1), atol=1e-6)
 
 
-def test_triage_fits_tests_and_predicts(tmp_path, heads):
-    recipe = [RECIPES / "classification.yaml", RECIPES / "head_ct_triage.yaml", f"vars::datalist={heads}"]
-    run("fit", tmp_path, *recipe)
-    best = tmp_path / "checkpoints" / "best.ckpt"
-    assert best.is_file() and (tmp_path / "checkpoints" / "last.ckpt").is_file()
-    assert "val/metrics/AUROC/epoch" in torch.load(best, weights_only=False)["callbacks"].__repr__()
-    run("test", tmp_path, *recipe, ckpt_path=str(best))
-    predictions = pd.read_csv(tmp_path / "predictions.csv")
+TRIAGE = [RECIPES / "classification.yaml", RECIPES / "head_ct_triage.yaml"]
+
+
+@pytest.fixture(scope="module")
+def triage_run(tmp_path_factory, heads):
+    """One tiny fit of the triage recipe, shared: its folder holds checkpoints/best.ckpt and last.ckpt."""
+    run_dir = tmp_path_factory.mktemp("triage")
+    run("fit", run_dir, *TRIAGE, f"vars::datalist={heads}")
+    return run_dir
+
+
+def test_triage_fits_tests_and_predicts(triage_run, heads):
+    best = triage_run / "checkpoints" / "best.ckpt"
+    assert best.is_file() and (triage_run / "checkpoints" / "last.ckpt").is_file()
+    checkpoint = torch.load(best, weights_only=True)
+    monitored = [state for key, state in checkpoint["callbacks"].items() if "ModelCheckpoint" in key]
+    assert monitored[0]["monitor"] == "val/metrics/AUROC/epoch"
+    run("test", triage_run, *TRIAGE, f"vars::datalist={heads}", ckpt_path=str(best))
+    predictions = pd.read_csv(triage_run / "predictions.csv")
     table = pd.read_csv(heads)
     assert list(predictions.columns) == ["image", "probability", "prediction", "label"]
     assert len(predictions) == 1  # the 8:1:1 split of 8 scans keeps one for testing
     row = predictions.iloc[0]
     expected = {os.path.normpath(heads.parent / p): label for p, label in zip(table["image"], table["label"])}
     assert row["label"] == expected[row["image"]] and 0.0 <= row["probability"] <= 1.0
-    run("predict", tmp_path, *recipe, ckpt_path=str(best))
-    assert len(pd.read_csv(tmp_path / "predictions.csv")) == 8
+    assert row["prediction"] == int(row["probability"] >= 0.5)
+    run("predict", triage_run, *TRIAGE, f"vars::datalist={heads}", ckpt_path=str(best))
+    assert len(pd.read_csv(triage_run / "predictions.csv")) == 8
+
+
+def test_cq500_reads_evaluate_a_triage_checkpoint(triage_run, heads, tmp_path):
+    """reads.csv (three readers, one finding column each) + scans named as CQ500 names them -> 4 test rows."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    table = pd.read_csv(heads)
+    for k, image in enumerate(table["image"][:4]):
+        (scans / f"CQ500-CT-{k}.nii.gz").symlink_to(heads.parent / image)
+    reads = pd.DataFrame(
+        {
+            "name": [f"CQ500-CT-{k}" for k in range(5)],  # the fifth has no scan: left out
+            "Category": ["B1"] * 5,
+            "R1:ICH": [0, 1, 0, 0, 1],
+            "R2:ICH": [0, 0, 0, 0, 1],
+            "R3:Fracture": [0, 0, 1, 0, 0],
+        }
+    )
+    reads.to_csv(tmp_path / "reads.csv", index=False)
+    out = tmp_path / "run"
+    out.mkdir()
+    cq500 = [
+        *TRIAGE,
+        RECIPES / "cq500.yaml",
+        f"vars::cq500_reads={tmp_path / 'reads.csv'}",
+        f"vars::cq500_images={scans}",
+    ]
+    run("test", out, *cq500, ckpt_path=str(triage_run / "checkpoints" / "best.ckpt"))
+    labels = pd.read_csv(out / "cq500_labels.csv")
+    assert labels["label"].tolist() == [0, 1, 1, 0] and set(labels["split"]) == {"test"}
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert sorted(predictions["image"]) == sorted(labels["image"])
+    assert predictions.set_index("image")["label"].to_dict() == labels.set_index("image")["label"].to_dict()
 
 
 def test_classification_multiclass_with_splits(tmp_path, heads):
