@@ -15,6 +15,8 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "ctfm.cli.quickstart",
     "ctfm.cli.embed",
+    "ctfm.cli.features",
+    "ctfm.cli.probe",
     "ctfm.cli.export",
     "ctfm.cli.prepare",
     "ctfm.cli.idc",

@@ -8,7 +8,7 @@ inputs need and what it outputs (an embedding width, or classes and their names)
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -18,15 +18,15 @@ from torch import nn
 
 from ctfm.data.classes import TOTALSEGMENTATOR_CLASSES
 from ctfm.nn.encoder import CT_FM_CONFIG
-from ctfm.nn.fmcib import FMCIB_EMBEDDING_DIM, fmcib_resnet50
+from ctfm.nn.fmcib import FMCIB_EMBEDDING_DIM, FMCIBResNet50
 from ctfm.transforms.preprocess import CTPreprocessing
 
 #: Constructor of each architecture a ``config.json`` (or the safetensors metadata ctfm writes) may name.
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+ARCHITECTURES: dict[str, type[nn.Module]] = {
     "SegResEncoder": SegResEncoder,
     "SegResNetDS": SegResNetDS,
     # FMCIB's MONAI ResNet-50 (widen_factor 2, conv1_t_stride 2, no fc); its weights load through ctfm.hub.fmcib.
-    "FMCIBResNet50": fmcib_resnet50,
+    "FMCIBResNet50": FMCIBResNet50,
 }
 
 
