@@ -125,19 +125,20 @@ def extract_lesion_features(
 ) -> LesionReport:
     """Write the features of every usable row of ``csv`` to ``out`` (Parquet, atomically); return the report.
 
-    ``crop`` is ``fmcib`` or ``ct-fm`` (default: the model's own; any other model takes CT-FM's patch).
+    ``crop`` is ``fmcib`` or ``ct-fm`` (default: FMCIB's crop for FMCIB's model, else CT-FM's patch).
     """
     table = read_lesions(csv)
-    name = model if isinstance(model, str) else None
-    if isinstance(crop, str) or crop is None:
-        key = crop or (name if name in LESION_CROPS else "ct-fm")
-        if key not in LESION_CROPS:
-            raise CTFMError(f"unknown crop {key!r}; choose one of {', '.join(LESION_CROPS)}")
-        crop = LESION_CROPS[key]
     if isinstance(model, str):
         from ctfm.hub.loading import load
 
         model = load(model, device=device)
+    if isinstance(crop, str) or crop is None:
+        from ctfm.nn.fmcib import FMCIBResNet50
+
+        key = crop or ("fmcib" if isinstance(model, FMCIBResNet50) else "ct-fm")
+        if key not in LESION_CROPS:
+            raise CTFMError(f"unknown crop {key!r}; choose one of {', '.join(LESION_CROPS)}")
+        crop = LESION_CROPS[key]
     model = model.to(device).eval()
     out = Path(out)
     report = LesionReport(out=out)
