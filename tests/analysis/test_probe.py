@@ -22,7 +22,7 @@ def table(n=120, classes=2, signal=3.0, seed=0):
 def test_probe_cli_binary(tmp_path, capsys):
     table().to_parquet(tmp_path / "features.parquet")
     code = main(["probe", str(tmp_path / "features.parquet"), "--label", "site", "--out", str(tmp_path / "probe"),
-                 "--bootstrap", "200"])  # fmt: skip
+                 "--bootstrap", "100"])  # fmt: skip
     assert code == 0 and "auroc" in capsys.readouterr().out
     results = json.loads((tmp_path / "probe" / "probe.json").read_text())
     auroc = results["metrics"]["auroc"]
