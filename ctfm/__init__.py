@@ -24,6 +24,7 @@ _LAZY = {
     "CTPreprocessing": "ctfm.transforms.preprocess",
     "read_ct": "ctfm.io.reader",
     "export_encoder": "ctfm.export",
+    "lesion_crop": "ctfm.analysis.lesions",
     "recipes_dir": "ctfm.recipes",
 }
 

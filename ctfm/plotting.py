@@ -140,3 +140,42 @@ def segmentation_preview(
     labelled = np.argwhere(np.asarray(labels) > 0)
     point = labelled.mean(axis=0).round().astype(int) if len(labelled) else None
     return orthogonal_slices(volume, path, point=point, overlay=labels, spacing=spacing, title=title)
+
+
+# ---- classification
+
+
+def roc_curves(curves: dict[str, dict[str, Sequence[float]]], path: str | Path, *, title: str = "") -> Path:
+    """ROC curves (``{name: {"fpr": [...], "tpr": [...]}}``) with the chance diagonal."""
+    figure = Figure(figsize=(4.2, 4.0))
+    axes = figure.add_subplot()
+    for name, curve in curves.items():
+        axes.plot(curve["fpr"], curve["tpr"], label=name)
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    axes.set_xlabel("false positive rate")
+    axes.set_ylabel("true positive rate")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.01)
+    axes.set_title(title)
+    axes.legend(loc="lower right", fontsize="small")
+    return save_figure(figure, path)
+
+
+def training_fraction_curve(
+    points: Sequence[dict], path: str | Path, *, metrics: Sequence[str] = ("auroc", "balanced_accuracy", "map")
+) -> Path:
+    """Each metric (value with its 95% CI band) against the fraction of training rows used, as FMCIB plots it."""
+    figure = Figure(figsize=(5, 3.4))
+    axes = figure.add_subplot()
+    fractions = [100 * p["fraction"] for p in points]
+    for metric in metrics:
+        values = [p[metric]["value"] for p in points]
+        low = [p[metric]["ci_low"] for p in points]
+        high = [p[metric]["ci_high"] for p in points]
+        (line,) = axes.plot(fractions, values, marker="o", label=metric)
+        axes.fill_between(fractions, low, high, color=line.get_color(), alpha=0.15)
+    axes.set_xlabel("training rows used (%)")
+    axes.set_ylabel("test metric (95% CI)")
+    axes.set_ylim(0, 1.02)
+    axes.legend(fontsize="small")
+    return save_figure(figure, path)

@@ -16,6 +16,8 @@ COMMAND_MODULES = (
     "ctfm.cli.quickstart",
     "ctfm.cli.embed",
     "ctfm.cli.segment",
+    "ctfm.cli.features",
+    "ctfm.cli.probe",
     "ctfm.cli.export",
     "ctfm.cli.prepare",
     "ctfm.cli.idc",

@@ -29,6 +29,9 @@ _REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 _WEIGHT_SUFFIXES = (".safetensors", *_PICKLE_SUFFIXES)
 _LISTED_KEYS = 10
+FMCIB_ARCHITECTURE = "FMCIBResNet50"
+#: FMCIB's released file is ``model_weights.torch``: a local path with this suffix loads as FMCIB.
+FMCIB_SUFFIX = ".torch"
 
 
 def load(
@@ -64,6 +67,16 @@ def load(
     source = str(name_or_path)
     spec = find_spec(source)
     path = Path(source).expanduser()
+    if (spec is not None and spec.architecture == FMCIB_ARCHITECTURE) or path.suffix == FMCIB_SUFFIX:
+        from ctfm.hub.fmcib import load_fmcib  # FMCIB's own torch layouts, read with weights_only=True
+
+        return load_fmcib(
+            None if spec is not None else path,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            device=device,
+        )
     if spec is None and path.exists():
         weights, config = _local_files(path)
     elif spec is not None or (_REPO_ID.fullmatch(source) and path.suffix not in _WEIGHT_SUFFIXES):

@@ -18,10 +18,16 @@ from torch import nn
 
 from ctfm.data.classes import TOTALSEGMENTATOR_CLASSES
 from ctfm.nn.encoder import CT_FM_CONFIG
+from ctfm.nn.fmcib import FMCIB_EMBEDDING_DIM, FMCIBResNet50
 from ctfm.transforms.preprocess import CTPreprocessing
 
 #: Constructor of each architecture a ``config.json`` (or the safetensors metadata ctfm writes) may name.
-ARCHITECTURES: dict[str, type[nn.Module]] = {"SegResEncoder": SegResEncoder, "SegResNetDS": SegResNetDS}
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "SegResEncoder": SegResEncoder,
+    "SegResNetDS": SegResNetDS,
+    # FMCIB's MONAI ResNet-50 (widen_factor 2, conv1_t_stride 2, no fc); its weights load through ctfm.hub.fmcib.
+    "FMCIBResNet50": FMCIBResNet50,
+}
 
 
 def build_model(architecture: str, config: Mapping[str, Any]) -> nn.Module:
@@ -88,6 +94,17 @@ MODELS: dict[str, ModelSpec] = {
             preprocessing=CTPreprocessing(spacing=None),
             embedding_dim=_CT_FM_WIDTH,
             classes=("background", *TOTALSEGMENTATOR_CLASSES),
+        ),
+        ModelSpec(
+            "fmcib",
+            "surajpaib/FMCIB",
+            "FMCIBResNet50",
+            {},
+            "FMCIB (Pai et al. 2024): 3D ResNet-50 (widen 2), SimCLR on 11k CT lesions; 4096-d lesion features",
+            # FMCIB's inputs: 1 mm isotropic, 50 mm cubes around a seed point, (HU + 1024) / 3072 without clipping;
+            # ctfm.analysis.lesions applies exactly that for --model fmcib.
+            preprocessing=CTPreprocessing(spacing=(1.0, 1.0, 1.0), min_size=(50, 50, 50)),
+            embedding_dim=FMCIB_EMBEDDING_DIM,
         ),
     )
 }

@@ -171,11 +171,12 @@ def published_tiny(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
 
 
 def test_registry_names_the_published_models():
-    assert list_models() == ["ct-fm", "ct-fm-segresnet", "ct-fm-whole-body"]
+    assert list_models() == ["ct-fm", "ct-fm-segresnet", "ct-fm-whole-body", "fmcib"]
     assert {name: spec.repo_id for name, spec in MODELS.items()} == {
         "ct-fm": "project-lighter/ct_fm_feature_extractor",
         "ct-fm-segresnet": "project-lighter/ct_fm_segresnet",
         "ct-fm-whole-body": "project-lighter/whole_body_segmentation",
+        "fmcib": "surajpaib/FMCIB",
     }
     assert all(spec.architecture in ARCHITECTURES and spec.description for spec in MODELS.values())
     with pytest.raises(TypeError):

@@ -1,0 +1,170 @@
+"""Lesion features for a CSV of seed points: each scan read and resampled once, crops embedded in batches.
+
+Input: ``image_path,coordX,coordY,coordZ`` (seed in LPS mm, as FMCIB; relative paths against the CSV's folder);
+other columns are carried through. Output: those columns plus ``embedding`` (a list of floats), one row per usable
+input row, as Parquet. A missing coordinate, an unreadable scan or a seed outside its scan skips the row, which is
+reported with its CSV row number; nothing of that is fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ctfm.analysis.lesions import LESION_CROPS, LesionCrop, SeedOutsideScanError, crop_prepared, prepare_scan, to_ras
+from ctfm.atomic import write_atomically
+from ctfm.errors import CTFMError, InvalidScanError
+from ctfm.reports import ReportRow, RunReport
+
+logger = logging.getLogger(__name__)
+
+LESION_COLUMNS = ("image_path", "coordX", "coordY", "coordZ")
+EMBEDDING_COLUMN = "embedding"
+
+
+@dataclass
+class LesionReport(RunReport):
+    """Rows extracted and rows skipped (``row N``: the CSV line, header = 1) with the reason."""
+
+    STATUSES = {"extracted": "extracted", "skipped": "skipped"}
+    PROBLEMS = frozenset({"skipped"})
+    ITEM_COLUMN = "row"
+
+    out: Path
+    extracted: list[int] = field(default_factory=list)
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+
+    def rows(self) -> list[ReportRow]:
+        return [
+            *(ReportRow(f"row {n}", "extracted") for n in self.extracted),
+            *(ReportRow(f"row {n}", "skipped", reason) for n, reason in sorted(self.skipped)),
+        ]
+
+    def headline(self) -> str:
+        return super().headline() + (f"; table: {self.out}" if self.extracted else "; no table written")
+
+
+def read_lesions(csv: str | Path) -> pd.DataFrame:
+    """The lesion CSV with absolute ``image_path``; a missing column or an unreadable file names the CSV."""
+    csv = Path(csv)
+    try:
+        table = pd.read_csv(csv, dtype={"image_path": str})
+    except FileNotFoundError as err:
+        raise CTFMError(f"{csv}: lesion CSV not found") from err
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise CTFMError(f"{csv}: cannot be read as a CSV: {err}") from err
+    missing = [c for c in LESION_COLUMNS if c not in table.columns]
+    if missing:
+        raise CTFMError(f"{csv}: missing column(s) {', '.join(missing)}; a lesion CSV has {', '.join(LESION_COLUMNS)}")
+    if EMBEDDING_COLUMN in table.columns:
+        raise CTFMError(f"{csv}: already has an {EMBEDDING_COLUMN!r} column, which the output would overwrite")
+    base = csv.resolve().parent
+    table["image_path"] = [
+        p if pd.isna(p) else os.path.normpath(base / Path(str(p).strip()).expanduser()) for p in table["image_path"]
+    ]
+    return table
+
+
+def features_of(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Pooled features: the deepest SegResEncoder map averaged (CT-FM), or what the model returns (FMCIB)."""
+    from ctfm.nn.encoder import encoder_of, pooled_features
+
+    try:
+        encoder_of(model)
+    except TypeError:
+        return model(batch).flatten(1)
+    return pooled_features(model, batch)
+
+
+def _crops(
+    table: pd.DataFrame, crop: LesionCrop, report: LesionReport, progress: bool
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(table index, normalised crop) for each usable row, reading each scan once, in the CSV's order of scans."""
+    bar = tqdm(total=len(table), desc="lesion crops", unit="lesion", disable=not progress)
+    for path, rows in table.groupby("image_path", sort=False, dropna=False):
+        try:
+            if pd.isna(path):
+                raise InvalidScanError("(empty)", "no image_path")
+            volume = prepare_scan(path, crop.orientation, crop.spacing)
+        except InvalidScanError as err:
+            for index in rows.index:
+                report.skipped.append((index + 2, str(err)))
+            bar.update(len(rows))
+            continue
+        for index, row in rows.iterrows():
+            bar.update()
+            try:
+                point = to_ras([row["coordX"], row["coordY"], row["coordZ"]], "LPS")
+                hu = crop_prepared(volume, point, crop.size, name=str(path))
+            except (SeedOutsideScanError, CTFMError) as err:
+                report.skipped.append((index + 2, str(err)))
+                continue
+            yield index, crop.normalise(hu.as_tensor())
+    bar.close()
+
+
+@torch.no_grad()
+def extract_lesion_features(
+    csv: str | Path,
+    out: str | Path,
+    *,
+    model: str | nn.Module = "ct-fm",
+    crop: str | LesionCrop | None = None,
+    batch_size: int = 8,
+    device: str = "cpu",
+    progress: bool = True,
+) -> LesionReport:
+    """Write the features of every usable row of ``csv`` to ``out`` (Parquet, atomically); return the report.
+
+    ``crop`` is ``fmcib`` or ``ct-fm`` (default: FMCIB's crop for FMCIB's model, else CT-FM's patch).
+    """
+    table = read_lesions(csv)
+    if isinstance(model, str):
+        from ctfm.hub.loading import load
+
+        model = load(model, device=device)
+    if isinstance(crop, str) or crop is None:
+        from ctfm.nn.fmcib import FMCIBResNet50
+
+        key = crop or ("fmcib" if isinstance(model, FMCIBResNet50) else "ct-fm")
+        if key not in LESION_CROPS:
+            raise CTFMError(f"unknown crop {key!r}; choose one of {', '.join(LESION_CROPS)}")
+        crop = LESION_CROPS[key]
+    model = model.to(device).eval()
+    out = Path(out)
+    report = LesionReport(out=out)
+    indices: list[int] = []
+    vectors: list[np.ndarray] = []
+    batch: list[tuple[int, torch.Tensor]] = []
+
+    def flush() -> None:
+        stacked = torch.stack([tensor for _, tensor in batch]).to(device)
+        features = features_of(model, stacked).float().cpu().numpy()
+        indices.extend(index for index, _ in batch)
+        vectors.extend(features)
+        batch.clear()
+
+    for item in _crops(table, crop, report, progress):
+        batch.append(item)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    if indices:
+        order = np.argsort(indices)  # rows in the CSV's order
+        rows = table.loc[[indices[i] for i in order]].copy()
+        rows[EMBEDDING_COLUMN] = [vectors[i].tolist() for i in order]
+        write_atomically(out, lambda tmp: rows.to_parquet(tmp, index=False))
+        report.extracted.extend(int(indices[i]) + 2 for i in order)
+    for row, reason in report.skipped:
+        logger.warning("skipped row %d: %s", row, reason)
+    return report

@@ -1,0 +1,126 @@
+"""Crops around a lesion's seed point, in the geometry each lesion model was trained on.
+
+Seed points come as FMCIB and DICOM give them: physical millimetres in LPS (x towards the patient's left, y
+posterior, z superior). MONAI affines map voxels to RAS, so LPS points flip the sign of x and y first; getting this
+wrong crops the mirror image of the lesion, which is why the crop keeps its affine (the seed maps to its centre
+voxel) and stays in HU, so users can look at what the model saw.
+
+A scan is oriented and resampled once (:func:`prepare_scan`); :func:`crop_prepared` then cuts any number of crops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import BorderPad, Orientation, Spacing, SpatialCrop
+
+from ctfm.errors import CTFMError
+from ctfm.transforms.preprocess import HU_RANGE, RAS_LABELS, LoadCT
+
+AIR_HU = -1024.0
+_LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
+
+
+class SeedOutsideScanError(CTFMError, ValueError):
+    """The seed point lies outside the scan's field of view."""
+
+
+@dataclass(frozen=True)
+class LesionCrop:
+    """How a model's lesion input is made: orientation, voxel size (mm), crop size (voxels) and HU scaling.
+
+    ``clip=False`` maps HU linearly, ``(HU - low) / (high - low)``, without clipping (FMCIB's normalisation).
+    """
+
+    orientation: str
+    spacing: tuple[float, float, float]
+    size: tuple[int, int, int]
+    hu_range: tuple[float, float]
+    clip: bool
+
+    def normalise(self, hu: torch.Tensor) -> torch.Tensor:
+        low, high = self.hu_range
+        scaled = (hu - low) / (high - low)
+        return scaled.clamp(0.0, 1.0) if self.clip else scaled
+
+
+#: FMCIB's crop: 1 mm isotropic, 50 x 50 x 50 around the seed in LPS orientation, (HU + 1024) / 3072 unclipped.
+FMCIB_CROP = LesionCrop("LPS", (1.0, 1.0, 1.0), (50, 50, 50), (-1024.0, 2048.0), clip=False)
+#: CT-FM's own patch: 24 x 128 x 128 at 3 x 1 x 1 mm (SPL), the canonical [-1024, 2048] HU -> [0, 1], clipped.
+CT_FM_CROP = LesionCrop("SPL", (3.0, 1.0, 1.0), (24, 128, 128), HU_RANGE, clip=True)
+LESION_CROPS = {"fmcib": FMCIB_CROP, "ct-fm": CT_FM_CROP}
+
+
+def to_ras(point: Sequence[float], coords: str = "LPS") -> np.ndarray:
+    """A physical point in RAS mm from ``LPS`` (FMCIB, DICOM, ITK) or ``RAS`` (NIfTI, MONAI) coordinates."""
+    values = np.asarray(point, dtype=np.float64)
+    if values.shape != (3,) or not np.isfinite(values).all():
+        raise CTFMError(f"a seed point is three finite numbers (x, y, z) in mm, got {list(point)}")
+    if coords.upper() == "LPS":
+        return values * _LPS_TO_RAS
+    if coords.upper() == "RAS":
+        return values
+    raise ValueError(f"coords must be 'LPS' or 'RAS', got {coords!r}")
+
+
+def prepare_scan(image: str | Path | MetaTensor, orientation: str, spacing: Sequence[float]) -> MetaTensor:
+    """The scan in HU, oriented ``orientation`` and resampled to ``spacing`` mm (bilinear), once for all seeds."""
+    volume = LoadCT()(image)
+    volume = Orientation(axcodes=orientation, labels=RAS_LABELS)(volume)
+    return Spacing(pixdim=tuple(float(s) for s in spacing), mode="bilinear", padding_mode="border")(volume.float())
+
+
+def seed_voxel(volume: MetaTensor, point_ras: np.ndarray) -> np.ndarray:
+    """The (fractional) voxel index of a RAS point in ``volume``."""
+    inverse = np.linalg.inv(np.asarray(volume.affine, dtype=np.float64))
+    return (inverse @ np.append(point_ras, 1.0))[:3]
+
+
+def crop_prepared(volume: MetaTensor, point_ras: np.ndarray, size: Sequence[int], *, name: str = "scan") -> MetaTensor:
+    """A ``size`` crop of a prepared volume whose voxel ``size // 2`` holds the seed (nearest voxel, as FMCIB).
+
+    Parts beyond the scan are air (-1024 HU). A seed outside the scan raises :class:`SeedOutsideScanError`.
+    """
+    spatial = np.asarray(volume.shape[1:])
+    index = seed_voxel(volume, point_ras)
+    if ((index < -0.5) | (index > spatial - 0.5)).any():
+        extent = ", ".join(f"0..{n - 1}" for n in spatial)
+        raise SeedOutsideScanError(
+            f"{name}: seed point (RAS mm {np.round(point_ras, 1).tolist()}) falls at voxel "
+            f"{np.round(index, 1).tolist()}, outside the scan (voxels {extent})"
+        )
+    centre = np.rint(index).astype(int)
+    size = np.asarray([int(s) for s in size])
+    start = centre - size // 2
+    end = start + size
+    inside_start, inside_end = np.maximum(start, 0), np.minimum(end, spatial)
+    crop = SpatialCrop(roi_start=inside_start.tolist(), roi_end=inside_end.tolist())(volume)
+    border = [int(v) for pair in zip(inside_start - start, end - inside_end, strict=True) for v in pair]
+    if any(border):
+        crop = BorderPad(spatial_border=border, mode="constant", value=AIR_HU)(crop)
+    return crop
+
+
+def lesion_crop(
+    image: str | Path | MetaTensor,
+    point: Sequence[float],
+    *,
+    coords: str = "LPS",
+    size: Sequence[int] = (50, 50, 50),
+    spacing: float | Sequence[float] = 1.0,
+    orientation: str = "LPS",
+) -> MetaTensor:
+    """The ``size`` crop around ``point`` at ``spacing`` mm, in HU, with its affine (the seed at its centre voxel).
+
+    The defaults are FMCIB's crop (1 mm, 50 x 50 x 50, LPS). ``image`` is a path (NIfTI, NRRD, MHA, DICOM folder)
+    or a HU MetaTensor; ``point`` is in ``coords`` (``LPS`` as FMCIB and DICOM, or ``RAS``) millimetres.
+    """
+    spacing = (float(spacing),) * 3 if isinstance(spacing, (int, float)) else tuple(float(s) for s in spacing)
+    volume = prepare_scan(image, orientation, spacing)
+    name = str(image) if not isinstance(image, MetaTensor) else str(image.meta.get("filename_or_obj", "scan"))
+    return crop_prepared(volume, to_ras(point, coords), size, name=name)

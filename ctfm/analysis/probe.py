@@ -1,0 +1,191 @@
+"""Linear probes on frozen features, as FMCIB evaluates them: standardise, logistic regression, bootstrap CIs.
+
+The regularisation strength is chosen by stratified cross-validation on the training part only; the test part is
+scored once, with 95% confidence intervals from a seeded bootstrap of the test rows (1,000 resamples). A
+training-fraction curve refits on 10 / 25 / 50 / 100% of the training rows (stratified, seeded) to show how the
+features do with fewer labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ctfm.errors import CTFMError
+
+C_GRID = tuple(10.0**k for k in range(-4, 3))
+FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+N_BOOTSTRAP = 1000
+METRICS = ("auroc", "balanced_accuracy", "map")
+
+
+@dataclass(frozen=True)
+class ProbeData:
+    features: np.ndarray
+    labels: np.ndarray
+    classes: list[Any]
+    train: np.ndarray
+    test: np.ndarray
+
+
+def probe_data(
+    table: pd.DataFrame, label: str, *, test_size: float = 0.2, seed: int = 0, source: str = ""
+) -> ProbeData:
+    """Features (``embedding`` lists or ``feature*`` columns), encoded labels and a train / test split.
+
+    A ``split`` column (train / test) is used when present, else a stratified, seeded ``test_size`` split.
+    """
+    from sklearn.model_selection import train_test_split
+
+    where = f"{source}: " if source else ""
+    if label not in table.columns:
+        raise CTFMError(f"{where}no label column {label!r}; found {list(table.columns)}")
+    table = table[table[label].notna()].reset_index(drop=True)
+    if "embedding" in table.columns:
+        features = np.stack([np.asarray(v, dtype=np.float64) for v in table["embedding"]])
+    else:
+        columns = [c for c in table.columns if str(c).startswith("feature")]
+        if not columns:
+            raise CTFMError(f"{where}no 'embedding' column and no feature* columns to probe")
+        features = table[columns].to_numpy(dtype=np.float64)
+    classes, labels = np.unique(
+        table[label].astype(str) if table[label].dtype == object else table[label], return_inverse=True
+    )
+    if len(classes) < 2:
+        raise CTFMError(f"{where}label column {label!r} has a single class ({classes.tolist()}); a probe needs two")
+    counts = np.bincount(labels)
+    if counts.min() < 2:
+        raise CTFMError(
+            f"{where}class {classes[counts.argmin()]!r} of {label!r} has one row; each class needs two or more"
+        )
+    index = np.arange(len(labels))
+    if "split" in table.columns:
+        split = table["split"].astype(str).str.lower()
+        train, test = index[split.isin(["train", "training"]).to_numpy()], index[split.eq("test").to_numpy()]
+        if not len(train) or not len(test):
+            raise CTFMError(f"{where}the split column needs both train and test rows")
+    else:
+        train, test = train_test_split(index, test_size=test_size, stratify=labels, random_state=seed)
+    return ProbeData(features, labels, classes.tolist(), np.sort(train), np.sort(test))
+
+
+def fit_probe(features: np.ndarray, labels: np.ndarray, *, seed: int = 0, folds: int = 5) -> Any:
+    """StandardScaler + LogisticRegression with C chosen by stratified CV (AUROC, one-vs-rest for several classes)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    folds = int(min(folds, np.bincount(labels).min()))
+    if folds < 2:
+        return pipeline.fit(features, labels)  # too few rows of a class to cross-validate: the default C
+    scoring = "roc_auc" if labels.max() == 1 else "roc_auc_ovr"
+    search = GridSearchCV(
+        pipeline,
+        {"logisticregression__C": list(C_GRID)},
+        scoring=scoring,
+        cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+    )
+    return search.fit(features, labels).best_estimator_
+
+
+def scores(labels: np.ndarray, probabilities: np.ndarray, n_classes: int) -> dict[str, float]:
+    """AUROC (one-vs-rest macro for several classes), balanced accuracy and mean average precision."""
+    from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score
+
+    predicted = probabilities.argmax(1)
+    if n_classes == 2:
+        auroc = roc_auc_score(labels, probabilities[:, 1])
+        mean_ap = average_precision_score(labels, probabilities[:, 1])
+    else:
+        onehot = np.eye(n_classes)[labels]
+        auroc = roc_auc_score(labels, probabilities, multi_class="ovr", labels=list(range(n_classes)))
+        mean_ap = average_precision_score(onehot, probabilities, average="macro")
+    return {"auroc": float(auroc), "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
+            "map": float(mean_ap)}  # fmt: skip
+
+
+def bootstrap(
+    labels: np.ndarray, probabilities: np.ndarray, n_classes: int, *, n: int = N_BOOTSTRAP, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Each metric with its seeded bootstrap 95% CI; resamples missing a class are redrawn (AUROC needs all)."""
+    rng = np.random.default_rng(seed)
+    point = scores(labels, probabilities, n_classes)
+    draws: list[dict[str, float]] = []
+    attempts = 0
+    while len(draws) < n and attempts < 20 * n:
+        attempts += 1
+        sample = rng.integers(0, len(labels), len(labels))
+        if len(np.unique(labels[sample])) < n_classes:
+            continue
+        draws.append(scores(labels[sample], probabilities[sample], n_classes))
+    out = {}
+    for metric in METRICS:
+        values = np.array([d[metric] for d in draws])
+        low, high = np.percentile(values, [2.5, 97.5]) if len(values) else (np.nan, np.nan)
+        out[metric] = {"value": point[metric], "ci_low": float(low), "ci_high": float(high)}
+    return out
+
+
+def subsample(labels: np.ndarray, train: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A stratified ``fraction`` of ``train`` (at least two rows of every class)."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for cls in np.unique(labels[train]):
+        rows = train[labels[train] == cls]
+        picked.append(rng.choice(rows, size=max(2, round(fraction * len(rows))), replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def run_probe(
+    table: pd.DataFrame,
+    label: str,
+    *,
+    fractions: Sequence[float] = FRACTIONS,
+    test_size: float = 0.2,
+    n_bootstrap: int = N_BOOTSTRAP,
+    seed: int = 0,
+    source: str = "",
+) -> dict[str, Any]:
+    """The probe's results: test metrics with CIs, chosen C, ROC points, and the training-fraction curve."""
+    data = probe_data(table, label, test_size=test_size, seed=seed, source=source)
+    n_classes = len(data.classes)
+    curve = []
+    results: dict[str, Any] = {}
+    for fraction in sorted(set(float(f) for f in fractions) | {1.0}):
+        rows = data.train if fraction >= 1.0 else subsample(data.labels, data.train, fraction, seed)
+        model = fit_probe(data.features[rows], data.labels[rows], seed=seed)
+        probabilities = model.predict_proba(data.features[data.test])
+        metrics = bootstrap(data.labels[data.test], probabilities, n_classes, n=n_bootstrap, seed=seed)
+        curve.append({"fraction": fraction, "train_rows": int(len(rows)), **metrics})
+        if fraction >= 1.0:
+            results = {"metrics": metrics, "C": float(model[-1].C), "probabilities": probabilities}
+    return {
+        "label": label,
+        "classes": [str(c) for c in data.classes],
+        "n_train": int(len(data.train)),
+        "n_test": int(len(data.test)),
+        "n_bootstrap": n_bootstrap,
+        "seed": seed,
+        "C": results["C"],
+        "metrics": results["metrics"],
+        "roc": roc_points(data.labels[data.test], results["probabilities"], data.classes),
+        "training_fraction": curve,
+    }
+
+
+def roc_points(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[Any]) -> dict[str, dict[str, list]]:
+    """ROC curves: the positive class for a binary probe, else each class against the rest."""
+    from sklearn.metrics import roc_curve
+
+    targets = [1] if len(classes) == 2 else range(len(classes))
+    curves = {}
+    for cls in targets:
+        fpr, tpr, _ = roc_curve(labels == cls, probabilities[:, cls])
+        curves[str(classes[cls])] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+    return curves

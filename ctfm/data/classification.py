@@ -1,0 +1,206 @@
+"""Datalists of labelled scans and the Lightning data module of whole-scan classification.
+
+A datalist is a CSV of ``image,label`` (relative paths resolve against the CSV's folder) with an optional ``split``
+column (train / val / test); without one, a seeded 8:1:1 split is drawn. Everything a user can get wrong in the
+CSV (a missing column, a missing scan, a label column with a single class) is found when the module is built,
+before any training starts, and reported with the CSV's row number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+from monai.data import DataLoader, Dataset
+
+from ctfm.data.datalist import read_datalist
+from ctfm.errors import CTFMError
+
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {"training": "train", "validation": "val", "valid": "val", "testing": "test"}
+#: The default 8:1:1 split of SinoCT.
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+#: The label of a scan whose label is unknown (``lighter predict`` on unlabelled scans).
+UNKNOWN_LABEL = -1
+
+
+def csv_row(index: int) -> int:
+    """The 1-based line of table row ``index`` in its CSV, counting the header as line 1."""
+    return int(index) + 2
+
+
+def read_labelled_datalist(
+    csv: str | Path,
+    label_column: str = "label",
+    *,
+    require_labels: bool = True,
+    check_files: bool = True,
+) -> pd.DataFrame:
+    """:func:`read_datalist` plus checks of the label column and of every scan's existence, naming the CSV row."""
+    csv = Path(csv)
+    table = read_datalist(csv)
+    if check_files:
+        missing = [(i, p) for i, p in zip(table.index, table["image"], strict=True) if not Path(p).exists()]
+        if missing:
+            index, path = missing[0]
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise CTFMError(f"{csv}: row {csv_row(index)}: scan {path} does not exist{more}")
+    if label_column not in table.columns:
+        if require_labels:
+            raise CTFMError(f"{csv}: no {label_column!r} column; found columns {list(table.columns)}")
+        return table
+    unlabelled = table.index[table[label_column].isna()]
+    if require_labels and len(unlabelled):
+        raise CTFMError(f"{csv}: row {csv_row(unlabelled[0])}: no {label_column!r} value")
+    return table
+
+
+class LabelEncoding:
+    """Labels of a datalist as class indices: 0/1 (or two distinct values) is binary, more values are classes.
+
+    Numbers keep their order; other values (``"haemorrhage"``, ``"normal"``) are sorted by name.
+    """
+
+    def __init__(self, values: Sequence[Any], source: str):
+        known = sorted({v for v in values if not pd.isna(v)}, key=lambda v: (not _is_number(v), str(v)))
+        if any(_is_number(v) for v in known):
+            known = sorted(known, key=lambda v: float(v) if _is_number(v) else float("inf"))
+        if len(known) < 2:
+            raise CTFMError(f"{source}: the label column has a single class ({known}); a classifier needs two or more")
+        self.classes = [_plain(v) for v in known]
+        self._index = {str(_plain(v)): i for i, v in enumerate(known)}
+
+    @property
+    def num_outputs(self) -> int:
+        """1 (one logit) for two classes, else the number of classes."""
+        return 1 if len(self.classes) == 2 else len(self.classes)
+
+    def __call__(self, value: Any) -> int:
+        return UNKNOWN_LABEL if pd.isna(value) else self._index[str(_plain(value))]
+
+
+def assign_splits(table: pd.DataFrame, csv: str | Path, seed: int = 0) -> pd.Series:
+    """The ``split`` column (aliases accepted), or a seeded 8:1:1 draw with at least one val and test scan."""
+    if "split" in table.columns:
+        splits = table["split"].astype(str).str.strip().str.lower().replace(_SPLIT_ALIASES)
+        bad = splits.index[~splits.isin(SPLITS)]
+        if len(bad):
+            raise CTFMError(
+                f"{csv}: row {csv_row(bad[0])}: split {table['split'][bad[0]]!r} is not one of {', '.join(SPLITS)}"
+            )
+        return splits
+    n = len(table)
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, round(SPLIT_FRACTIONS[1] * n)) if n >= 3 else 0
+    n_test = max(1, round(SPLIT_FRACTIONS[2] * n)) if n >= 3 else 0
+    names = np.array(["train"] * n, dtype=object)
+    names[order[:n_val]] = "val"
+    names[order[n_val : n_val + n_test]] = "test"
+    return pd.Series(names, index=table.index, name="split")
+
+
+class ClassificationDataModule(pl.LightningDataModule):
+    """``image,label[,split]`` CSV -> batches ``{"image": (B, 1, ...), "label": (B,), "path": [B paths]}``.
+
+    Args:
+        datalist: the CSV. Labels may be missing only for ``lighter predict``.
+        train_transforms / eval_transforms: dict transforms from ``{"image": path}`` to a fixed-size image
+            (the recipes build them: canonical preprocessing, or the head-CT windows).
+        predict_split: the rows ``lighter predict`` scores: ``all`` or one of train / val / test.
+        external_test: every row is a test scan (an external test set such as CQ500), whatever its split column.
+    """
+
+    def __init__(
+        self,
+        datalist: str | Path,
+        train_transforms: Callable[[dict[str, Any]], dict[str, Any]],
+        eval_transforms: Callable[[dict[str, Any]], dict[str, Any]],
+        label_column: str = "label",
+        batch_size: int = 2,
+        num_workers: int = 0,
+        seed: int = 0,
+        predict_split: str = "all",
+        external_test: bool = False,
+    ):
+        super().__init__()
+        if datalist is None:
+            raise CTFMError("no datalist given: set vars::datalist=path/to/labels.csv (columns image,label[,split])")
+        self.csv = Path(datalist)
+        self.table = read_labelled_datalist(self.csv, label_column, require_labels=False)
+        self.labelled = label_column in self.table.columns
+        self.encoding = LabelEncoding(self.table[label_column].tolist(), str(self.csv)) if self.labelled else None
+        self.table["split"] = "test" if external_test else assign_splits(self.table, self.csv, seed)
+        if predict_split not in ("all", *SPLITS):
+            raise ValueError(f"predict_split must be 'all' or one of {SPLITS}, got {predict_split!r}")
+        self.label_column = label_column
+        self.train_transforms = train_transforms
+        self.eval_transforms = eval_transforms
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.predict_split = predict_split
+
+    @property
+    def num_outputs(self) -> int | None:
+        """Outputs the network needs for these labels (None without labels)."""
+        return None if self.encoding is None else self.encoding.num_outputs
+
+    @property
+    def describe_labels(self) -> str:
+        return "" if self.encoding is None else f"classes {self.encoding.classes}"
+
+    def items(self, split: str) -> list[dict[str, Any]]:
+        """The dataset items of ``split`` (``all`` for every row): image path twice (one becomes the tensor)."""
+        rows = self.table if split == "all" else self.table[self.table["split"] == split]
+        labels = rows[self.label_column] if self.labelled else [np.nan] * len(rows)
+        return [
+            {"image": path, "path": path, "label": self.encoding(label) if self.encoding else UNKNOWN_LABEL}
+            for path, label in zip(rows["image"], labels, strict=True)
+        ]
+
+    def _loader(self, split: str, transforms: Callable, shuffle: bool = False) -> DataLoader:
+        items = self.items(split)
+        if not items:
+            raise CTFMError(f"{self.csv}: no scans in the {split!r} split")
+        if split != "all" and split != "train" and not self.labelled:
+            raise CTFMError(f"{self.csv}: no {self.label_column!r} column, so the {split!r} split cannot be scored")
+        return DataLoader(
+            Dataset(items, transform=transforms),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            drop_last=shuffle and len(items) > self.batch_size,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.labelled:
+            raise CTFMError(f"{self.csv}: no {self.label_column!r} column: training needs labels")
+        return self._loader("train", self.train_transforms, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_transforms)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_transforms)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_split, self.eval_transforms)
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _plain(value: Any) -> Any:
+    """1.0 -> 1 so a float-typed label column and an int one encode alike."""
+    if _is_number(value) and float(value).is_integer():
+        return int(float(value))
+    return value

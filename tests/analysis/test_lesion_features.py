@@ -1,0 +1,66 @@
+"""``ctfm features`` end to end: grouped by scan, batched, in the CSV's order, bad rows skipped by row number."""
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+import torch
+
+from ctfm.analysis.lesion_features import extract_lesion_features
+from ctfm.analysis.lesions import CT_FM_CROP, FMCIB_CROP, lesion_crop
+from ctfm.cli import main
+from ctfm.hub.saving import save_pretrained
+from ctfm.nn import ct_fm_encoder, pooled_features
+
+
+def test_features_cli_end_to_end(sample_ct, sample_nifti, tmp_path, capsys):
+    torch.manual_seed(0)
+    model_dir = save_pretrained(ct_fm_encoder(init_filters=4), tmp_path / "model")
+    image = sitk.ReadImage(str(sample_nifti))
+    inside = [image.TransformIndexToPhysicalPoint(ijk) for ijk in [(30, 40, 10), (60, 50, 20), (48, 48, 16)]]
+    rows = [
+        {"image_path": str(sample_nifti), "coordX": inside[0][0], "coordY": inside[0][1], "coordZ": inside[0][2]},
+        {"image_path": "missing.nii.gz", "coordX": 0.0, "coordY": 0.0, "coordZ": 0.0},
+        {"image_path": str(sample_nifti), "coordX": 500.0, "coordY": 0.0, "coordZ": 0.0},
+        {"image_path": str(sample_nifti), "coordX": None, "coordY": 0.0, "coordZ": 0.0},
+        {"image_path": str(sample_nifti), "coordX": inside[1][0], "coordY": inside[1][1], "coordZ": inside[1][2]},
+        {"image_path": str(sample_nifti), "coordX": inside[2][0], "coordY": inside[2][1], "coordZ": inside[2][2]},
+    ]
+    table = pd.DataFrame(rows).assign(site=["lung", "x", "x", "x", "liver", "spine"])
+    table.to_csv(tmp_path / "lesions.csv", index=False)
+    out = tmp_path / "features.parquet"
+    code = main(["features", str(tmp_path / "lesions.csv"), "--model", str(model_dir), "--out", str(out),
+                 "--batch-size", "2", "--report", str(tmp_path / "report.csv")])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0 and "3 extracted, 3 skipped" in printed
+    assert "row 3" in printed and "missing.nii.gz" in printed
+    assert "row 4" in printed and "outside the scan" in printed and "row 5" in printed
+    features = pd.read_parquet(out)
+    assert features["site"].tolist() == ["lung", "liver", "spine"]  # carried through, in the CSV's order
+    assert {len(v) for v in features["embedding"]} == {64}
+    # Each row equals its crop embedded alone: batching and grouping change nothing.
+    model = __import__("ctfm").load(model_dir)
+    for point, vector in zip([inside[0], inside[1], inside[2]], features["embedding"]):
+        crop = lesion_crop(sample_nifti, point, size=CT_FM_CROP.size, spacing=CT_FM_CROP.spacing, orientation="SPL")
+        with torch.no_grad():
+            alone = pooled_features(model, CT_FM_CROP.normalise(crop.as_tensor())[None])[0]
+        assert np.allclose(vector, alone.numpy(), atol=1e-5)
+    assert pd.read_csv(tmp_path / "report.csv")["status"].tolist().count("skipped") == 3
+
+
+def test_fmcib_crop_unclipped(sample_nifti, tmp_path):
+    class Mean(torch.nn.Module):  # stands in for FMCIB: shows what the model was given
+        def forward(self, x):
+            return torch.stack([x.mean((1, 2, 3, 4)), x.amax((1, 2, 3, 4)), torch.tensor([x.shape[2]] * len(x))], 1)
+
+    image = sitk.ReadImage(str(sample_nifti))
+    point = image.TransformIndexToPhysicalPoint((48, 60, 16))
+    pd.DataFrame(
+        [{"image_path": sample_nifti.name, "coordX": point[0], "coordY": point[1], "coordZ": point[2]}]
+    ).to_csv(sample_nifti.parent / "one.csv", index=False)
+    report = extract_lesion_features(
+        sample_nifti.parent / "one.csv", tmp_path / "f.parquet", model=Mean(), crop="fmcib"
+    )
+    mean, top, depth = pd.read_parquet(tmp_path / "f.parquet")["embedding"][0]
+    crop = lesion_crop(sample_nifti, point)
+    assert report.ok and depth == 50 and np.isclose(mean, float(FMCIB_CROP.normalise(crop).mean()), atol=1e-5)
+    assert np.isclose(top, (float(crop.max()) + 1024) / 3072, atol=1e-5)

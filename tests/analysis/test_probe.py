@@ -1,0 +1,58 @@
+"""``ctfm probe``: separable features score near 1 with tight CIs, noise near chance; seeded; bad labels named."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ctfm.analysis.probe import bootstrap, run_probe
+from ctfm.cli import main
+from ctfm.errors import CTFMError
+
+
+def table(n=120, classes=2, signal=3.0, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    features = rng.standard_normal((n, 8))
+    features[:, 0] += signal * labels
+    return pd.DataFrame({"embedding": list(features), "site": [f"c{k}" for k in labels]})
+
+
+def test_probe_cli_binary(tmp_path, capsys):
+    table().to_parquet(tmp_path / "features.parquet")
+    code = main(["probe", str(tmp_path / "features.parquet"), "--label", "site", "--out", str(tmp_path / "probe"),
+                 "--bootstrap", "100"])  # fmt: skip
+    assert code == 0 and "auroc" in capsys.readouterr().out
+    results = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    auroc = results["metrics"]["auroc"]
+    assert auroc["value"] > 0.9 and auroc["ci_low"] <= auroc["value"] <= auroc["ci_high"] <= 1.0
+    assert (results["n_train"], results["n_test"]) == (96, 24)
+    assert [p["fraction"] for p in results["training_fraction"]] == [0.1, 0.25, 0.5, 1.0]
+    assert [p["train_rows"] for p in results["training_fraction"]] == [10, 24, 48, 96]
+    assert (tmp_path / "probe" / "roc.png").stat().st_size > 0
+    assert (tmp_path / "probe" / "training_fraction.png").stat().st_size > 0
+
+
+def test_multiclass_and_chance():
+    strong = run_probe(table(classes=4), "site", fractions=[1.0], n_bootstrap=50)
+    assert strong["classes"] == ["c0", "c1", "c2", "c3"] and strong["metrics"]["balanced_accuracy"]["value"] > 0.7
+    noise = run_probe(table(classes=4, signal=0.0), "site", fractions=[1.0], n_bootstrap=50)
+    assert (
+        noise["metrics"]["balanced_accuracy"]["ci_low"] < 0.25 + 0.05 < strong["metrics"]["balanced_accuracy"]["ci_low"]
+    )
+    assert set(noise["roc"]) == {"c0", "c1", "c2", "c3"}
+
+
+def test_bootstrap_is_seeded():
+    labels = np.array([0, 1] * 20)
+    probabilities = np.random.default_rng(1).dirichlet([1, 1], size=40)
+    assert bootstrap(labels, probabilities, 2, n=50, seed=3) == bootstrap(labels, probabilities, 2, n=50, seed=3)
+    assert bootstrap(labels, probabilities, 2, n=50, seed=3) != bootstrap(labels, probabilities, 2, n=50, seed=4)
+
+
+def test_bad_labels_are_named():
+    with pytest.raises(CTFMError, match="single class"):
+        run_probe(table().assign(site="c0"), "site", source="f.parquet")
+    with pytest.raises(CTFMError, match="f.parquet: no label column 'kind'"):
+        run_probe(table(), "kind", source="f.parquet")
