@@ -5,8 +5,7 @@ from ctfm.nn.diffusion.network import (
     PRESETS,
     WindowConditionedUNet,
     WindowEmbedding,
-    check_window,
     diffusion_unet,
 )
 
-__all__ = ["NULL_WINDOW", "PRESETS", "WindowConditionedUNet", "WindowEmbedding", "check_window", "diffusion_unet"]
+__all__ = ["NULL_WINDOW", "PRESETS", "WindowConditionedUNet", "WindowEmbedding", "diffusion_unet"]
