@@ -34,3 +34,20 @@ def test_cli_reports_user_errors_without_a_traceback(tmp_path):
     )
     assert result.returncode == 1
     assert "missing.ckpt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_every_module_imports():
+    """A module that no test happens to import (a merge left a stale name behind) still fails here."""
+    import importlib
+    import pkgutil
+
+    import ctfm
+
+    names = [m.name for m in pkgutil.walk_packages(ctfm.__path__, "ctfm.") if not m.name.endswith("__main__")]
+    failures = {}
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # noqa: BLE001 - report every broken module at once
+            failures[name] = f"{type(err).__name__}: {err}"
+    assert not failures
