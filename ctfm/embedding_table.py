@@ -211,9 +211,14 @@ def embed_to_parquet(
             continue
         try:
             result = embed_patches(
-                model, path, patch_size=patch_size, overlap=overlap, batch_size=batch_size, preprocess=preprocess,
+                model,
+                path,
+                patch_size=patch_size,
+                overlap=overlap,
+                batch_size=batch_size,
+                preprocess=preprocess,
                 progress=False,
-            )  # fmt: skip
+            )
         except InvalidScanError as err:
             logger.warning("skipping %s", err)
             report.skipped.append((str(path), err.problem))
@@ -233,3 +238,22 @@ def embed_to_parquet(
     if rows:
         _write_part(out, rows, settings)
     return report
+
+
+def embed_like_table(scan: str | Path, settings: dict[str, Any], model: nn.Module | None = None) -> np.ndarray:
+    """Embed ``scan`` exactly as the table's scans were: its model (checked by fingerprint) and settings."""
+    if model is None:
+        from ctfm.hub import load
+
+        model = load(settings["model"])
+    if model_fingerprint(model) != settings["model_sha256"]:
+        raise TableMismatchError(f"{scan}: the query model differs from the table's ({settings['model']!r})")
+    result = embed_patches(
+        model,
+        scan,
+        patch_size=settings["patch_size"],
+        overlap=settings["overlap"],
+        preprocess=preprocessing_of(settings),
+        progress=False,
+    )
+    return result.reduce(settings["reduction"]).numpy().astype(np.float32)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "ctfm.cli.quickstart",
     "ctfm.cli.embed",
+    "ctfm.cli.search",
     "ctfm.cli.export",
     "ctfm.cli.prepare",
     "ctfm.cli.idc",
