@@ -91,3 +91,33 @@ def orthogonal_slices(
     if title:
         figure.suptitle(title)
     return save_figure(figure, path)
+
+
+# ---- search
+
+
+def retrieval_grid(
+    queries: Sequence[np.ndarray],
+    neighbours: Sequence[Sequence[np.ndarray]],
+    query_labels: Sequence[object],
+    neighbour_labels: Sequence[Sequence[object]],
+    path: str | Path,
+    *,
+    window: tuple[float, float] = (0.0, 1.0),
+) -> Path:
+    """One row per query: its middle axial slice, then its neighbours', framed green when the label matches."""
+    columns = 1 + max(len(row) for row in neighbours)
+    figure = Figure(figsize=(1.6 * columns, 1.7 * len(queries)))
+    for r, (query, row, label, labels) in enumerate(zip(queries, neighbours, query_labels, neighbour_labels)):
+        for c, (volume, shown) in enumerate([(query, label), *zip(row, labels)]):
+            axes = figure.add_subplot(len(queries), columns, r * columns + c + 1)
+            volume = np.asarray(volume)
+            axes.imshow(volume[volume.shape[0] // 2], cmap="gray", vmin=window[0], vmax=window[1])
+            axes.set_xticks([])
+            axes.set_yticks([])
+            colour = "black" if c == 0 else ("tab:green" if shown == label else "tab:red")
+            for spine in axes.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(1 if c == 0 else 3)
+            axes.set_title(("query " if c == 0 else f"#{c} ") + str(shown), fontsize=8)
+    return save_figure(figure, path)

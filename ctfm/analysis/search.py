@@ -80,8 +80,14 @@ class FaissIndex:
         nlist: int | None = None,
         nprobe: int = 16,
         pq_m: int | None = None,
+        refine: int = 0,
+        train_rows: int = 100_000,
     ) -> FaissIndex:
-        """Build (and train, for IVF) an index. ``nlist`` defaults to about 4 sqrt(rows) lists."""
+        """Build (and train, for IVF, on at most ``train_rows`` rows) an index.
+
+        ``nlist`` defaults to about 4 sqrt(rows) lists; ``pq_m`` sub-quantisers of 8 bits (default dim / 8).
+        ``refine > 0`` re-ranks ``refine * k`` candidates with the exact vectors (which it then also stores).
+        """
         import faiss
 
         vectors = normalise(vectors)
@@ -97,10 +103,14 @@ class FaissIndex:
                 index = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
             else:
                 index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m or dim // 8, 8, metric)
-            index.train(vectors)
+            sample = np.random.default_rng(0).permutation(rows)[:train_rows]
+            index.train(vectors[np.sort(sample)])
             index.nprobe = nprobe
         else:
             raise ValueError(f"unknown FAISS index kind {kind!r}; choose hnsw, ivf or ivfpq")
+        if refine:
+            index = faiss.IndexRefineFlat(index)
+            index.k_factor = refine
         index.add(vectors)
         return cls(index, kind)
 

@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "ctfm.cli.quickstart",
     "ctfm.cli.embed",
     "ctfm.cli.search",
+    "ctfm.cli.retrieval_eval",
     "ctfm.cli.export",
     "ctfm.cli.prepare",
     "ctfm.cli.idc",
