@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "ctfm.cli.embed",
     "ctfm.cli.search",
     "ctfm.cli.retrieval_eval",
+    "ctfm.cli.semantic_search",
     "ctfm.cli.export",
     "ctfm.cli.prepare",
     "ctfm.cli.idc",
