@@ -53,21 +53,38 @@ def check_inside(scan: MetaTensor, point_mm: np.ndarray, path: str | Path) -> No
         raise InvalidScanError(path, f"query point {np.round(point_mm, 2).tolist()} mm (RAS) lies outside the scan")
 
 
-@torch.inference_mode()
-def embed_point(model: nn.Module, volume: MetaTensor, point_mm: np.ndarray, patch_size: Sequence[int]) -> torch.Tensor:
-    """Embedding of the ``patch_size`` patch of a preprocessed volume centred at a RAS point (air beyond edges)."""
+def patch_at(volume: MetaTensor, point_mm: np.ndarray, patch_size: Sequence[int]) -> tuple[torch.Tensor, np.ndarray]:
+    """The ``(1, z, y, x)`` patch of a preprocessed volume centred at a RAS point (air beyond the edges), and its
+    first voxel (may be negative)."""
     patch = np.array(patch_size)
     start = np.round(world_to_voxel(volume.affine, point_mm)[0] - (patch - 1) / 2).astype(int)
     padded = torch.nn.functional.pad(volume.as_tensor(), [int(p) for p in np.repeat(patch[::-1], 2)])
     z, y, x = start + patch
-    crop = padded[:, z : z + patch[0], y : y + patch[1], x : x + patch[2]]
+    return padded[:, z : z + patch[0], y : y + patch[1], x : x + patch[2]], start
+
+
+@torch.inference_mode()
+def embed_points(
+    model: nn.Module, volume: MetaTensor, points_mm: np.ndarray, patch_size: Sequence[int], batch_size: int = 8
+) -> torch.Tensor:
+    """Embeddings ``(points, dim)`` of the ``patch_size`` patches of a preprocessed volume centred at RAS points."""
     device = next(model.parameters()).device
+    points = np.atleast_2d(points_mm)
     was_training = model.training
     model.eval()
     try:
-        return pooled_features(model, crop[None].to(device)).float().cpu()[0]
+        out = []
+        for first in range(0, len(points), batch_size):
+            crops = torch.stack([patch_at(volume, p, patch_size)[0] for p in points[first : first + batch_size]])
+            out.append(pooled_features(model, crops.to(device)).float().cpu())
+        return torch.cat(out)
     finally:
         model.train(was_training)
+
+
+def embed_point(model: nn.Module, volume: MetaTensor, point_mm: np.ndarray, patch_size: Sequence[int]) -> torch.Tensor:
+    """Embedding of the ``patch_size`` patch of a preprocessed volume centred at a RAS point."""
+    return embed_points(model, volume, point_mm, patch_size)[0]
 
 
 class TargetCache:
@@ -180,14 +197,6 @@ def organ_centroid_distance(match_mm: np.ndarray, mask: MetaTensor) -> tuple[flo
     return float(np.linalg.norm(match_mm - centroid) / 10.0), inside
 
 
-def _display_window(preprocess: CTPreprocessing) -> tuple[float, float]:
-    """The plotting module's HU window on the preprocessed [0, 1] scale."""
-    from ctfm.plotting import CT_DISPLAY_WINDOW
-
-    low, high = preprocess.hu_range
-    return tuple((w - low) / (high - low) for w in CT_DISPLAY_WINDOW)
-
-
 def run_semantic_search(
     source: str | Path,
     point: Sequence[float],
@@ -211,7 +220,7 @@ def run_semantic_search(
     import pandas as pd
 
     from ctfm.io.reader import read_label_map
-    from ctfm.plotting import orthogonal_slices
+    from ctfm.plotting import orthogonal_slices, scaled_window
 
     out = Path(out)
     flip = LPS_FLIP if lps else np.ones(3)
@@ -235,7 +244,7 @@ def run_semantic_search(
         orthogonal_slices(
             np.asarray(match.volume[0]), out / f"{name}_heatmap.png", point=best_voxel,
             overlay=(match.heat_preprocessed - match.heat_preprocessed.min()) / spread, overlay_kind="heat",
-            window=_display_window(preprocess), spacing=preprocess.spacing or (1.0, 1.0, 1.0),
+            window=scaled_window(preprocess.hu_range), spacing=preprocess.spacing or (1.0, 1.0, 1.0),
             title=f"{name}: best match {np.round(match.point_mm * flip, 1).tolist()} mm, cosine {match.similarity:.3f}",
         )  # fmt: skip
         x, y, z = match.point_mm * flip

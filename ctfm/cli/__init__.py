@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "ctfm.cli.search",
     "ctfm.cli.retrieval_eval",
     "ctfm.cli.semantic_search",
+    "ctfm.cli.analyse",
     "ctfm.cli.export",
     "ctfm.cli.prepare",
     "ctfm.cli.idc",
