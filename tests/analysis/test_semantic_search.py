@@ -36,8 +36,12 @@ def shifted_crop(scan_path, out_path, crop=(5, 7, 6), shift=SHIFT):
 
 @pytest.fixture(scope="module")
 def pair(sample_nifti, tmp_path_factory):
+    """The sample's central 64 x 64 mm (fewer windows to embed) and a shifted crop of that."""
     folder = tmp_path_factory.mktemp("pair")
-    return sample_nifti, shifted_crop(sample_nifti, folder / "target.nii.gz")
+    source = shifted_crop(sample_nifti, folder / "sample.nii.gz", crop=(16, 16, 0), shift=np.zeros(3))
+    image = nib.load(source)
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:64, :64], image.affine), source)
+    return source, shifted_crop(source, folder / "target.nii.gz")
 
 
 def central_window(cache: TargetCache, target) -> np.ndarray:
