@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("embed", help="embed CT scans into a Parquet table (path, embedding)")
+    parser = subparsers.add_parser("embed", help="embed CT scans into a resumable Parquet table (path, embedding)")
     parser.add_argument("paths", nargs="+", help="NIfTI / NRRD / MHA files or DICOM series folders")
     parser.add_argument("--model", default="ct-fm", help="model name (see `ctfm models`) or local path")
     parser.add_argument(
