@@ -179,3 +179,93 @@ def training_fraction_curve(
     axes.set_ylim(0, 1.02)
     axes.legend(fontsize="small")
     return save_figure(figure, path)
+
+
+# ---- search
+
+
+def retrieval_grid(
+    queries: Sequence[np.ndarray],
+    neighbours: Sequence[Sequence[np.ndarray]],
+    query_labels: Sequence[object],
+    neighbour_labels: Sequence[Sequence[object]],
+    path: str | Path,
+    *,
+    window: tuple[float, float] = (0.0, 1.0),
+) -> Path:
+    """One row per query: its middle axial slice, then its neighbours', framed green when the label matches."""
+    columns = 1 + max(len(row) for row in neighbours)
+    figure = Figure(figsize=(1.6 * columns, 1.7 * len(queries)))
+    for r, (query, row, label, labels) in enumerate(zip(queries, neighbours, query_labels, neighbour_labels)):
+        for c, (volume, shown) in enumerate([(query, label), *zip(row, labels)]):
+            axes = figure.add_subplot(len(queries), columns, r * columns + c + 1)
+            volume = np.asarray(volume)
+            axes.imshow(volume[volume.shape[0] // 2], cmap="gray", vmin=window[0], vmax=window[1])
+            axes.set_xticks([])
+            axes.set_yticks([])
+            colour = "black" if c == 0 else ("tab:green" if shown == label else "tab:red")
+            for spine in axes.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(1 if c == 0 else 3)
+            axes.set_title(("query " if c == 0 else f"#{c} ") + str(shown), fontsize=8)
+    return save_figure(figure, path)
+
+
+def concept_pair(
+    volumes: Sequence[np.ndarray],
+    colours: Sequence[np.ndarray],
+    path: str | Path,
+    *,
+    titles: Sequence[str] = (),
+    window: tuple[float, float] = (0.0, 1.0),
+) -> Path:
+    """Middle axial and coronal slices of ``(z, y, x)`` volumes side by side, RGB ``(z, y, x, 3)`` (NaN clear) over."""
+    figure = Figure(figsize=(4 * len(volumes), 7))
+    for column, (volume, rgb) in enumerate(zip(volumes, colours)):
+        slices: tuple[Any, ...] = (np.s_[volume.shape[0] // 2], np.s_[::-1, volume.shape[1] // 2])
+        for row, where in enumerate(slices):
+            axes = figure.add_subplot(2, len(volumes), row * len(volumes) + column + 1)
+            axes.imshow(volume[where], cmap="gray", vmin=window[0], vmax=window[1], aspect="auto")
+            layer = rgb[where]
+            alpha = np.where(np.isnan(layer[..., 0]), 0.0, 0.6)
+            axes.imshow(np.nan_to_num(layer), alpha=alpha, aspect="auto", interpolation="nearest")
+            axes.set_axis_off()
+            if row == 0 and column < len(titles):
+                axes.set_title(titles[column])
+    return save_figure(figure, path)
+
+
+def scatter_by_label(points: np.ndarray, labels: Sequence[object], path: str | Path, *, title: str = "") -> Path:
+    """2-D points (e.g. t-SNE) coloured by label, with a legend."""
+    figure = Figure(figsize=(5.5, 4.5))
+    axes = figure.add_subplot()
+    names = np.asarray([str(label) for label in labels])
+    for index, label in enumerate(sorted(set(names))):
+        chosen = names == label
+        axes.scatter(points[chosen, 0], points[chosen, 1], s=18, color=f"C{index % 10}", label=label)
+    axes.legend(fontsize=8, loc="best")
+    axes.set_xticks([])
+    axes.set_yticks([])
+    axes.set_title(title)
+    return save_figure(figure, path)
+
+
+def similarity_histogram(similarities: np.ndarray, path: str | Path, *, title: str = "") -> Path:
+    """Histogram of cosine similarities with the median marked."""
+    figure = Figure(figsize=(5, 3.2))
+    axes = figure.add_subplot()
+    axes.hist(similarities, bins=30, color="tab:blue")
+    median = float(np.median(similarities))
+    axes.axvline(median, color="black", linestyle="--", label=f"median {median:.3f}")
+    axes.set_xlabel("cosine similarity of corresponding patches")
+    axes.set_ylabel("patches")
+    axes.legend()
+    axes.set_title(title)
+    return save_figure(figure, path)
+
+
+def scaled_window(hu_range: tuple[float, float]) -> tuple[float, float]:
+    """:data:`CT_DISPLAY_WINDOW` on the [0, 1] scale that preprocessing maps ``hu_range`` to."""
+    low, high = hu_range
+    bottom, top = CT_DISPLAY_WINDOW
+    return (bottom - low) / (high - low), (top - low) / (high - low)

@@ -93,7 +93,7 @@ def test_corpus_table_skips_bad_scans_and_names_them(encoder, sample_nifti, tmp_
     out = tmp_path / "embeddings.parquet"
     report = embed_to_parquet([sample_nifti, corrupt, sample_nifti], out, model=encoder, patch_size=PATCH)
     table = pd.read_parquet(out)
-    assert report.embedded == 2 and list(table["path"]) == [str(sample_nifti)] * 2
+    assert report.embedded == 1 and report.already == [str(sample_nifti)] and list(table["path"]) == [str(sample_nifti)]
     assert len(table["embedding"][0]) == 64
     assert [path for path, _ in report.skipped] == [str(corrupt)]
     assert "corrupt.nii.gz" in report.summary()
@@ -113,7 +113,7 @@ def test_cli_embeds_scans_with_a_local_model(encoder, sample_nifti, tmp_path, ca
     code = main(
         ["embed", str(sample_nifti), "--model", str(model_dir), "--out", str(out), "--patch-size", "8", "32", "32"]
     )
-    assert code == 0 and "1 embedded, 0 skipped; table: " in capsys.readouterr().out
+    assert code == 0 and "1 embedded, 0 already in the table, 0 skipped; table: " in capsys.readouterr().out
     table = pd.read_parquet(out)
     expected = embed(encoder, sample_nifti, patch_size=PATCH)
     torch.testing.assert_close(torch.tensor(table["embedding"][0], dtype=torch.float32), expected, rtol=1e-4, atol=1e-5)

@@ -97,7 +97,7 @@ def _conversion():
         (_prepare, "1 prepared, 1 already cached, 1 skipped", "image", [("c.nii.gz", "skipped", "cannot be read")]),
         (
             _embedding,
-            "1 embedded, 1 skipped; table: t.parquet",
+            "1 embedded, 0 already in the table, 1 skipped; table: t.parquet",
             "path",
             [("c.nii.gz", "skipped", "not CT")],
         ),

@@ -1,4 +1,4 @@
-"""``ctfm embed``: scans -> a Parquet table of path and embedding."""
+"""``ctfm embed``: scans -> a resumable Parquet table of path and embedding (a folder of parts)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,22 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("embed", help="embed CT scans into a Parquet table (path, embedding)")
+    parser = subparsers.add_parser("embed", help="embed CT scans into a resumable Parquet table (path, embedding)")
     parser.add_argument("paths", nargs="+", help="NIfTI / NRRD / MHA files or DICOM series folders")
     parser.add_argument("--model", default="ct-fm", help="model name (see `ctfm models`) or local path")
-    parser.add_argument("--out", required=True, help="Parquet file to write")
+    parser.add_argument(
+        "--out", required=True, help="table folder (e.g. embeddings.parquet); a re-run appends the scans not in it"
+    )
     parser.add_argument("--reduce", choices=("mean", "min", "max"), default="mean", help="patch -> scan reduction")
     parser.add_argument("--overlap", type=float, default=0.0, help="fraction of a patch shared by neighbours")
     parser.add_argument("--batch-size", type=int, default=4, help="patches per forward pass")
     parser.add_argument("--patch-size", type=int, nargs=3, default=(24, 128, 128), metavar=("Z", "Y", "X"))
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     parser.add_argument("--native-spacing", action="store_true", help="do not resample (the model card's variant)")
+    parser.add_argument("--patches", action="store_true", help="also keep every patch embedding and its RAS mm centre")
+    parser.add_argument(
+        "--scans-per-part", type=int, default=16, help="scans per Parquet part (lost at most if killed)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -32,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
         patch_size=tuple(args.patch_size),
         device=args.device,
         native_spacing=args.native_spacing,
+        patches=args.patches,
+        scans_per_part=args.scans_per_part,
     )
     print(report.summary())
-    return 0 if report.embedded else 1
+    return 0 if report.done else 1

@@ -67,10 +67,9 @@ class Downsample(LinearOperator):
 
 
 def _skimage_transform():
-    try:
-        from skimage import transform
-    except ImportError as err:
-        raise CTFMError("sparse-view CT needs scikit-image: pip install 'ctfm[diffusion]'") from err
+    """scikit-image's transforms, imported on first use (they pull in SciPy's image stack)."""
+    from skimage import transform
+
     return transform
 
 

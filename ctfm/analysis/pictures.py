@@ -1,0 +1,130 @@
+"""The zero-shot analyses from files to files: what ``ctfm analyse`` runs (saliency, PCA concepts, t-SNE, stability).
+
+Each reads scans (or a table), runs its analysis with the model and writes its picture, plus a NIfTI on the scan's
+grid (saliency) or a CSV of numbers (stability) where the result is more than a picture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from ctfm.atomic import write_atomically
+from ctfm.errors import CTFMError
+from ctfm.io.reader import read_ct
+from ctfm.transforms.preprocess import CTPreprocessing
+
+
+def _centre_mm(scan) -> np.ndarray:
+    from ctfm.analysis.semantic_search import voxel_to_world
+
+    return voxel_to_world(scan.affine, (np.array(scan.shape[1:]) - 1) / 2)[0]
+
+
+def saliency_picture(
+    model: nn.Module,
+    scan_path: str | Path,
+    out: str | Path,
+    *,
+    point_mm: Sequence[float] | None = None,
+    patch_size: Sequence[int] = (24, 64, 64),
+    window: Sequence[int] = (8, 8, 8),
+    preprocess: CTPreprocessing = CTPreprocessing(),
+) -> tuple[Path, Path]:
+    """Occlusion saliency of the patch at ``point_mm`` (RAS; default the scan centre): ``saliency.nii.gz`` on the
+    scan's grid (0 outside the patch) and ``saliency.png`` over the preprocessed CT."""
+    import nibabel as nib
+
+    from ctfm.analysis.saliency import occlusion_saliency
+    from ctfm.analysis.semantic_search import check_inside, patch_at, resample_to_grid
+    from ctfm.plotting import orthogonal_slices, scaled_window
+
+    out = Path(out)
+    scan = read_ct(scan_path)
+    point = _centre_mm(scan) if point_mm is None else np.asarray(point_mm, dtype=np.float64)
+    check_inside(scan, point, scan_path)
+    volume = preprocess(scan)
+    crop, start = patch_at(volume, point, patch_size)
+    saliency = occlusion_saliency(model, crop[0], window=window)
+    full = np.zeros(volume.shape[1:], dtype=np.float32)
+    size = np.array(patch_size)
+    low, high = np.maximum(start, 0), np.minimum(start + size, full.shape)
+    full[tuple(slice(a, b) for a, b in zip(low, high))] = saliency[
+        tuple(slice(a, b) for a, b in zip(low - start, high - start))
+    ]
+    on_scan = resample_to_grid(full, volume.affine, scan)
+    image = nib.Nifti1Image(on_scan, np.asarray(scan.affine, dtype=np.float64))
+    nifti = write_atomically(out / "saliency.nii.gz", lambda tmp: nib.save(image, str(tmp)))
+    centre = np.clip(start + size // 2, 0, np.array(full.shape) - 1)
+    png = orthogonal_slices(
+        np.asarray(volume[0]), out / "saliency.png", point=centre, overlay=full / max(float(full.max()), 1e-12),
+        overlay_kind="heat", window=scaled_window(preprocess.hu_range), spacing=preprocess.spacing or (1.0, 1.0, 1.0),
+        title="occlusion saliency (1 - cosine)",
+    )  # fmt: skip
+    return nifti, png
+
+
+def pca_picture(
+    model: nn.Module,
+    scans: Sequence[str | Path],
+    out: str | Path,
+    *,
+    patch_size: Sequence[int] = (24, 64, 64),
+    overlap: float = 0.75,
+    preprocess: CTPreprocessing = CTPreprocessing(),
+) -> Path:
+    """``pca_concepts.png``: the scans side by side coloured by one PCA of their patch embeddings."""
+    from ctfm.analysis.pca_concepts import pca_concepts
+    from ctfm.plotting import concept_pair, scaled_window
+
+    volumes = [preprocess(read_ct(s)) for s in scans]
+    maps = pca_concepts(model, volumes, patch_size=patch_size, overlap=overlap)
+    return concept_pair(
+        [m.volume for m in maps], [m.rgb for m in maps], Path(out) / "pca_concepts.png",
+        titles=[Path(s).name for s in scans], window=scaled_window(preprocess.hu_range),
+    )  # fmt: skip
+
+
+def tsne_picture(table: str | Path, labels: str | Path, column: str, out: str | Path) -> Path:
+    """``tsne.png``: t-SNE of a table's scan embeddings coloured by ``column`` of a CSV keyed by ``path``."""
+    from ctfm.analysis.tsne import tsne_map
+    from ctfm.embedding_table import embedding_matrix, read_table
+    from ctfm.plotting import scatter_by_label
+
+    frame, _ = read_table(table, columns=["path", "embedding"])
+    names = pd.read_csv(labels)
+    if "path" not in names or column not in names:
+        raise CTFMError(f"{labels}: needs columns 'path' and {column!r} (found {list(names.columns)})")
+    merged = frame.merge(names[["path", column]], on="path", how="inner")
+    if len(merged) < 3:
+        raise CTFMError(f"{labels}: only {len(merged)} of the table's paths have a {column!r}; t-SNE needs 3")
+    points = tsne_map(embedding_matrix(merged))
+    return scatter_by_label(points, merged[column], Path(out) / "tsne.png", title=f"t-SNE of {Path(table).name}")
+
+
+def stability_picture(
+    model: nn.Module,
+    first: str | Path,
+    second: str | Path,
+    out: str | Path,
+    *,
+    world_transform: np.ndarray | None = None,
+    patch_size: Sequence[int] = (24, 64, 64),
+    preprocess: CTPreprocessing = CTPreprocessing(),
+) -> tuple[dict[str, float], Path]:
+    """``stability.png`` (histogram) and ``stability.csv`` (summary) of corresponding-patch similarities."""
+    from ctfm.analysis.stability import corresponding_patch_similarity, summary
+    from ctfm.plotting import similarity_histogram
+
+    out = Path(out)
+    a, b = (preprocess(read_ct(s)) for s in (first, second))
+    similarities = corresponding_patch_similarity(model, a, b, world_transform=world_transform, patch_size=patch_size)
+    numbers = summary(similarities)
+    frame = pd.DataFrame([numbers])
+    write_atomically(out / "stability.csv", lambda tmp: frame.to_csv(tmp, index=False))
+    title = f"{Path(first).name} vs {Path(second).name}"
+    return numbers, similarity_histogram(similarities, out / "stability.png", title=title)

@@ -1,0 +1,262 @@
+"""Semantic search inside scans: where in each target scan does the anatomy of a query point appear?
+
+The query is the embedding of the patch centred at a world point (RAS mm, as :class:`ctfm.embedding.PatchEmbeddings`
+centres; LPS on request) of a source scan. Each target is embedded on a dense sliding window once (cached in memory
+and, with ``cache_dir``, on disk, so ten queries cost one embedding per target); the cosine similarity of every
+window to the query is averaged over the voxels each window covers and resampled onto the target's own grid. The
+best window's centre is the match; with an organ mask on the target's grid, the organ centroid distance (OCD) and
+whether the match lies inside the organ are reported as in the CT-FM paper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from scipy.ndimage import map_coordinates
+from torch import nn
+
+from ctfm.atomic import write_atomically
+from ctfm.embedding import PatchEmbeddings, embed_patches
+from ctfm.embedding_table import model_fingerprint
+from ctfm.errors import CTFMError, InvalidScanError
+from ctfm.io.reader import read_ct
+from ctfm.nn.encoder import pooled_features
+from ctfm.transforms.preprocess import CTPreprocessing
+
+#: RAS <-> LPS: negate the first two world axes.
+LPS_FLIP = np.array([-1.0, -1.0, 1.0])
+
+
+def world_to_voxel(affine: np.ndarray, points_mm: np.ndarray) -> np.ndarray:
+    """Continuous voxel indices of world points under a voxel -> world ``affine``."""
+    points = np.atleast_2d(np.asarray(points_mm, dtype=np.float64))
+    return (np.c_[points, np.ones(len(points))] @ np.linalg.inv(np.asarray(affine, dtype=np.float64)).T)[:, :3]
+
+
+def voxel_to_world(affine: np.ndarray, voxels: np.ndarray) -> np.ndarray:
+    voxels = np.atleast_2d(np.asarray(voxels, dtype=np.float64))
+    return (np.c_[voxels, np.ones(len(voxels))] @ np.asarray(affine, dtype=np.float64).T)[:, :3]
+
+
+def check_inside(scan: MetaTensor, point_mm: np.ndarray, path: str | Path) -> None:
+    """Refuse a point that lies outside the scan's voxel grid (half a voxel of slack at each face)."""
+    voxel = world_to_voxel(scan.affine, point_mm)[0]
+    shape = np.array(scan.shape[1:])
+    if np.any(voxel < -0.5) or np.any(voxel > shape - 0.5):
+        raise InvalidScanError(path, f"query point {np.round(point_mm, 2).tolist()} mm (RAS) lies outside the scan")
+
+
+def patch_at(volume: MetaTensor, point_mm: np.ndarray, patch_size: Sequence[int]) -> tuple[torch.Tensor, np.ndarray]:
+    """The ``(1, z, y, x)`` patch of a preprocessed volume centred at a RAS point (air beyond the edges), and its
+    first voxel (may be negative)."""
+    patch = np.array(patch_size)
+    start = np.round(world_to_voxel(volume.affine, point_mm)[0] - (patch - 1) / 2).astype(int)
+    padded = torch.nn.functional.pad(volume.as_tensor(), [int(p) for p in np.repeat(patch[::-1], 2)])
+    z, y, x = start + patch
+    return padded[:, z : z + patch[0], y : y + patch[1], x : x + patch[2]], start
+
+
+@torch.inference_mode()
+def embed_points(
+    model: nn.Module, volume: MetaTensor, points_mm: np.ndarray, patch_size: Sequence[int], batch_size: int = 8
+) -> torch.Tensor:
+    """Embeddings ``(points, dim)`` of the ``patch_size`` patches of a preprocessed volume centred at RAS points."""
+    device = next(model.parameters()).device
+    points = np.atleast_2d(points_mm)
+    was_training = model.training
+    model.eval()
+    try:
+        out = []
+        for first in range(0, len(points), batch_size):
+            crops = torch.stack([patch_at(volume, p, patch_size)[0] for p in points[first : first + batch_size]])
+            out.append(pooled_features(model, crops.to(device)).float().cpu())
+        return torch.cat(out)
+    finally:
+        model.train(was_training)
+
+
+def embed_point(model: nn.Module, volume: MetaTensor, point_mm: np.ndarray, patch_size: Sequence[int]) -> torch.Tensor:
+    """Embedding of the ``patch_size`` patch of a preprocessed volume centred at a RAS point."""
+    return embed_points(model, volume, point_mm, patch_size)[0]
+
+
+class TargetCache:
+    """Patch embeddings of target scans, reused across queries: in memory, and on disk when ``folder`` is given."""
+
+    def __init__(self, model: nn.Module, preprocess: CTPreprocessing, patch_size: Sequence[int], overlap: float,
+                 folder: str | Path | None = None, batch_size: int = 4):  # fmt: skip
+        self.model, self.overlap, self.batch_size = model, overlap, batch_size
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.preprocess = CTPreprocessing(**{**asdict(preprocess), "min_size": self.patch_size})
+        self.folder = Path(folder) if folder else None
+        self.settings = {
+            "model": model_fingerprint(model),
+            "preprocessing": asdict(preprocess),
+            "patch_size": self.patch_size,
+            "overlap": overlap,
+        }
+        self.memory: dict[str, PatchEmbeddings] = {}
+        self.embedded = 0  # targets actually run through the encoder
+
+    def key(self, path: Path) -> str:
+        stat = path.stat()
+        what = {"path": str(path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns, **self.settings}
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+    def get(self, path: str | Path, volume: MetaTensor) -> PatchEmbeddings:
+        """The target's patch embeddings; ``volume`` is its preprocessed form (embedded on a miss)."""
+        key = self.key(Path(path))
+        if key in self.memory:
+            return self.memory[key]
+        disk = self.folder / f"{key}.npz" if self.folder else None
+        if disk is not None and disk.exists():
+            with np.load(disk) as stored:
+                patches = PatchEmbeddings(*(torch.from_numpy(stored[n]) for n in ("e", "v", "m")), self.patch_size)
+        else:
+            patches = embed_patches(
+                self.model, volume, patch_size=self.patch_size, overlap=self.overlap, batch_size=self.batch_size,
+                preprocess=None, progress=None,
+            )  # fmt: skip
+            self.embedded += 1
+            if disk is not None:
+                arrays = {"e": patches.embeddings, "v": patches.centers_voxel, "m": patches.centers_mm}
+                write_atomically(disk, lambda tmp: np.savez(tmp, **{k: v.numpy() for k, v in arrays.items()}))
+        self.memory[key] = patches
+        return patches
+
+
+def heat_volume(patches: PatchEmbeddings, similarity: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Per-voxel mean similarity of the windows covering each voxel of the preprocessed volume."""
+    total = np.zeros(shape, dtype=np.float64)
+    count = np.zeros(shape, dtype=np.float64)
+    size = np.array(patches.patch_size)
+    starts = np.round(patches.centers_voxel.numpy() - (size - 1) / 2).astype(int)
+    for (z, y, x), value in zip(starts, similarity):
+        region = np.s_[z : z + size[0], y : y + size[1], x : x + size[2]]
+        total[region] += value
+        count[region] += 1
+    covered = count > 0
+    out = np.full(shape, float(similarity.min()), dtype=np.float32)
+    out[covered] = total[covered] / count[covered]
+    return out
+
+
+def resample_to_grid(values: np.ndarray, values_affine: np.ndarray, grid: MetaTensor) -> np.ndarray:
+    """``values`` (on ``values_affine``) sampled trilinearly at every voxel of ``grid``, a slab at a time."""
+    shape = grid.shape[1:]
+    mapping = np.linalg.inv(np.asarray(values_affine, dtype=np.float64)) @ np.asarray(grid.affine, dtype=np.float64)
+    out = np.empty(shape, dtype=np.float32)
+    j, k = np.meshgrid(np.arange(shape[1]), np.arange(shape[2]), indexing="ij")
+    for i in range(shape[0]):
+        index = np.stack([np.full(j.shape, i), j, k, np.ones(j.shape)]).reshape(4, -1)
+        where = (mapping @ index)[:3]
+        out[i] = map_coordinates(values, where, order=1, mode="nearest").reshape(j.shape)
+    return out
+
+
+@dataclass
+class Match:
+    """The best window of one target: its centre (RAS mm), similarity, and the heat maps on both grids."""
+
+    target: str
+    point_mm: np.ndarray
+    similarity: float
+    heat: np.ndarray  # on the target's own grid
+    heat_preprocessed: np.ndarray  # on the preprocessed (z, y, x) grid, for pictures
+    volume: MetaTensor  # the preprocessed target
+    scan: MetaTensor  # the target as read
+
+
+def search_target(query: torch.Tensor, target: str | Path, cache: TargetCache) -> Match:
+    """Cosine similarity of ``query`` to every window of ``target``; the best window and the heat maps."""
+    scan = read_ct(target, check_hu=cache.preprocess.check_hu)
+    volume = cache.preprocess(scan)
+    patches = cache.get(target, volume)
+    similarity = torch.nn.functional.cosine_similarity(patches.embeddings, query[None], dim=1).numpy()
+    best = int(np.argmax(similarity))
+    heat_pre = heat_volume(patches, similarity, volume.shape[1:])
+    heat = resample_to_grid(heat_pre, volume.affine, scan)
+    return Match(str(target), patches.centers_mm[best].numpy(), float(similarity[best]), heat, heat_pre, volume, scan)
+
+
+def organ_centroid_distance(match_mm: np.ndarray, mask: MetaTensor) -> tuple[float, bool]:
+    """Distance in cm from the match to the mask's centroid (world), and whether the match's voxel is in the mask."""
+    array = np.asarray(mask[0]) > 0
+    if not array.any():
+        raise CTFMError(f"{mask.meta.get('filename_or_obj', 'mask')}: the organ mask is empty")
+    centroid = voxel_to_world(mask.affine, np.argwhere(array).mean(axis=0))[0]
+    voxel = np.round(world_to_voxel(mask.affine, match_mm)[0]).astype(int)
+    inside = bool(np.all(voxel >= 0) and np.all(voxel < array.shape) and array[tuple(voxel)])
+    return float(np.linalg.norm(match_mm - centroid) / 10.0), inside
+
+
+def run_semantic_search(
+    source: str | Path,
+    point: Sequence[float],
+    targets: Sequence[str | Path],
+    model: nn.Module,
+    out: str | Path,
+    *,
+    lps: bool = False,
+    mask_dir: str | Path | None = None,
+    patch_size: Sequence[int] = (24, 64, 64),
+    overlap: float = 0.5,
+    preprocess: CTPreprocessing = CTPreprocessing(),
+    cache: TargetCache | None = None,
+):
+    """Search each target for the anatomy at ``point`` of ``source``; write ``out/matches.csv`` and per target a
+    heat-map NIfTI (the target's shape and affine) and a PNG. ``point`` and the csv's ``x_mm, y_mm, z_mm`` are RAS,
+    or LPS with ``lps=True``. With ``mask_dir``, the mask named like each target gives ``ocd_cm`` and
+    ``inside_mask``. A ``cache`` brings its own model settings (patch size, overlap, preprocessing) and embeddings.
+    Returns the matches table."""
+    import nibabel as nib
+    import pandas as pd
+
+    from ctfm.io.reader import read_label_map
+    from ctfm.plotting import orthogonal_slices, scaled_window
+
+    out = Path(out)
+    flip = LPS_FLIP if lps else np.ones(3)
+    point_ras = np.asarray(point, dtype=np.float64) * flip
+    cache = cache or TargetCache(model, preprocess, patch_size, overlap)
+    preprocess = cache.preprocess
+    source_scan = read_ct(source, check_hu=preprocess.check_hu)
+    check_inside(source_scan, point_ras, source)
+    query = embed_point(model, preprocess(source_scan), point_ras, cache.patch_size)
+    rows, names = [], set()
+    for target in targets:
+        match = search_target(query, target, cache)
+        name = Path(target).name.split(".")[0]
+        name = name if name not in names else f"{name}_{len(names)}"
+        names.add(name)
+        affine = np.asarray(match.scan.affine, dtype=np.float64)
+        image = nib.Nifti1Image(match.heat, affine)
+        write_atomically(out / f"{name}_heatmap.nii.gz", lambda tmp, image=image: nib.save(image, str(tmp)))
+        spread = float(match.heat_preprocessed.max() - match.heat_preprocessed.min()) or 1.0
+        best_voxel = np.round(world_to_voxel(match.volume.affine, match.point_mm)[0]).astype(int)
+        orthogonal_slices(
+            np.asarray(match.volume[0]), out / f"{name}_heatmap.png", point=best_voxel,
+            overlay=(match.heat_preprocessed - match.heat_preprocessed.min()) / spread, overlay_kind="heat",
+            window=scaled_window(preprocess.hu_range), spacing=preprocess.spacing or (1.0, 1.0, 1.0),
+            title=f"{name}: best match {np.round(match.point_mm * flip, 1).tolist()} mm, cosine {match.similarity:.3f}",
+        )  # fmt: skip
+        x, y, z = match.point_mm * flip
+        row = {"target": str(target), "x_mm": x, "y_mm": y, "z_mm": z, "similarity": match.similarity}
+        if mask_dir is not None:
+            mask_path = Path(mask_dir) / Path(target).name
+            if not mask_path.exists():
+                raise CTFMError(f"{mask_path}: no mask for target {target} in {mask_dir}")
+            mask = read_label_map(mask_path, like=match.scan)
+            row["mask"] = str(mask_path)
+            row["ocd_cm"], row["inside_mask"] = organ_centroid_distance(match.point_mm, mask)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    write_atomically(out / "matches.csv", lambda tmp: table.to_csv(tmp, index=False))
+    return table

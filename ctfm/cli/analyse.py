@@ -1,0 +1,66 @@
+"""``ctfm analyse saliency|pca|tsne|stability``: the zero-shot analyses, each writing its picture into ``--out``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("analyse", help="zero-shot pictures: saliency, PCA concepts, t-SNE, stability")
+    kinds = parser.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
+
+    def with_model(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--model", default="ct-fm", help="model name (see `ctfm models`) or local path")
+        sub.add_argument("--patch-size", type=int, nargs=3, default=(24, 64, 64), metavar=("Z", "Y", "X"))
+        sub.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+
+    saliency = kinds.add_parser("saliency", help="occlusion saliency of the patch at a point: NIfTI + PNG")
+    saliency.add_argument("scan")
+    saliency.add_argument("--point", type=float, nargs=3, metavar=("X", "Y", "Z"), help="RAS mm (default: centre)")
+    saliency.add_argument("--window", type=int, nargs=3, default=(8, 8, 8), help="occluded window (voxels)")
+    pca = kinds.add_parser("pca", help="two scans coloured by one PCA of their patch embeddings")
+    pca.add_argument("scans", nargs=2)
+    pca.add_argument("--overlap", type=float, default=0.75)
+    tsne = kinds.add_parser("tsne", help="t-SNE of a table's embeddings coloured by a label column")
+    tsne.add_argument("--table", required=True, help="embedding table written by `ctfm embed`")
+    tsne.add_argument("--labels", required=True, help="CSV with a path column and the label column")
+    tsne.add_argument("--column", default="label")
+    stability = kinds.add_parser("stability", help="similarity of corresponding patches of two scans of a subject")
+    stability.add_argument("scans", nargs=2)
+    stability.add_argument(
+        "--shift", type=float, nargs=3, default=(0.0, 0.0, 0.0), help="RAS mm from the first scan to the second"
+    )
+    for sub in (saliency, pca, stability):
+        with_model(sub)
+    for sub in (saliency, pca, tsne, stability):
+        sub.add_argument("--out", required=True, help="folder for the picture (and NIfTI / CSV)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ctfm.analysis import pictures
+
+    if args.analysis == "tsne":
+        print(f"wrote {pictures.tsne_picture(args.table, args.labels, args.column, args.out)}")
+        return 0
+    from ctfm.hub import load
+
+    model = load(args.model, device=args.device)
+    patch = tuple(args.patch_size)
+    if args.analysis == "saliency":
+        written = pictures.saliency_picture(
+            model, args.scan, args.out, point_mm=args.point, patch_size=patch, window=tuple(args.window)
+        )
+        print("wrote " + ", ".join(map(str, written)))
+    elif args.analysis == "pca":
+        print(f"wrote {pictures.pca_picture(model, args.scans, args.out, patch_size=patch, overlap=args.overlap)}")
+    else:
+        transform = np.eye(4)
+        transform[:3, 3] = args.shift
+        numbers, png = pictures.stability_picture(
+            model, *args.scans, args.out, world_transform=transform, patch_size=patch
+        )
+        print(", ".join(f"{k} {v:.3f}" for k, v in numbers.items()) + f"; wrote {png}")
+    return 0
