@@ -101,6 +101,21 @@ def test_bf16_mixed_on_a_cpu_trains_finite_weights(tmp_path, datalist, monkeypat
     assert not [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
 
+def test_a_fit_raises_none_of_the_warnings_whose_cause_is_ours(tmp_path, datalist):
+    """The quickstart buried its steps under Lightning's batch-size guess and a validation_step without data."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit_tiny(tmp_path, datalist, "trainer::max_steps=1")
+    ours = [
+        str(w.message)
+        for w in caught
+        if "infer the `batch_size`" in str(w.message) or "validation_step" in str(w.message)
+    ]
+    assert not ours
+
+
 def test_exported_full_size_encoder_has_the_published_keys(tmp_path):
     """A checkpoint of the full recipe exports to the exact public tensor names."""
     import ctfm
