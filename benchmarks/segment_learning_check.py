@@ -37,7 +37,7 @@ def finetune(data: Path, run: Path, weights: str, steps: int) -> pd.Series:
         "trainer::accelerator=cpu",
         "trainer::sync_batchnorm=false",
     ]
-    common += ["trainer::enable_progress_bar=false", "trainer::enable_model_summary=false", "trainer::logger=false"]
+    common += ["trainer::enable_progress_bar=false", "trainer::enable_model_summary=false"]
     common += ["trainer::check_val_every_n_epoch=1000"]
     cwd = os.getcwd()
     os.chdir(run)
