@@ -9,6 +9,7 @@ preprocesses the image only and :meth:`invert` puts a prediction back on the inp
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -27,7 +28,7 @@ from monai.transforms import (
     RandShiftIntensityd,
 )
 
-from ctfm.errors import InvalidScanError
+from ctfm.errors import CTFMError, InvalidScanError
 from ctfm.transforms.dictionary import CTPreprocessingd
 from ctfm.transforms.preprocess import CTPreprocessing
 
@@ -80,6 +81,46 @@ class LabelsBelow(MapTransform):
         return dict(data)
 
 
+logger = logging.getLogger(__name__)
+
+
+class SkippingDataset(Dataset):
+    """A MONAI ``Dataset`` that serves the next item in place of a subject that cannot be used.
+
+    A subject whose files fail their checks while loading (an ``InvalidScanError``, which MONAI's ``Compose`` wraps
+    in a ``RuntimeError``), such as a label value outside the selected classes, is logged with its file and problem
+    and counted in ``skipped`` (per DataLoader worker); one bad subject never ends a long run.
+    """
+
+    def __init__(self, data: Sequence[Any], transform: Any = None):
+        super().__init__(data, transform=transform)
+        self.skipped: dict[str, str] = {}
+
+    def __getitem__(self, index: Any) -> Any:
+        if not isinstance(index, int):
+            return super().__getitem__(index)
+        for attempt in range(len(self)):
+            position = (index + attempt) % len(self)
+            try:
+                return super().__getitem__(position)
+            except Exception as err:  # noqa: BLE001 - only a bad scan is skipped; anything else is raised
+                problem = _invalid_scan(err)
+                if problem is None:
+                    raise
+                if problem.path not in self.skipped:
+                    logger.warning("skipping %s", problem)
+                self.skipped[str(problem.path)] = problem.problem
+        raise CTFMError(f"none of the {len(self)} subjects can be used: {'; '.join(self.skipped.values())}")
+
+
+def _invalid_scan(err: BaseException) -> InvalidScanError | None:
+    """The InvalidScanError behind ``err`` (MONAI wraps transform errors), or None."""
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, InvalidScanError):
+        cause = cause.__cause__
+    return cause
+
+
 class SegmentationDataModule(pl.LightningDataModule):
     """Lists of item dicts per stage -> preprocessed, augmented batches; subclasses fill the lists in ``setup``.
 
@@ -126,7 +167,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         train = stage == "train"
         scans_per_batch = max(1, self.batch_size // self.samples_per_scan) if train else 1
         return DataLoader(
-            Dataset(self.items[stage], transform=self.transform(stage)),
+            SkippingDataset(self.items[stage], transform=self.transform(stage)),
             batch_size=scans_per_batch,
             shuffle=train,
             num_workers=self.num_workers,

@@ -70,3 +70,30 @@ def test_a_label_value_outside_the_task_labels_is_named(task, tmp_path):
     cause = raised.value.__cause__
     assert isinstance(cause, InvalidScanError)
     assert str(cause) == f"{label}: holds label 7, outside the 2 selected classes (1..K)"
+
+
+def test_a_subject_with_a_bad_label_is_skipped_and_named_while_the_others_load(task, tmp_path, caplog):
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+
+    from ctfm.data.segmentation import SkippingDataset
+
+    copy = shutil.copytree(task, tmp_path / "Task03_Liver")
+    label = copy / "labelsTr" / "liver_0.nii.gz"
+    image = nib.load(label)
+    values = np.asarray(image.dataobj).copy()
+    values[values == 2] = 7
+    nib.save(nib.Nifti1Image(values, image.affine), label)
+    module = MSDDataModule(copy, PREPROCESSING, (16, 32, 32), num_workers=0)
+    items = [
+        {"image": str(copy / "imagesTr" / f"liver_{i}.nii.gz"), "label": str(copy / "labelsTr" / f"liver_{i}.nii.gz")}
+        for i in (0, 1)
+    ]
+    dataset = SkippingDataset(items, transform=module.transform("val"))
+    with caplog.at_level("WARNING", logger="ctfm.data.segmentation"):
+        served = dataset[0]
+    assert served["image"].meta["filename_or_obj"] == items[1]["image"]
+    assert dataset.skipped == {str(label): "holds label 7, outside the 2 selected classes (1..K)"}
+    assert f"skipping {label}: holds label 7" in caplog.text
