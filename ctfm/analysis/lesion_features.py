@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ctfm.analysis.lesions import LESION_CROPS, LesionCrop, SeedOutsideScanError, crop_prepared, prepare_scan, to_ras
 from ctfm.atomic import write_atomically
+from ctfm.data.datalist import read_csv_table
 from ctfm.errors import CTFMError, InvalidScanError
 from ctfm.reports import ReportRow, RunReport
 
@@ -56,12 +57,7 @@ class LesionReport(RunReport):
 def read_lesions(csv: str | Path) -> pd.DataFrame:
     """The lesion CSV with absolute ``image_path``; a missing column or an unreadable file names the CSV."""
     csv = Path(csv)
-    try:
-        table = pd.read_csv(csv, dtype={"image_path": str})
-    except FileNotFoundError as err:
-        raise CTFMError(f"{csv}: lesion CSV not found") from err
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise CTFMError(f"{csv}: cannot be read as a CSV: {err}") from err
+    table = read_csv_table(csv, "lesion table", dtype={"image_path": str})
     missing = [c for c in LESION_COLUMNS if c not in table.columns]
     if missing:
         raise CTFMError(f"{csv}: missing column(s) {', '.join(missing)}; a lesion CSV has {', '.join(LESION_COLUMNS)}")

@@ -92,11 +92,12 @@ def pca_picture(
 def tsne_picture(table: str | Path, labels: str | Path, column: str, out: str | Path) -> Path:
     """``tsne.png``: t-SNE of a table's scan embeddings coloured by ``column`` of a CSV keyed by ``path``."""
     from ctfm.analysis.tsne import tsne_map
+    from ctfm.data.datalist import read_csv_table
     from ctfm.embedding_table import embedding_matrix, read_table
     from ctfm.plotting import scatter_by_label
 
     frame, _ = read_table(table, columns=["path", "embedding"])
-    names = pd.read_csv(labels)
+    names = read_csv_table(labels, "label table")
     if "path" not in names or column not in names:
         raise CTFMError(f"{labels}: needs columns 'path' and {column!r} (found {list(names.columns)})")
     merged = frame.merge(names[["path", column]], on="path", how="inner")

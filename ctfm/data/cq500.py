@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from ctfm.atomic import write_atomically
+from ctfm.data.datalist import read_csv_table
 from ctfm.errors import CTFMError
 
 _READER_COLUMN = re.compile(r"^R\d+:")
@@ -28,10 +29,7 @@ def scan_key(name: str) -> str:
 def cq500_labels(reads_csv: str | Path) -> pd.DataFrame:
     """``name, label`` from ``reads.csv``: 1 when any ``R<k>:<finding>`` column is 1 for the scan."""
     reads_csv = Path(reads_csv)
-    try:
-        reads = pd.read_csv(reads_csv)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise CTFMError(f"{reads_csv}: cannot read CQ500 reads ({err})") from err
+    reads = read_csv_table(reads_csv, "CQ500 reads table")
     findings = [c for c in reads.columns if _READER_COLUMN.match(str(c))]
     if "name" not in reads.columns or not findings:
         raise CTFMError(

@@ -7,10 +7,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from ctfm.errors import CTFMError
+
+
+def read_csv_table(csv: str | Path, what: str, **read_csv: Any) -> pd.DataFrame:
+    """``pandas.read_csv`` with a missing or unreadable file turned into one ``CTFMError`` naming it as ``what``."""
+    try:
+        return pd.read_csv(csv, **read_csv)
+    except FileNotFoundError as err:
+        raise CTFMError(f"{csv}: {what} not found") from err
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise CTFMError(f"{csv}: cannot be read as a CSV {what}: {err}") from err
 
 
 def read_datalist(csv: str | Path) -> pd.DataFrame:
@@ -20,12 +31,7 @@ def read_datalist(csv: str | Path) -> pd.DataFrame:
     :class:`~ctfm.errors.CTFMError` naming the CSV.
     """
     csv = Path(csv)
-    try:
-        table = pd.read_csv(csv, dtype={"image": str})
-    except FileNotFoundError as err:
-        raise CTFMError(f"{csv}: datalist not found") from err
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise CTFMError(f"{csv}: cannot be read as a CSV datalist: {err}") from err
+    table = read_csv_table(csv, "datalist", dtype={"image": str})
     if "image" not in table.columns:
         raise CTFMError(f"{csv}: a datalist needs an 'image' column of scan paths; found columns {list(table.columns)}")
     table = table.dropna(subset=["image"])
