@@ -26,5 +26,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"recipes in {recipes_dir(args.folder)} (run with `lighter fit lighter_configs/NAME.yaml`):")
     for name, summary in list_recipes(args.folder).items():
-        print(f"  {name:20s} {summary}")
+        print(f"  {name:24s} {summary}")
     return 0
