@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ctfm.atomic import write_atomically
-from ctfm.embedding import Reduction, embed_patches
+from ctfm.embedding import PatchEmbeddings, Reduction, embed_patches
 from ctfm.errors import CTFMError, InvalidScanError
 from ctfm.reports import ReportRow, RunReport
 from ctfm.transforms.preprocess import PATCH_SIZE, PRETRAINING_SPACING, CTPreprocessing
@@ -158,11 +158,56 @@ def embedding_matrix(frame: pd.DataFrame, column: str = "embedding") -> np.ndarr
     return np.asarray(np.stack(frame[column].to_numpy()), dtype=np.float32)
 
 
-def _write_part(folder: Path, rows: list[dict[str, Any]], settings: dict[str, Any]) -> Path:
+def _write_part(folder: Path, rows: list[dict[str, Any]], settings: dict[str, Any], prefix: str = "part") -> Path:
     table = pa.Table.from_pylist(rows)
     table = table.replace_schema_metadata({METADATA_KEY: json.dumps(settings).encode()})
-    name = f"part-{pd.Timestamp.now('UTC'):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+    name = f"{prefix}-{pd.Timestamp.now('UTC'):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
     return write_atomically(folder / name, lambda tmp: pq.write_table(table, tmp))
+
+
+class TableWriter:
+    """Appends scan rows to a table folder, one atomically written part every ``scans_per_part`` scans.
+
+    Opening an existing table checks that it was made with the same settings and learns which scans it holds
+    (``done``), so a re-run appends only the rest. Several writers (DDP ranks) may append to one folder at once:
+    part names are unique, and the folder is the merged table.
+    """
+
+    def __init__(self, out: str | Path, settings: dict[str, Any], scans_per_part: int = 16, prefix: str = "part"):
+        self.out = Path(out)
+        if self.out.is_file():
+            raise CTFMError(
+                f"{self.out}: is a single Parquet file; embed into a new table folder (e.g. embeddings.parquet)"
+            )
+        self.settings = settings
+        self.scans_per_part = scans_per_part
+        self.prefix = prefix
+        self.done: set[str] = set()
+        self._rows: list[dict[str, Any]] = []
+        if self.out.is_dir() and _parts(self.out):
+            existing = read_settings(self.out)
+            check_compatible(existing, settings, self.out)
+            settings["embedding_dim"] = existing["embedding_dim"]
+            self.done = set(read_table(self.out, columns=["path"])[0]["path"])
+
+    def add(self, path: str | Path, result: PatchEmbeddings, reduce: Reduction, patches: bool = False) -> None:
+        """One scan's row: its reduced embedding, and with ``patches`` every patch's embedding and RAS mm centre."""
+        vector = result.reduce(reduce).numpy().astype(np.float32)
+        self.settings.setdefault("embedding_dim", len(vector))
+        row: dict[str, Any] = {"path": str(path), "embedding": vector.tolist()}
+        if patches:
+            row["patch_embeddings"] = result.embeddings.numpy().astype(np.float32).tolist()
+            row["patch_centers_mm"] = result.centers_mm.to(torch.float64).numpy().tolist()
+        self._rows.append(row)
+        self.done.add(str(path))
+        if len(self._rows) >= self.scans_per_part:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the rows not written yet as one part."""
+        if self._rows:
+            _write_part(self.out, self._rows, self.settings, self.prefix)
+            self._rows = []
 
 
 def embed_to_parquet(
@@ -192,21 +237,12 @@ def embed_to_parquet(
         model_name = model_name or model
         model = load(model, device=device)
     model_name = model_name or type(model).__name__
-    preprocess = CTPreprocessing(spacing=None if native_spacing else PRETRAINING_SPACING, min_size=tuple(patch_size))
+    preprocess = corpus_preprocessing(patch_size, native_spacing)
     settings = table_settings(model, model_name, preprocess, patch_size, overlap, reduce, patches)
-    out = Path(out)
-    if out.is_file():
-        raise CTFMError(f"{out}: is a single Parquet file; embed into a new table folder (e.g. embeddings.parquet)")
-    done: set[str] = set()
-    if out.is_dir() and _parts(out):
-        existing = read_settings(out)
-        check_compatible(existing, settings, out)
-        settings["embedding_dim"] = existing["embedding_dim"]
-        done = set(read_table(out, columns=["path"])[0]["path"])
-    report = EmbeddingReport(out=out)
-    rows: list[dict[str, Any]] = []
+    writer = TableWriter(out, settings, scans_per_part)
+    report = EmbeddingReport(out=writer.out)
     for path in tqdm(list(paths), desc="embedding scans", unit="scan"):
-        if str(path) in done:
+        if str(path) in writer.done:
             report.already.append(str(path))
             continue
         try:
@@ -223,21 +259,15 @@ def embed_to_parquet(
             logger.warning("skipping %s", err)
             report.skipped.append((str(path), err.problem))
             continue
-        vector = result.reduce(reduce).numpy().astype(np.float32)
-        settings.setdefault("embedding_dim", len(vector))
-        row = {"path": str(path), "embedding": vector.tolist()}
-        if patches:
-            row["patch_embeddings"] = result.embeddings.numpy().astype(np.float32).tolist()
-            row["patch_centers_mm"] = result.centers_mm.to(torch.float64).numpy().tolist()
-        rows.append(row)
-        done.add(str(path))
+        writer.add(path, result, reduce, patches)
         report.embedded_paths.append(str(path))
-        if len(rows) >= scans_per_part:
-            _write_part(out, rows, settings)
-            rows = []
-    if rows:
-        _write_part(out, rows, settings)
+    writer.flush()
     return report
+
+
+def corpus_preprocessing(patch_size: Sequence[int], native_spacing: bool = False) -> CTPreprocessing:
+    """The canonical preprocessing of a corpus table: pretraining spacing unless ``native_spacing``."""
+    return CTPreprocessing(spacing=None if native_spacing else PRETRAINING_SPACING, min_size=tuple(patch_size))
 
 
 def embed_like_table(scan: str | Path, settings: dict[str, Any], model: nn.Module | None = None) -> np.ndarray:

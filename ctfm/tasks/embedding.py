@@ -1,0 +1,97 @@
+"""Corpus embedding as a Lighter module: ``lighter predict lighter_configs/embed.yaml`` on one device or many.
+
+Each rank embeds its share of the datalist and appends its own parts to the one table folder (part names carry the
+rank); the folder is the merged table, which ``ctfm search`` and pandas read as one. A re-run skips scans already
+in the table, exactly as ``ctfm embed`` does, and a table made with another model or settings is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from lighter import LighterModule
+from pytorch_lightning.utilities import rank_zero_info
+from torch import nn
+
+from ctfm.embedding import Reduction, embed_patches
+from ctfm.embedding_table import EmbeddingReport, TableWriter, corpus_preprocessing, table_settings
+from ctfm.errors import InvalidScanError
+from ctfm.transforms.preprocess import PATCH_SIZE
+
+logger = logging.getLogger(__name__)
+
+
+class CorpusEmbedding(LighterModule):
+    """``predict_step`` embeds each scan path of its batch into the table ``out`` (see :mod:`ctfm.embedding_table`).
+
+    Args:
+        network: the encoder (``ctfm.load(...)``); ``model_name`` is what the table's metadata calls it.
+        Other arguments: as ``ctfm embed`` (patch size, overlap, reduction, patches per forward, native spacing,
+            patch-level rows, scans per part).
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        out: str | Path,
+        model_name: str,
+        patch_size: Sequence[int] = PATCH_SIZE,
+        overlap: float = 0.0,
+        reduce: Reduction = "mean",
+        batch_size: int = 4,
+        native_spacing: bool = False,
+        patches: bool = False,
+        scans_per_part: int = 16,
+    ):
+        super().__init__(network=network)
+        self.out = Path(out)
+        self.model_name = model_name
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.overlap = overlap
+        self.reduce: Reduction = reduce
+        self.patches_per_forward = batch_size
+        self.native_spacing = native_spacing
+        self.keep_patches = patches
+        self.scans_per_part = scans_per_part
+        self.report = EmbeddingReport(out=self.out)
+        self._writer: TableWriter | None = None
+
+    def on_predict_start(self) -> None:
+        self.network.eval()
+        preprocess = corpus_preprocessing(self.patch_size, self.native_spacing)
+        settings = table_settings(
+            self.network, self.model_name, preprocess, self.patch_size, self.overlap, self.reduce, self.keep_patches
+        )
+        prefix = f"part-rank{self.global_rank}"
+        self._writer = TableWriter(self.out, settings, self.scans_per_part, prefix=prefix)
+        self._preprocess = preprocess
+
+    def predict_step(self, batch: list[str], batch_idx: int) -> None:
+        assert self._writer is not None
+        for path in batch:
+            if path in self._writer.done:
+                self.report.already.append(path)
+                continue
+            try:
+                result = embed_patches(
+                    self.network,
+                    path,
+                    patch_size=self.patch_size,
+                    overlap=self.overlap,
+                    batch_size=self.patches_per_forward,
+                    preprocess=self._preprocess,
+                    progress=False,
+                )
+            except InvalidScanError as err:
+                logger.warning("skipping %s", err)
+                self.report.skipped.append((path, err.problem))
+                continue
+            self._writer.add(path, result, self.reduce, self.keep_patches)
+            self.report.embedded_paths.append(path)
+
+    def on_predict_end(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+        rank_zero_info(f"rank {self.global_rank}: {self.report.summary()}")
