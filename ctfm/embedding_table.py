@@ -242,27 +242,43 @@ def embed_to_parquet(
     writer = TableWriter(out, settings, scans_per_part)
     report = EmbeddingReport(out=writer.out)
     for path in tqdm(list(paths), desc="embedding scans", unit="scan"):
-        if str(path) in writer.done:
-            report.already.append(str(path))
-            continue
-        try:
-            result = embed_patches(
-                model,
-                path,
-                patch_size=patch_size,
-                overlap=overlap,
-                batch_size=batch_size,
-                preprocess=preprocess,
-                progress=False,
-            )
-        except InvalidScanError as err:
-            logger.warning("skipping %s", err)
-            report.skipped.append((str(path), err.problem))
-            continue
-        writer.add(path, result, reduce, patches)
-        report.embedded_paths.append(str(path))
+        embed_into(writer, report, model, path, preprocess, batch_size)
     writer.flush()
     return report
+
+
+def embed_into(
+    writer: TableWriter,
+    report: EmbeddingReport,
+    model: nn.Module,
+    path: str | Path,
+    preprocess: CTPreprocessing,
+    batch_size: int,
+) -> None:
+    """Embed one scan with the writer's settings and add its row, unless the table has it or it is unusable.
+
+    ``ctfm embed`` and the ``embed.yaml`` recipe both go through here, so their tables cannot differ.
+    """
+    if str(path) in writer.done:
+        report.already.append(str(path))
+        return
+    settings = writer.settings
+    try:
+        result = embed_patches(
+            model,
+            path,
+            patch_size=settings["patch_size"],
+            overlap=settings["overlap"],
+            batch_size=batch_size,
+            preprocess=preprocess,
+            progress=False,
+        )
+    except InvalidScanError as err:
+        logger.warning("skipping %s", err)
+        report.skipped.append((str(path), err.problem))
+        return
+    writer.add(path, result, settings["reduction"], settings["patches"])
+    report.embedded_paths.append(str(path))
 
 
 def corpus_preprocessing(patch_size: Sequence[int], native_spacing: bool = False) -> CTPreprocessing:

@@ -7,7 +7,6 @@ in the table, exactly as ``ctfm embed`` does, and a table made with another mode
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,12 +14,9 @@ from lighter import LighterModule
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
-from ctfm.embedding import Reduction, embed_patches
-from ctfm.embedding_table import EmbeddingReport, TableWriter, corpus_preprocessing, table_settings
-from ctfm.errors import InvalidScanError
+from ctfm.embedding import Reduction
+from ctfm.embedding_table import EmbeddingReport, TableWriter, corpus_preprocessing, embed_into, table_settings
 from ctfm.transforms.preprocess import PATCH_SIZE
-
-logger = logging.getLogger(__name__)
 
 
 class CorpusEmbedding(LighterModule):
@@ -71,25 +67,7 @@ class CorpusEmbedding(LighterModule):
     def predict_step(self, batch: list[str], batch_idx: int) -> None:
         assert self._writer is not None
         for path in batch:
-            if path in self._writer.done:
-                self.report.already.append(path)
-                continue
-            try:
-                result = embed_patches(
-                    self.network,
-                    path,
-                    patch_size=self.patch_size,
-                    overlap=self.overlap,
-                    batch_size=self.patches_per_forward,
-                    preprocess=self._preprocess,
-                    progress=False,
-                )
-            except InvalidScanError as err:
-                logger.warning("skipping %s", err)
-                self.report.skipped.append((path, err.problem))
-                continue
-            self._writer.add(path, result, self.reduce, self.keep_patches)
-            self.report.embedded_paths.append(path)
+            embed_into(self._writer, self.report, self.network, path, self._preprocess, self.patches_per_forward)
 
     def on_predict_end(self) -> None:
         if self._writer is not None:
