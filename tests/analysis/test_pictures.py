@@ -23,7 +23,8 @@ def test_occluding_air_with_air_changes_nothing(encoder):
     patch[:, :, 16:] = torch.rand(8, 32, 16, generator=torch.Generator().manual_seed(0))
     saliency = occlusion_saliency(encoder, patch, window=(4, 8, 8))
     assert saliency.shape == PATCH and saliency.min() >= 0
-    assert np.all(saliency[:, :, :16] == 0) and saliency[:, :, 16:].min() > 0
+    # zero up to float32 rounding of the batched forward (1 - cos of two equal embeddings)
+    assert saliency[:, :, :16].max() < 1e-6 and saliency[:, :, 16:].min() > 1e-3
 
 
 def test_saliency_nifti_lies_on_the_scans_grid(encoder, sample_nifti, tmp_path):
