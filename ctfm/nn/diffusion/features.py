@@ -72,7 +72,10 @@ class DiffusionFeatures(nn.Module):
         return self
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor, windows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def maps(
+        self, images: torch.Tensor, windows: torch.Tensor | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(the chosen decoder blocks' activations at their own sizes, timestep by timestep; bottleneck features)."""
         dims = self.network.spatial_dims
         if images.ndim != 2 + dims:
             raise CTFMError(
@@ -80,32 +83,69 @@ class DiffusionFeatures(nn.Module):
             )
         generator = torch.Generator(device="cpu").manual_seed(self.seed)
         noise = torch.randn(images.shape, generator=generator).to(images)
-        mode = "bilinear" if dims == 2 else "trilinear"
         decoder, bottleneck = [], []
         for t in self.timesteps:
             timesteps = torch.full((images.shape[0],), t, device=images.device, dtype=torch.long)
             noisy = self.scheduler.add_noise(images, noise, timesteps)
             self._captured.clear()
             self.network(noisy, timesteps, windows)
-            for index in self.blocks:
-                decoder.append(F.interpolate(self._captured[f"up{index}"], size=images.shape[2:], mode=mode))
+            decoder += [self._captured[f"up{index}"] for index in self.blocks]
             bottleneck.append(self._captured["middle"])
-        return torch.cat(decoder, dim=1), torch.cat(bottleneck, dim=1)
+        return decoder, torch.cat(bottleneck, dim=1)
+
+    def forward(self, images: torch.Tensor, windows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        decoder, bottleneck = self.maps(images, windows)
+        mode = "bilinear" if self.network.spatial_dims == 2 else "trilinear"
+        upsampled = [F.interpolate(m, size=images.shape[2:], mode=mode) for m in decoder]
+        return torch.cat(upsampled, dim=1), bottleneck
+
+    def at_points(
+        self, images: torch.Tensor, points: torch.Tensor, windows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Decoder features ``(N, C, P)`` at ``points`` ``(N, P, spatial_dims)`` (integer pixel/voxel indices).
+
+        The same values as :meth:`forward` at those pixels, interpolated from each block's own (smaller) map, so
+        the full-resolution feature stack (channels x every voxel, gigabytes for a 3D patch) never exists.
+        """
+        decoder, _ = self.maps(images, windows)
+        size = torch.tensor(images.shape[2:], device=images.device, dtype=torch.float32)
+        # Pixel centres in grid_sample's normalised coordinates (align_corners=False, as F.interpolate above);
+        # grid_sample wants x first, so the axes are reversed; "border" clamps at the edges as interpolate does.
+        grid = ((2 * points.float() + 1) / size - 1).flip(-1)
+        grid = grid.reshape(grid.shape[0], grid.shape[1], *([1] * (self.network.spatial_dims - 1)), -1)
+        sampled = [
+            F.grid_sample(m, grid.to(m.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+            for m in decoder
+        ]
+        return torch.cat(sampled, dim=1).reshape(images.shape[0], self.decoder_channels, -1)
 
 
 class PixelMLP(nn.Module):
-    """A per-pixel (per-voxel) MLP classifier over feature maps: 1x1 convolutions, so it is one MLP everywhere."""
+    """A per-pixel (per-voxel) MLP classifier over feature maps: 1x1 convolutions, so it is one MLP everywhere.
+
+    Linear -> ReLU -> BatchNorm per hidden layer, as Baranchuk et al.'s pixel classifier. BatchNorm, unlike
+    GroupNorm, is a fixed per-channel affine map in eval mode, so a pixel's logits depend on its own features only:
+    training on sampled pixels and predicting whole images is the same function. ``forward`` takes feature maps
+    ``(N, C, *spatial)`` or feature vectors of sampled pixels ``(N, C, P)``.
+    """
 
     def __init__(self, spatial_dims: int, in_channels: int, num_classes: int, hidden: Sequence[int] = (128, 32)):
         super().__init__()
+        self.spatial_dims = spatial_dims
+        self.num_classes = num_classes
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        norm = nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d
         layers: list[nn.Module] = []
         for width in hidden:
-            layers += [conv(in_channels, width, 1), nn.ReLU(), nn.GroupNorm(min(8, width), width)]
+            layers += [conv(in_channels, width, 1), nn.ReLU(), norm(width)]
             in_channels = width
         self.layers = nn.Sequential(*layers, conv(in_channels, num_classes, 1))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.ndim == 3:  # (N, C, P) sampled pixels: a 1 x P (x 1) map for the 1x1 convolutions
+            n, _, points = features.shape
+            maps = features.reshape(*features.shape, *([1] * (self.spatial_dims - 1)))
+            return self.layers(maps).reshape(n, -1, points)
         return self.layers(features)
 
 
@@ -114,6 +154,7 @@ class BottleneckClassifier(nn.Module):
 
     def __init__(self, spatial_dims: int, in_channels: int, num_classes: int, width: int = 256):
         super().__init__()
+        self.num_classes = num_classes
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         self.conv = nn.Sequential(conv(in_channels, width, 3, padding=1), nn.GroupNorm(8, width), nn.SiLU())
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, num_classes))
