@@ -1,0 +1,234 @@
+"""Labelled data for the diffusion adapters: 2D slices or 3D patches windowed exactly as in diffusion pretraining.
+
+A datalist is a CSV with ``image`` and ``label`` columns and an optional ``split`` (train / val / test; without
+one a seeded 8:1:1 split is drawn, as :mod:`ctfm.data.classification`); relative paths resolve against the CSV's
+folder. For segmentation ``label`` is a label-map file on the image's grid (0 background, 1..K classes, e.g. the
+``datalist.csv`` of :func:`ctfm.data.sample.make_sample_dataset`); for classification it is the scan's class.
+
+Every scan goes through the canonical preprocessing at the pretraining ``spacing`` (orientation SPL, resampling,
+crop to the body, padding with air) and is then windowed by ``window`` to [-1, 1] (:func:`apply_window`), the
+same window that becomes the denoiser's condition: the scaling the denoiser saw in pretraining, without its random
+zoom. Training items are random ``image_size`` crops, an axial slice in 2D or a patch in 3D (segmentation crops
+are centred on each class equally often, ``RandCropByLabelClassesd``), flipped left-right with p 0.5. Validation
+and test items are whole scans, one per batch: the adapter slides over them (segmentation), or scores every
+axial slice of the in-plane centre crop (2D) or the centre patch (3D) for classification.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from monai.data import CacheDataset, DataLoader, Dataset
+from monai.transforms import (
+    CenterSpatialCropd,
+    Compose,
+    MapTransform,
+    RandCropByLabelClassesd,
+    RandFlipd,
+    RandSpatialCropd,
+    SqueezeDimd,
+)
+from torch.utils.data import RandomSampler
+
+from ctfm.data.classification import LabelEncoding, assign_splits, csv_row, read_labelled_datalist
+from ctfm.data.diffusion import apply_window
+from ctfm.data.segmentation import LabelsBelow
+from ctfm.errors import CTFMError, InvalidScanError
+from ctfm.transforms.dictionary import CTPreprocessingd, LoadCTd
+from ctfm.transforms.preprocess import HU_RANGE, PRETRAINING_SPACING, CTPreprocessing
+from ctfm.transforms.window import check_window
+
+#: LCTfound's lung window (width, level) in HU: the adapters' default condition.
+LUNG_WINDOW = (1500.0, -500.0)
+
+
+class Windowd(MapTransform):
+    """Preprocessed ``[0, 1]`` image (``HU_RANGE``) -> HU -> ``window`` -> [-1, 1]; adds ``"window"`` (2,) in HU."""
+
+    def __init__(self, window: Sequence[float], key: str = "image"):
+        super().__init__([key])
+        self.window = check_window(*window)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        out = dict(data)
+        low, high = HU_RANGE
+        for key in self.keys:
+            image = out[key]
+            windowed = apply_window(image.as_tensor() * (high - low) + low, *self.window)
+            out[key] = image.set_array(windowed) if hasattr(image, "set_array") else windowed
+        out["window"] = torch.tensor(self.window, dtype=torch.float32)
+        return out
+
+
+class DiffusionAdapterData(pl.LightningDataModule):
+    """``image,label[,split]`` CSV -> windowed crops to train on, whole windowed scans to evaluate.
+
+    Args:
+        datalist: the CSV (see the module docstring).
+        task: ``segment`` (``label`` is a label-map path) or ``classify`` (``label`` is a class).
+        spatial_dims: 2 (axial slices) or 3 (patches), as the pretrained denoiser.
+        image_size: the training crop, ``(y, x)`` in 2D or ``(z, y, x)`` in 3D, in voxels at ``spacing``.
+        window: ``(width, level)`` in HU, both the windowing and the denoiser's condition.
+        num_classes: segmentation output channels, background included (a label value >= it is refused).
+        samples_per_scan: training crops drawn per scan read (segmentation); a batch holds ``batch_size`` crops.
+        steps_per_epoch: training batches per epoch, drawn with replacement (a few labelled scans make short
+            epochs otherwise, and validation would run every other step).
+        cache_rate: the fraction of scans kept in memory after preprocessing (``monai.data.CacheDataset``).
+    """
+
+    def __init__(
+        self,
+        datalist: str | Path | None,
+        task: str,
+        spatial_dims: int,
+        image_size: Sequence[int],
+        window: Sequence[float] = LUNG_WINDOW,
+        num_classes: int | None = None,
+        spacing: Sequence[float] = PRETRAINING_SPACING,
+        batch_size: int = 4,
+        samples_per_scan: int = 4,
+        num_workers: int = 0,
+        steps_per_epoch: int = 100,
+        cache_rate: float = 1.0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if datalist is None:
+            raise CTFMError("no datalist given: set vars::datalist=path/to/labels.csv (columns image,label[,split])")
+        if task not in ("segment", "classify"):
+            raise ValueError(f"task must be 'segment' or 'classify', got {task!r}")
+        if spatial_dims not in (2, 3):
+            raise CTFMError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if len(image_size) != spatial_dims:
+            raise CTFMError(
+                f"image_size {list(image_size)} has {len(image_size)} values but spatial_dims is {spatial_dims}; "
+                "replace a list from the command line with =vars::image_size=[...]"
+            )
+        if task == "segment" and (num_classes is None or num_classes < 2):
+            raise CTFMError(f"segmentation needs num_classes >= 2 (background included), got {num_classes}")
+        self.csv = Path(datalist)
+        self.task = task
+        self.spatial_dims = spatial_dims
+        self.image_size = tuple(int(s) for s in image_size)
+        self.window = check_window(*window)
+        self.num_classes = num_classes
+        self.batch_size = batch_size
+        self.samples_per_scan = samples_per_scan if task == "segment" else 1
+        self.num_workers = num_workers
+        self.steps_per_epoch = steps_per_epoch
+        self.cache_rate = cache_rate
+        self.table = read_labelled_datalist(self.csv)
+        self.encoding: LabelEncoding | None = None
+        if task == "segment":
+            self.table["label"] = [self._label_path(i, p) for i, p in zip(self.table.index, self.table["label"])]
+        else:
+            self.encoding = LabelEncoding(self.table["label"].tolist(), str(self.csv))
+        self.table["split"] = assign_splits(self.table, self.csv, seed)
+        self.crop = self.image_size if spatial_dims == 3 else (1, *self.image_size)
+        settings = CTPreprocessing(spacing=tuple(float(s) for s in spacing), min_size=self.crop)
+        labels = ["label"] if task == "segment" else []
+        # Loading is a step of its own: CacheDataset flattens nested Composes, which would skip CTPreprocessingd's
+        # own loader.
+        self.preprocess = [LoadCTd("image", labels), CTPreprocessingd(settings, label_keys=labels, load=False)]
+        self._datasets: dict[str, Dataset] = {}
+
+    def _label_path(self, index: int, value: Any) -> str:
+        path = Path(str(value)).expanduser()
+        path = path if path.is_absolute() else self.csv.resolve().parent / path
+        if not path.exists():
+            raise CTFMError(f"{self.csv}: row {csv_row(index)}: label map {path} does not exist")
+        return str(path)
+
+    @property
+    def num_outputs(self) -> int | None:
+        """Classification outputs these labels need (1 for two classes); None for segmentation."""
+        return None if self.encoding is None else self.encoding.num_outputs
+
+    def items(self, split: str) -> list[dict[str, Any]]:
+        rows = self.table[self.table["split"] == split]
+        items = []
+        for image, label in zip(rows["image"], rows["label"], strict=True):
+            item = {"image": image, "path": image, "case_id": Path(image).name.split(".")[0]}
+            item["label"] = label if self.encoding is None else self.encoding(label)
+            items.append(item)
+        return items
+
+    def transform(self, split: str) -> Compose:
+        steps: list[Any] = list(self.preprocess)
+        segment = self.task == "segment"
+        if segment:
+            steps.append(LabelsBelow(int(self.num_classes or 0)))
+        steps.append(Windowd(self.window))
+        keys = ["image", "label"] if segment else ["image"]
+        if split == "train":
+            if segment:
+                steps.append(
+                    RandCropByLabelClassesd(
+                        keys=keys,
+                        label_key="label",
+                        spatial_size=self.crop,
+                        ratios=[1] * int(self.num_classes or 0),
+                        num_classes=self.num_classes,
+                        num_samples=self.samples_per_scan,
+                        warn=False,
+                    )
+                )
+            else:
+                steps.append(RandSpatialCropd(keys=keys, roi_size=self.crop, random_size=False))
+            if self.spatial_dims == 2:
+                steps.append(SqueezeDimd(keys=keys, dim=1, update_meta=False))  # (1, 1, y, x) -> (1, y, x)
+            steps.append(RandFlipd(keys=keys, prob=0.5, spatial_axis=-1))
+        elif not segment:  # classification scores the centre: in-plane in 2D (every slice), a patch in 3D
+            roi = self.image_size if self.spatial_dims == 3 else (-1, *self.image_size)
+            steps.append(CenterSpatialCropd(keys=keys, roi_size=roi))
+        return Compose(steps)
+
+    def dataset(self, split: str) -> Dataset:
+        if split not in self._datasets:
+            items = self.items(split)
+            if not items:
+                raise CTFMError(f"{self.csv}: no scans in the {split!r} split")
+            try:
+                self._datasets[split] = CacheDataset(
+                    items, transform=self.transform(split), cache_rate=self.cache_rate, progress=False
+                )
+            except Exception as err:  # noqa: BLE001 - a bad scan is named in one line; anything else is raised
+                problem = _invalid_scan(err)
+                if problem is None:
+                    raise
+                raise CTFMError(f"{self.csv}: {problem}") from err
+        return self._datasets[split]
+
+    def _loader(self, split: str) -> DataLoader:
+        train = split == "train"
+        scans_per_batch = max(1, self.batch_size // self.samples_per_scan) if train else 1
+        dataset = self.dataset(split)
+        sampler = RandomSampler(dataset, replacement=True, num_samples=self.steps_per_epoch * scans_per_batch)
+        return DataLoader(
+            dataset,
+            batch_size=scans_per_batch,
+            sampler=sampler if train else None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+
+def _invalid_scan(err: BaseException) -> InvalidScanError | None:
+    """The InvalidScanError behind ``err`` (MONAI wraps transform errors), or None."""
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, InvalidScanError):
+        cause = cause.__cause__ or cause.__context__
+    return cause
