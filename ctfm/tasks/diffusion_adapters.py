@@ -203,7 +203,7 @@ class _AdapterModule(CTFMModule):
         import pandas as pd
 
         frame = pd.DataFrame(rows)
-        means = frame.drop(columns="case_id").mean(skipna=True, numeric_only=True)
+        means = frame.drop(columns=["case_id", "label"], errors="ignore").mean(skipna=True, numeric_only=True)
         frame = pd.concat([frame, pd.DataFrame([{"case_id": "mean", **means.to_dict()}])], ignore_index=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         return write_atomically(self.output_dir / f"{stage}_cases.csv", lambda tmp: frame.to_csv(tmp, index=False))

@@ -81,8 +81,9 @@ class DiffusionFeatures(nn.Module):
             raise CTFMError(
                 f"a {dims}D denoiser needs (N, C, *spatial) images of {2 + dims} dimensions, got {tuple(images.shape)}"
             )
+        # One noise field for every image: an image's features must not depend on the batch it comes in.
         generator = torch.Generator(device="cpu").manual_seed(self.seed)
-        noise = torch.randn(images.shape, generator=generator).to(images)
+        noise = torch.randn((1, *images.shape[1:]), generator=generator).to(images).expand_as(images)
         decoder, bottleneck = [], []
         for t in self.timesteps:
             timesteps = torch.full((images.shape[0],), t, device=images.device, dtype=torch.long)
