@@ -18,6 +18,7 @@ of another dimension than ``spatial_dims`` is refused when the recipe is built) 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,8 @@ class _AdapterModule(CTFMModule):
         return self.network.spatial_dims
 
     def setup(self, stage: str) -> None:
+        # The frozen denoiser is in eval mode on purpose; Lightning would warn about each of its modules.
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         data = getattr(self.trainer, "datamodule", None)
         if data is None:
             return
