@@ -131,9 +131,10 @@ class DiffusionAdapterData(pl.LightningDataModule):
         self.crop = self.image_size if spatial_dims == 3 else (1, *self.image_size)
         settings = CTPreprocessing(spacing=tuple(float(s) for s in spacing), min_size=self.crop)
         labels = ["label"] if task == "segment" else []
-        # Loading is a step of its own: CacheDataset flattens nested Composes, which would skip CTPreprocessingd's
-        # own loader.
-        self.preprocess = [LoadCTd("image", labels), CTPreprocessingd(settings, label_keys=labels, load=False)]
+        # CTPreprocessingd's steps, not the Compose itself: CacheDataset caches up to the first Randomizable, which
+        # a Compose is, and flattening one would skip its loader.
+        steps = CTPreprocessingd(settings, label_keys=labels, load=False).transforms
+        self.preprocess = [LoadCTd("image", labels), *steps]
         self._datasets: dict[str, Dataset] = {}
 
     def _label_path(self, index: int, value: Any) -> str:
