@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -133,6 +134,12 @@ class CTFMModule(LighterModule):
             sync_dist=sync_dist,
             batch_size=self._batch_size,
         )
+
+
+def expect_frozen_modules_in_eval() -> None:
+    """Silence Lightning's warning about modules in eval mode at the start of a fit: a frozen teacher or denoiser is
+    kept in eval mode on purpose (its normalisation statistics must not move), and the warning lists every one."""
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 def _cpu_autocast_enabled() -> bool:

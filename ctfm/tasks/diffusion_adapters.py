@@ -18,7 +18,6 @@ of another dimension than ``spatial_dims`` is refused when the recipe is built) 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from ctfm.data.diffusion_adapters import LUNG_WINDOW
 from ctfm.errors import CTFMError
 from ctfm.nn.diffusion.features import DEFAULT_TIMESTEPS, BottleneckClassifier, DiffusionFeatures, PixelMLP
 from ctfm.nn.diffusion.network import WindowConditionedUNet
-from ctfm.tasks.base import CTFMModule
+from ctfm.tasks.base import CTFMModule, expect_frozen_modules_in_eval
 from ctfm.tasks.classification import classification_metrics
 from ctfm.tasks.ddpm import load_denoiser
 from ctfm.transforms.window import check_window
@@ -180,8 +179,7 @@ class _AdapterModule(CTFMModule):
         return self.network.spatial_dims
 
     def setup(self, stage: str) -> None:
-        # The frozen denoiser is in eval mode on purpose; Lightning would warn about each of its modules.
-        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        expect_frozen_modules_in_eval()
         data = getattr(self.trainer, "datamodule", None)
         if data is None:
             return

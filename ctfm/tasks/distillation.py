@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ctfm.nn.encoder import pooled_features
-from ctfm.tasks.base import NONFINITE_PATIENCE, CTFMModule
+from ctfm.tasks.base import NONFINITE_PATIENCE, CTFMModule, expect_frozen_modules_in_eval
 
 
 class EmbeddingDistillation(CTFMModule):
@@ -44,6 +44,9 @@ class EmbeddingDistillation(CTFMModule):
             nonfinite_patience=nonfinite_patience,
         )
         self.teacher = teacher.requires_grad_(False).eval()
+
+    def setup(self, stage: str) -> None:
+        expect_frozen_modules_in_eval()
 
     def train(self, mode: bool = True) -> EmbeddingDistillation:
         super().train(mode)
