@@ -17,7 +17,7 @@ LAYERS = [
     ("ctfm.reports", "ctfm.plotting"),
     ("ctfm.io",),
     ("ctfm.transforms",),
-    ("ctfm.data", "ctfm.nn", "ctfm.losses"),
+    ("ctfm.data", "ctfm.nn", "ctfm.losses", "ctfm.image_quality"),
     ("ctfm.hub",),
     ("ctfm.embedding",),
     ("ctfm.embedding_table", "ctfm.export", "ctfm.idc", "ctfm.segmentation"),

@@ -1,0 +1,220 @@
+"""Full-dose / low-dose pairs for low-dose enhancement: slices (2D) or patches (3D) of the preprocessing cache.
+
+The full-dose image is a crop of a cached scan (as :mod:`ctfm.data.diffusion` cuts them, in HU); its low-dose
+partner is simulated from it (:class:`~ctfm.transforms.low_dose.SimulateLowDose`: Poisson noise in the projection
+domain in 2D, Gaussian in 3D). Both are then windowed by one window to [-1, 1]; the default window is the whole
+canonical HU range [-1024, 2048], a plain rescale that clips nothing. Training items are drawn at random; the
+held-out items (``split`` column, or a seeded 8:1:1 split of the datalist by scan) are fixed: item ``i`` is always
+the same crop of the same scan with the same noise, so every validation epoch scores the same pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset
+
+from ctfm.data.cache import CachedScan, PreprocessCache, default_cache_dir
+from ctfm.data.classification import assign_splits
+from ctfm.data.datalist import read_datalist
+from ctfm.data.diffusion import _seed_worker, apply_window, cached_to_hu
+from ctfm.errors import CTFMError
+from ctfm.transforms.low_dose import SimulateLowDose
+from ctfm.transforms.preprocess import PRETRAINING_SPACING, CTPreprocessing
+from ctfm.transforms.window import check_window
+
+#: The whole canonical HU range [-1024, 2048] as a window (width, level): windowing only rescales.
+FULL_RANGE_WINDOW = (3072.0, 512.0)
+
+
+class LowDoseDataset(Dataset):
+    """Item -> ``{"image": full dose, "low_dose": simulated, both (1, *image_size) in [-1, 1], "window", "case"}``.
+
+    ``fixed=True`` makes item ``i`` a function of ``(seed, i)`` alone (held-out pairs); otherwise items are random
+    (training), seeded through ``set_random_state``. Training items are random 1 to ``max_zoom`` times
+    ``image_size`` crops, flipped left-right half the time; fixed ones are plain crops.
+    """
+
+    def __init__(
+        self,
+        scans: Sequence[CachedScan],
+        spatial_dims: int,
+        image_size: Sequence[int],
+        simulator: SimulateLowDose,
+        window: Sequence[float] = FULL_RANGE_WINDOW,
+        length: int = 1000,
+        fixed: bool = False,
+        max_zoom: float = 1.25,
+        seed: int = 0,
+    ):
+        if spatial_dims not in (2, 3) or simulator.spatial_dims != spatial_dims:
+            raise CTFMError(f"spatial_dims must be 2 or 3 and match the simulator's, got {spatial_dims}")
+        if len(image_size) != spatial_dims:
+            raise CTFMError(
+                f"image_size {list(image_size)} has {len(image_size)} values but spatial_dims is {spatial_dims}; "
+                "replace a list from the command line with =vars::image_size=[...]"
+            )
+        if not scans:
+            raise CTFMError("LowDoseDataset needs at least one cached scan")
+        self.scans = list(scans)
+        self.spatial_dims = spatial_dims
+        self.image_size = tuple(int(s) for s in image_size)
+        self.simulator = simulator
+        self.window = check_window(*window)
+        self.length = length
+        self.fixed = fixed
+        self.max_zoom = 1.0 if fixed else max_zoom
+        self.R = np.random.RandomState(seed)
+        self.seed = seed
+
+    def set_random_state(self, seed: int) -> None:
+        self.R = np.random.RandomState(seed)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _crop(self, volume: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
+        shape = volume.shape[1:]
+        zoom = rng.uniform(1.0, self.max_zoom) if self.max_zoom > 1 else 1.0
+        size = [1] * (3 - self.spatial_dims) + [max(1, round(s * zoom)) for s in self.image_size]
+        size = [min(s, extent) for s, extent in zip(size, shape)]
+        start = [int(rng.randint(extent - s + 1)) for s, extent in zip(size, shape)]
+        region = volume[(0, *(slice(b, b + s) for b, s in zip(start, size)))]
+        return region[0] if self.spatial_dims == 2 else region
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = np.random.RandomState([self.seed, index]) if self.fixed else self.R
+        scan = self.scans[index % len(self.scans)] if self.fixed else self.scans[int(rng.randint(len(self.scans)))]
+        hu = torch.from_numpy(cached_to_hu(np.asarray(self._crop(scan.load(mmap=True), rng))))[None, None]
+        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+        hu = F.interpolate(hu, size=self.image_size, mode=mode, align_corners=False)[0]
+        if not self.fixed and rng.rand() < 0.5:
+            hu = hu.flip(-1)
+        self.simulator.set_random_state(state=rng)
+        low = self.simulator(hu)
+        return {
+            "image": apply_window(hu, *self.window),
+            "low_dose": apply_window(low, *self.window),
+            "window": torch.tensor(self.window),
+            "case": f"{Path(scan.source).name.split('.')[0]}_{index:04d}",
+        }
+
+
+class LowDoseDataModule(pl.LightningDataModule):
+    """Datalist -> simulated full/low-dose pairs: random ones to train on, fixed held-out ones for val and test.
+
+    Args:
+        datalist: CSV with an ``image`` column and an optional ``split`` column (train / val / test); without
+            one, scans are split 8:1:1 (seeded; at least one val and one test scan, so three scans or more).
+        noise, i0, sigma, views: the simulator (:class:`~ctfm.transforms.low_dose.SimulateLowDose`); its pixel
+            size is the in-plane ``spacing``.
+        window: (width, level) in HU mapped to [-1, 1] for the network.
+        val_cases / test_cases: held-out pairs per epoch.
+    """
+
+    def __init__(
+        self,
+        datalist: str | Path | None,
+        spatial_dims: int,
+        image_size: Sequence[int],
+        batch_size: int = 4,
+        noise: str | None = None,
+        i0: float = 1e4,
+        sigma: float = 25.0,
+        views: int | None = None,
+        window: Sequence[float] = FULL_RANGE_WINDOW,
+        cache_dir: str | Path | None = None,
+        spacing: Sequence[float] = PRETRAINING_SPACING,
+        steps_per_epoch: int = 500,
+        val_cases: int = 16,
+        test_cases: int = 32,
+        num_workers: int = 4,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if datalist is None:
+            raise CTFMError("no datalist given: set vars::datalist=path/to/datalist.csv (a CSV with an 'image' column)")
+        if len(image_size) != spatial_dims:
+            raise CTFMError(
+                f"image_size {list(image_size)} has {len(image_size)} values but spatial_dims is {spatial_dims}; "
+                "replace a list from the command line with =vars::image_size=[...]"
+            )
+        spacing = tuple(float(s) for s in spacing)
+        self.simulation = {"noise": noise, "i0": i0, "sigma": sigma, "pixel_mm": spacing[-1], "views": views}
+        SimulateLowDose(spatial_dims, **self.simulation)  # refuses bad settings before anything is cached
+        self.window = check_window(*window)
+        self.datalist = Path(datalist)
+        self.spatial_dims = spatial_dims
+        self.image_size = tuple(int(s) for s in image_size)
+        self.batch_size = batch_size
+        self.steps_per_epoch = steps_per_epoch
+        self.cases = {"val": val_cases, "test": test_cases}
+        self.num_workers = num_workers
+        self.seed = seed
+        min_size = (1, *self.image_size) if spatial_dims == 2 else self.image_size
+        self.cache = PreprocessCache(
+            Path(cache_dir) if cache_dir is not None else default_cache_dir(datalist),
+            CTPreprocessing(spacing=spacing, min_size=min_size),
+        )
+        self.datasets: dict[str, LowDoseDataset] = {}
+
+    def prepare_data(self) -> None:
+        self.cache.prepare(read_datalist(self.datalist)["image"].tolist())
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        table = read_datalist(self.datalist)
+        table["split"] = assign_splits(table, self.datalist, self.seed)
+        for split in ("train", "val", "test"):
+            if not (table["split"] == split).any():
+                raise CTFMError(
+                    f"{self.datalist}: no {split} scan; low-dose enhancement needs held-out scans (give a split "
+                    "column, or at least three scans for the 8:1:1 split)"
+                )
+        report = self.cache.prepare(table["image"].tolist())
+        cached = {scan.source: scan for scan in report.scans}
+        rank_zero_info(f"low-dose data in {self.cache.root}: {len(cached)} usable scans; {report.summary()}")
+        common = {"spatial_dims": self.spatial_dims, "image_size": self.image_size, "window": self.window}
+        for split in ("train", "val", "test"):
+            scans = [cached[s] for s in table.loc[table["split"] == split, "image"] if s in cached]
+            if not scans:
+                raise CTFMError(f"{self.datalist}: none of the {split} scans could be read:\n{report.summary()}")
+            fixed = split != "train"
+            length = self.cases[split] if fixed else self.steps_per_epoch * self.batch_size
+            seed = self.seed + {"train": 0, "val": 1, "test": 2}[split]
+            simulator = SimulateLowDose(self.spatial_dims, **self.simulation)
+            self.datasets[split] = LowDoseDataset(
+                scans, simulator=simulator, length=length, fixed=fixed, seed=seed, **common
+            )
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        self.datasets["train"].set_random_state(int(np.random.SeedSequence([self.seed, rank]).generate_state(1)[0]))
+
+    def _loader(self, split: str) -> DataLoader:
+        if not self.datasets:
+            self.setup()
+        train = split == "train"
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            worker_init_fn=_seed_worker if train and self.num_workers else None,
+            persistent_workers=self.num_workers > 0,
+            drop_last=train,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
