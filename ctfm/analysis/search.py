@@ -34,7 +34,7 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2:
         raise ValueError(f"expected a (rows, dim) array, got shape {vectors.shape}")
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))[:, None]  # no (rows, dim) temporary
     if np.all(np.abs(norms - 1.0) <= 1e-6):
         return vectors
     return vectors / np.maximum(norms, 1e-12)
@@ -179,28 +179,31 @@ def table_fingerprint(paths: list[str], settings: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def index_file(table: str | Path, kind: str) -> Path:
-    """Where the ``kind`` index of ``table`` lives: beside it, ``embeddings.parquet.hnsw.faiss``."""
+def index_file(table: str | Path, kind: str, level: str = "") -> Path:
+    """Where the ``kind`` index of ``table`` lives: beside it, ``embeddings.parquet.hnsw.faiss`` (scan rows) or,
+    with ``level="patches"``, ``embeddings.parquet.patches.hnsw.faiss`` (one vector per patch)."""
     table = Path(table)
-    return table.with_name(f"{table.name}.{kind}.faiss")
+    return table.with_name(f"{table.name}.{level + '.' if level else ''}{kind}.faiss")
 
 
-def save_index(index: FaissIndex, table: str | Path, fingerprint: str) -> Path:
+def save_index(index: FaissIndex, table: str | Path, fingerprint: str, level: str = "") -> Path:
     """Write the index beside its table with a sidecar naming the table and its fingerprint."""
     import faiss
 
-    path = index_file(table, index.kind)
+    path = index_file(table, index.kind, level)
     write_atomically(path, lambda tmp: faiss.write_index(index.index, str(tmp)))
     sidecar = {"table": str(table), "table_fingerprint": fingerprint, "kind": index.kind, "rows": len(index)}
+    if level:
+        sidecar["level"] = level
     write_atomically(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(sidecar, indent=2)))
     return path
 
 
-def load_index(table: str | Path, kind: str, fingerprint: str) -> FaissIndex | None:
+def load_index(table: str | Path, kind: str, fingerprint: str, level: str = "") -> FaissIndex | None:
     """The saved ``kind`` index of ``table``, or None when there is none or it was built from other rows."""
     import faiss
 
-    path = index_file(table, kind)
+    path = index_file(table, kind, level)
     sidecar = path.with_suffix(".json")
     if not (path.exists() and sidecar.exists()):
         return None
