@@ -9,10 +9,27 @@ from __future__ import annotations
 import argparse
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """Scans may come before and after ``--point X Y Z``: ``SOURCE --point X Y Z TARGET...`` fills both the source
+    and the (optional, with ``--query-embedding``) targets, which plain parsing cannot once targets may be empty."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._inside:
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "semantic-search", help="heat maps of where the anatomy at a point of one scan appears in target scans"
     )
+    parser.__class__ = _IntermixedParser
     parser.add_argument("source", help="scan holding the query point (with --query-embedding: the first target)")
     parser.add_argument("--point", type=float, nargs=3, metavar=("X", "Y", "Z"), help="world mm (RAS)")
     parser.add_argument(
