@@ -29,16 +29,40 @@ class VectorIndex(Protocol):
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (float32, C order); zero rows stay zero."""
+    """Rows scaled to unit length (float32, C order); zero rows stay zero. Rows already of unit length are not
+    copied, so a normalised 2 GB table does not become 4 GB in memory."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2:
         raise ValueError(f"expected a (rows, dim) array, got shape {vectors.shape}")
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))[:, None]  # no (rows, dim) temporary
+    if np.all(np.abs(norms - 1.0) <= 1e-6):
+        return vectors
     return vectors / np.maximum(norms, 1e-12)
 
 
+def block_top_k(scores: torch.Tensor, k: int, block: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scores.topk(k, dim=1)`` without sorting every column: the k best of a row lie in the k blocks of
+    ``block`` columns with the largest maxima, so only those ``k * block`` columns are ranked.
+
+    On a CPU a full ``topk`` over 100 x 262,144 scores costs about a quarter of the matrix product that made them;
+    one max per block and a top-k over ``k * block`` columns cost about a tenth of that.
+    """
+    rows, columns = scores.shape
+    blocks = columns // block
+    if blocks <= k:
+        return scores.topk(k, dim=1)
+    head = scores[:, : blocks * block].view(rows, blocks, block)
+    best_blocks = head.amax(dim=2).topk(k, dim=1).indices
+    candidates = (best_blocks[:, :, None] * block + torch.arange(block)).flatten(1)
+    tail = torch.arange(blocks * block, columns).expand(rows, -1)  # the columns after the last whole block
+    candidates = torch.cat([candidates, tail], dim=1)
+    top = scores.gather(1, candidates).topk(k, dim=1)
+    return top.values, candidates.gather(1, top.indices)
+
+
 class ExactIndex:
-    """Exact cosine top-k: ``queries @ database.T`` a chunk of ``chunk_rows`` database rows at a time."""
+    """Exact cosine top-k: ``queries @ database.T`` a chunk of ``chunk_rows`` database rows at a time, each chunk's
+    top-k by :func:`block_top_k`, merged into running top-k lists (memory: one chunk of scores per query batch)."""
 
     def __init__(self, vectors: np.ndarray, chunk_rows: int = 262_144):
         self.vectors = torch.from_numpy(normalise(vectors))
@@ -55,9 +79,9 @@ class ExactIndex:
         best_rows = torch.zeros((len(q), 0), dtype=torch.long)
         for start in range(0, len(self.vectors), self.chunk_rows):
             scores = q @ self.vectors[start : start + self.chunk_rows].T
-            top = scores.topk(min(k, scores.shape[1]), dim=1)
-            merged_scores = torch.cat([best_scores, top.values], dim=1)
-            merged_rows = torch.cat([best_rows, top.indices + start], dim=1)
+            values, indices = block_top_k(scores, min(k, scores.shape[1]))
+            merged_scores = torch.cat([best_scores, values], dim=1)
+            merged_rows = torch.cat([best_rows, indices + start], dim=1)
             keep = merged_scores.topk(min(k, merged_scores.shape[1]), dim=1).indices
             best_scores, best_rows = merged_scores.gather(1, keep), merged_rows.gather(1, keep)
         return best_scores.numpy(), best_rows.numpy()
@@ -155,28 +179,31 @@ def table_fingerprint(paths: list[str], settings: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def index_file(table: str | Path, kind: str) -> Path:
-    """Where the ``kind`` index of ``table`` lives: beside it, ``embeddings.parquet.hnsw.faiss``."""
+def index_file(table: str | Path, kind: str, level: str = "") -> Path:
+    """Where the ``kind`` index of ``table`` lives: beside it, ``embeddings.parquet.hnsw.faiss`` (scan rows) or,
+    with ``level="patches"``, ``embeddings.parquet.patches.hnsw.faiss`` (one vector per patch)."""
     table = Path(table)
-    return table.with_name(f"{table.name}.{kind}.faiss")
+    return table.with_name(f"{table.name}.{level + '.' if level else ''}{kind}.faiss")
 
 
-def save_index(index: FaissIndex, table: str | Path, fingerprint: str) -> Path:
+def save_index(index: FaissIndex, table: str | Path, fingerprint: str, level: str = "") -> Path:
     """Write the index beside its table with a sidecar naming the table and its fingerprint."""
     import faiss
 
-    path = index_file(table, index.kind)
+    path = index_file(table, index.kind, level)
     write_atomically(path, lambda tmp: faiss.write_index(index.index, str(tmp)))
     sidecar = {"table": str(table), "table_fingerprint": fingerprint, "kind": index.kind, "rows": len(index)}
+    if level:
+        sidecar["level"] = level
     write_atomically(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(sidecar, indent=2)))
     return path
 
 
-def load_index(table: str | Path, kind: str, fingerprint: str) -> FaissIndex | None:
+def load_index(table: str | Path, kind: str, fingerprint: str, level: str = "") -> FaissIndex | None:
     """The saved ``kind`` index of ``table``, or None when there is none or it was built from other rows."""
     import faiss
 
-    path = index_file(table, kind)
+    path = index_file(table, kind, level)
     sidecar = path.with_suffix(".json")
     if not (path.exists() and sidecar.exists()):
         return None

@@ -1,8 +1,10 @@
 """Semantic search inside scans: where in each target scan does the anatomy of a query point appear?
 
 The query is the embedding of the patch centred at a world point (RAS mm, as :class:`ctfm.embedding.PatchEmbeddings`
-centres; LPS on request) of a source scan. Each target is embedded on a dense sliding window once (cached in memory
-and, with ``cache_dir``, on disk, so ten queries cost one embedding per target); the cosine similarity of every
+centres; LPS on request) of a source scan, or a patch embedded before (:mod:`ctfm.analysis.query_vectors`: a saved
+vector or a row of a patch table, refused when another model or other patch settings made it). Each target is
+embedded on a dense sliding window once (cached in memory and, with ``cache_dir``, on disk, so ten queries cost one
+embedding per target); the cosine similarity of every
 window to the query is averaged over the voxels each window covers and resampled onto the target's own grid. The
 best window's centre is the match; with an organ mask on the target's grid, the organ centroid distance (OCD) and
 whether the match lies inside the organ are reported as in the CT-FM paper.
@@ -22,6 +24,7 @@ from monai.data import MetaTensor
 from scipy.ndimage import map_coordinates
 from torch import nn
 
+from ctfm.analysis.query_vectors import QueryVector, check_query, query_settings
 from ctfm.atomic import write_atomically
 from ctfm.embedding import PatchEmbeddings, embed_patches
 from ctfm.embedding_table import model_fingerprint
@@ -96,14 +99,19 @@ class TargetCache:
         self.patch_size = tuple(int(p) for p in patch_size)
         self.preprocess = CTPreprocessing(**{**asdict(preprocess), "min_size": self.patch_size})
         self.folder = Path(folder) if folder else None
+        self.model_sha256 = model_fingerprint(model)
         self.settings = {
-            "model": model_fingerprint(model),
+            "model": self.model_sha256,
             "preprocessing": asdict(preprocess),
             "patch_size": self.patch_size,
             "overlap": overlap,
         }
         self.memory: dict[str, PatchEmbeddings] = {}
         self.embedded = 0  # targets actually run through the encoder
+
+    def query_settings(self) -> dict:
+        """What a query vector must have been made with to be compared with these windows."""
+        return query_settings(self.model_sha256, self.patch_size, self.preprocess)
 
     def key(self, path: Path) -> str:
         stat = path.stat()
@@ -174,11 +182,15 @@ class Match:
     scan: MetaTensor  # the target as read
 
 
-def search_target(query: torch.Tensor, target: str | Path, cache: TargetCache) -> Match:
+def search_target(query: torch.Tensor, target: str | Path, cache: TargetCache, query_name: str = "the query") -> Match:
     """Cosine similarity of ``query`` to every window of ``target``; the best window and the heat maps."""
     scan = read_ct(target, check_hu=cache.preprocess.check_hu)
     volume = cache.preprocess(scan)
     patches = cache.get(target, volume)
+    if query.shape != patches.embeddings.shape[1:]:
+        raise CTFMError(
+            f"{query_name}: a {query.shape[0]}-wide vector; the model embeds {target} in {patches.embeddings.shape[1]}"
+        )
     similarity = torch.nn.functional.cosine_similarity(patches.embeddings, query[None], dim=1).numpy()
     best = int(np.argmax(similarity))
     heat_pre = heat_volume(patches, similarity, volume.shape[1:])
@@ -197,9 +209,22 @@ def organ_centroid_distance(match_mm: np.ndarray, mask: MetaTensor) -> tuple[flo
     return float(np.linalg.norm(match_mm - centroid) / 10.0), inside
 
 
+def point_query(
+    source: str | Path, point: Sequence[float], model: nn.Module, cache: TargetCache, lps: bool = False
+) -> QueryVector:
+    """The embedding of the patch of ``source`` centred at ``point`` (RAS mm, or LPS with ``lps``), with the record
+    :func:`ctfm.analysis.query_vectors.save_query_vector` keeps beside it."""
+    point_ras = np.asarray(point, dtype=np.float64) * (LPS_FLIP if lps else np.ones(3))
+    scan = read_ct(source, check_hu=cache.preprocess.check_hu)
+    check_inside(scan, point_ras, source)
+    vector = embed_point(model, cache.preprocess(scan), point_ras, cache.patch_size).numpy()
+    settings = {**cache.query_settings(), "source": str(source), "point_mm_ras": point_ras.tolist()}
+    return QueryVector(vector, f"{source} @ {np.round(point_ras, 1).tolist()} mm RAS", settings)
+
+
 def run_semantic_search(
-    source: str | Path,
-    point: Sequence[float],
+    source: str | Path | None,
+    point: Sequence[float] | None,
     targets: Sequence[str | Path],
     model: nn.Module,
     out: str | Path,
@@ -210,8 +235,10 @@ def run_semantic_search(
     overlap: float = 0.5,
     preprocess: CTPreprocessing = CTPreprocessing(),
     cache: TargetCache | None = None,
+    query: QueryVector | None = None,
 ):
-    """Search each target for the anatomy at ``point`` of ``source``; write ``out/matches.csv`` and per target a
+    """Search each target for the anatomy at ``point`` of ``source`` (or for ``query``, an embedded patch, with
+    ``source`` and ``point`` None); write ``out/matches.csv`` and per target a
     heat-map NIfTI (the target's shape and affine) and a PNG. ``point`` and the csv's ``x_mm, y_mm, z_mm`` are RAS,
     or LPS with ``lps=True``. With ``mask_dir``, the mask named like each target gives ``ocd_cm`` and
     ``inside_mask``. A ``cache`` brings its own model settings (patch size, overlap, preprocessing) and embeddings.
@@ -224,15 +251,18 @@ def run_semantic_search(
 
     out = Path(out)
     flip = LPS_FLIP if lps else np.ones(3)
-    point_ras = np.asarray(point, dtype=np.float64) * flip
     cache = cache or TargetCache(model, preprocess, patch_size, overlap)
     preprocess = cache.preprocess
-    source_scan = read_ct(source, check_hu=preprocess.check_hu)
-    check_inside(source_scan, point_ras, source)
-    query = embed_point(model, preprocess(source_scan), point_ras, cache.patch_size)
+    if query is None:
+        if source is None or point is None:
+            raise CTFMError("semantic search needs a source scan and a point, or an embedded query")
+        query = point_query(source, point, model, cache, lps)
+    elif query.settings is not None:
+        check_query(query, len(query.vector), cache.query_settings(), "this search's model and windows")
+    query_vector = torch.from_numpy(np.asarray(query.vector, dtype=np.float32))
     rows, names = [], set()
     for target in targets:
-        match = search_target(query, target, cache)
+        match = search_target(query_vector, target, cache, query.name)
         name = Path(target).name.split(".")[0]
         name = name if name not in names else f"{name}_{len(names)}"
         names.add(name)

@@ -1,17 +1,45 @@
-"""``ctfm semantic-search SOURCE --point X Y Z TARGET... --model M --out DIR``: a point's anatomy in other scans."""
+"""``ctfm semantic-search SOURCE --point X Y Z TARGET... --model M --out DIR``: a point's anatomy in other scans.
+
+``ctfm semantic-search TARGET... --query-embedding q.npy`` searches for a patch embedded before instead (a vector
+saved with ``--save-query``, or ``--query-embedding TABLE SCAN PATCH``: a patch of a ``ctfm embed --patches`` table).
+"""
 
 from __future__ import annotations
 
 import argparse
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """Scans may come before and after ``--point X Y Z``: ``SOURCE --point X Y Z TARGET...`` fills both the source
+    and the (optional, with ``--query-embedding``) targets, which plain parsing cannot once targets may be empty."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._inside:
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "semantic-search", help="heat maps of where the anatomy at a point of one scan appears in target scans"
     )
-    parser.add_argument("source", help="scan holding the query point")
-    parser.add_argument("--point", type=float, nargs=3, required=True, metavar=("X", "Y", "Z"), help="world mm (RAS)")
-    parser.add_argument("targets", nargs="+", help="scans to search")
+    parser.__class__ = _IntermixedParser
+    parser.add_argument("source", help="scan holding the query point (with --query-embedding: the first target)")
+    parser.add_argument("--point", type=float, nargs=3, metavar=("X", "Y", "Z"), help="world mm (RAS)")
+    parser.add_argument(
+        "--query-embedding",
+        nargs="+",
+        metavar="Q",
+        help="an embedded patch instead of SOURCE --point: q.npy (with its q.npy.json) or TABLE SCAN PATCH",
+    )
+    parser.add_argument("--save-query", metavar="Q.npy", help="also save the point's embedding (and Q.npy.json)")
+    parser.add_argument("targets", nargs="*", help="scans to search")
     parser.add_argument("--model", default="ct-fm", help="model name (see `ctfm models`) or local path")
     parser.add_argument("--out", required=True, help="folder for matches.csv and one heat-map NIfTI + PNG per target")
     parser.add_argument("--mask-dir", help="organ masks named like the targets, on their grids: adds OCD columns")
@@ -26,16 +54,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ctfm.analysis.semantic_search import TargetCache, run_semantic_search
+    from ctfm.analysis.query_vectors import read_query, save_query_vector
+    from ctfm.analysis.semantic_search import TargetCache, point_query, run_semantic_search
+    from ctfm.errors import CTFMError
     from ctfm.hub import load
     from ctfm.transforms.preprocess import CTPreprocessing
 
+    if (args.point is None) == (args.query_embedding is None):
+        raise CTFMError("give either SOURCE --point X Y Z or --query-embedding")
+    if args.query_embedding is not None and args.save_query:
+        raise CTFMError("--save-query saves a point's embedding; --query-embedding already is one")
+    targets = args.targets if args.point is not None else [args.source, *args.targets]
+    if not targets:
+        raise CTFMError("no target scans to search")
     model = load(args.model, device=args.device)
     preprocess = CTPreprocessing(spacing=None) if args.native_spacing else CTPreprocessing()
     cache = TargetCache(model, preprocess, args.patch_size, args.overlap, folder=Path(args.out) / "cache")
+    if args.point is not None:
+        query = point_query(args.source, args.point, model, cache, args.lps)
+        if args.save_query:
+            print(f"saved the query embedding to {save_query_vector(args.save_query, query)}")
+    else:
+        query = read_query(args.query_embedding)
     table = run_semantic_search(
-        args.source, args.point, args.targets, model, args.out, lps=args.lps, mask_dir=args.mask_dir,
-        patch_size=args.patch_size, overlap=args.overlap, preprocess=preprocess, cache=cache,
-    )  # fmt: skip
+        None, None, targets, model, args.out, lps=args.lps, mask_dir=args.mask_dir, cache=cache, query=query
+    )
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0

@@ -5,6 +5,7 @@ import torch
 
 from ctfm.analysis.search import (
     ExactIndex,
+    block_top_k,
     build_index,
     index_file,
     load_index,
@@ -36,6 +37,16 @@ def test_exact_search_equals_a_brute_force_loop_across_chunks(vectors):
     scores, rows = ExactIndex(vectors, chunk_rows=37).search(queries, 5)
     np.testing.assert_array_equal(rows, expected_rows)
     np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("columns", [100, 1024, 1300])
+def test_block_top_k_equals_a_full_sort_with_or_without_a_partial_last_block(columns):
+    scores = torch.from_numpy(np.random.default_rng(3).normal(size=(6, columns)).astype(np.float32))
+    scores[0, -1] = 10.0  # the best score of a row in the partial block after the last whole one
+    values, indices = block_top_k(scores, 5, block=64)
+    order = np.argsort(-scores.numpy(), axis=1)[:, :5]
+    np.testing.assert_array_equal(indices.numpy(), order)
+    np.testing.assert_array_equal(values.numpy(), np.take_along_axis(scores.numpy(), order, 1))
 
 
 def test_a_query_never_retrieves_itself(vectors):
