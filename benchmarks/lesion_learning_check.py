@@ -2,9 +2,9 @@
 
     python benchmarks/lesion_learning_check.py [--scans 20] [--lesions 6] [--encoder DIR] [--crop ct-fm]
 
-1. Pretrains the quickstart encoder on synthetic scans with the real recipe (10 epochs, 8 patches per scan, as
-   benchmarks/learning_check.py), unless ``--encoder`` gives an exported one; a randomly initialised encoder of the
-   same shape is saved beside it.
+1. Pretrains the quickstart encoder on 8 synthetic scans with the quickstart's settings (4 epochs, 4 patches per
+   scan; ``--pretrain-epochs``/``--pretrain-patches`` for more), unless ``--encoder`` gives an exported one; a
+   randomly initialised encoder of the same shape is saved beside it.
 2. Paints lesions of two kinds into the lungs of held-out synthetic scans (never seen in pretraining): solid
    nodules (0 to +80 HU) and ground-glass ones (-700 to -450 HU), radius 3 to 9 mm, at random lung positions at
    least 20 mm apart, so a crop also holds other lesions of either kind and the size varies more than the kind.
@@ -101,6 +101,8 @@ def main() -> None:
     parser.add_argument("--lesions", type=int, default=6, help="lesions per scan")
     parser.add_argument("--encoder", help="an exported encoder folder; default: pretrain the quickstart one")
     parser.add_argument("--crop", choices=("ct-fm", "fmcib"), default="ct-fm", help="the crop `ctfm features` cuts")
+    parser.add_argument("--pretrain-epochs", type=int, default=4)
+    parser.add_argument("--pretrain-patches", type=int, default=4, help="patches per scan in pretraining")
     parser.add_argument("--workdir", help="keep everything here instead of a temporary folder")
     args = parser.parse_args()
 
@@ -112,7 +114,7 @@ def main() -> None:
         if encoder is None:
             from learning_check import pretrain
 
-            pretrain(work / "pretrain", scans=8, epochs=10, patches=8)
+            pretrain(work / "pretrain", scans=8, epochs=args.pretrain_epochs, patches=args.pretrain_patches)
             encoder = work / "pretrain" / "encoder"
         pretrained = ctfm.load(encoder)
         import torch
