@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ctfm.analysis.lesions import LESION_CROPS, LesionCrop, SeedOutsideScanError, crop_prepared, prepare_scan, to_ras
+from ctfm.analysis.lesions import LESION_CROPS, LesionCrop, SeedOutsideScanError, prepare_grid, to_ras
 from ctfm.atomic import write_atomically
 from ctfm.data.datalist import read_csv_table
 from ctfm.errors import CTFMError, InvalidScanError
@@ -84,13 +84,16 @@ def features_of(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
 def _crops(
     table: pd.DataFrame, crop: LesionCrop, report: LesionReport, progress: bool
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """(table index, normalised crop) for each usable row, reading each scan once, in the CSV's order of scans."""
+    """(table index, normalised crop) for each usable row, reading each scan once, in the CSV's order of scans.
+
+    Only each crop's own box of the resampled grid is resampled (:class:`~ctfm.analysis.lesions.ScanGrid`).
+    """
     bar = tqdm(total=len(table), desc="lesion crops", unit="lesion", disable=not progress)
     for path, rows in table.groupby("image_path", sort=False, dropna=False):
         try:
             if pd.isna(path):
                 raise InvalidScanError("(empty)", "no image_path")
-            volume = prepare_scan(path, crop.orientation, crop.spacing)
+            scan = prepare_grid(path, crop.orientation, crop.spacing)
         except InvalidScanError as err:
             for index in rows.index:
                 report.skipped.append((index + 2, str(err)))
@@ -100,7 +103,7 @@ def _crops(
             bar.update()
             try:
                 point = to_ras([row["coordX"], row["coordY"], row["coordZ"]], "LPS")
-                hu = crop_prepared(volume, point, crop.size, name=str(path))
+                hu = scan.crop(point, crop.size, name=str(path))
             except (SeedOutsideScanError, CTFMError) as err:
                 report.skipped.append((index + 2, str(err)))
                 continue

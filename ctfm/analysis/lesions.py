@@ -6,6 +6,9 @@ wrong crops the mirror image of the lesion, which is why the crop keeps its affi
 voxel) and stays in HU, so users can look at what the model saw.
 
 A scan is oriented and resampled once (:func:`prepare_scan`); :func:`crop_prepared` then cuts any number of crops.
+For many seeds in one scan, :func:`prepare_grid` orients the scan and only works out the resampled grid; each
+:meth:`ScanGrid.crop` then resamples just its own box of that grid, with the same interpolation, so the crops equal
+those of the whole resampled scan while the rest of the scan is never resampled.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import BorderPad, Orientation, Spacing, SpatialCrop
+from monai.transforms import BorderPad, Orientation, Spacing, SpatialCrop, SpatialResample
 
 from ctfm.errors import CTFMError
 from ctfm.transforms.preprocess import HU_RANGE, RAS_LABELS, LoadCT
@@ -68,17 +71,44 @@ def to_ras(point: Sequence[float], coords: str = "LPS") -> np.ndarray:
     raise ValueError(f"coords must be 'LPS' or 'RAS', got {coords!r}")
 
 
+def _spacing(spacing: Sequence[float], lazy: bool = False) -> Spacing:
+    return Spacing(pixdim=tuple(float(s) for s in spacing), mode="bilinear", padding_mode="border", lazy=lazy)
+
+
+def _oriented(image: str | Path | MetaTensor, orientation: str) -> MetaTensor:
+    return Orientation(axcodes=orientation, labels=RAS_LABELS)(LoadCT()(image)).float()
+
+
 def prepare_scan(image: str | Path | MetaTensor, orientation: str, spacing: Sequence[float]) -> MetaTensor:
     """The scan in HU, oriented ``orientation`` and resampled to ``spacing`` mm (bilinear), once for all seeds."""
-    volume = LoadCT()(image)
-    volume = Orientation(axcodes=orientation, labels=RAS_LABELS)(volume)
-    return Spacing(pixdim=tuple(float(s) for s in spacing), mode="bilinear", padding_mode="border")(volume.float())
+    return _spacing(spacing)(_oriented(image, orientation))
 
 
-def seed_voxel(volume: MetaTensor, point_ras: np.ndarray) -> np.ndarray:
-    """The (fractional) voxel index of a RAS point in ``volume``."""
-    inverse = np.linalg.inv(np.asarray(volume.affine, dtype=np.float64))
-    return (inverse @ np.append(point_ras, 1.0))[:3]
+@dataclass(frozen=True)
+class ScanGrid:
+    """An oriented scan in HU and the grid :func:`prepare_scan` would resample it to (``affine``: voxel -> RAS)."""
+
+    volume: MetaTensor
+    affine: np.ndarray
+    shape: tuple[int, ...]
+
+    def crop(self, point_ras: np.ndarray, size: Sequence[int], *, name: str = "scan") -> MetaTensor:
+        """What ``crop_prepared(prepare_scan(...), point_ras, size)`` gives, resampling only the crop's box."""
+        start, end, inside_start, inside_end = _crop_box(self.affine, self.shape, point_ras, size, name)
+        box = self.affine.copy()
+        box[:3, 3] = (self.affine @ np.append(inside_start, 1.0))[:3]
+        crop = SpatialResample(mode="bilinear", padding_mode="border")(
+            self.volume, dst_affine=torch.as_tensor(box), spatial_size=tuple(int(n) for n in inside_end - inside_start)
+        )
+        return _pad_with_air(crop, start, end, inside_start, inside_end)
+
+
+def prepare_grid(image: str | Path | MetaTensor, orientation: str, spacing: Sequence[float]) -> ScanGrid:
+    """The scan read and oriented once, and the resampled grid worked out without resampling anything."""
+    volume = _oriented(image, orientation)
+    pending = _spacing(spacing, lazy=True)(volume)  # MONAI's own output grid; the volume itself is left as it is
+    shape = tuple(int(n) for n in pending.peek_pending_shape())
+    return ScanGrid(volume, np.asarray(pending.peek_pending_affine(), dtype=np.float64), shape)
 
 
 def crop_prepared(volume: MetaTensor, point_ras: np.ndarray, size: Sequence[int], *, name: str = "scan") -> MetaTensor:
@@ -86,8 +116,18 @@ def crop_prepared(volume: MetaTensor, point_ras: np.ndarray, size: Sequence[int]
 
     Parts beyond the scan are air (-1024 HU). A seed outside the scan raises :class:`SeedOutsideScanError`.
     """
-    spatial = np.asarray(volume.shape[1:])
-    index = seed_voxel(volume, point_ras)
+    affine = np.asarray(volume.affine, dtype=np.float64)
+    start, end, inside_start, inside_end = _crop_box(affine, volume.shape[1:], point_ras, size, name)
+    crop = SpatialCrop(roi_start=inside_start.tolist(), roi_end=inside_end.tolist())(volume)
+    return _pad_with_air(crop, start, end, inside_start, inside_end)
+
+
+def _crop_box(
+    affine: np.ndarray, spatial: Sequence[int], point_ras: np.ndarray, size: Sequence[int], name: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The crop's voxel box on a grid (start, end) and its part inside the grid; refuses a seed outside it."""
+    spatial = np.asarray(spatial)
+    index = (np.linalg.inv(affine) @ np.append(point_ras, 1.0))[:3]
     if ((index < -0.5) | (index > spatial - 0.5)).any():
         extent = ", ".join(f"0..{n - 1}" for n in spatial)
         raise SeedOutsideScanError(
@@ -98,8 +138,12 @@ def crop_prepared(volume: MetaTensor, point_ras: np.ndarray, size: Sequence[int]
     size = np.asarray([int(s) for s in size])
     start = centre - size // 2
     end = start + size
-    inside_start, inside_end = np.maximum(start, 0), np.minimum(end, spatial)
-    crop = SpatialCrop(roi_start=inside_start.tolist(), roi_end=inside_end.tolist())(volume)
+    return start, end, np.maximum(start, 0), np.minimum(end, spatial)
+
+
+def _pad_with_air(
+    crop: MetaTensor, start: np.ndarray, end: np.ndarray, inside_start: np.ndarray, inside_end: np.ndarray
+) -> MetaTensor:
     border = [int(v) for pair in zip(inside_start - start, end - inside_end, strict=True) for v in pair]
     if any(border):
         crop = BorderPad(spatial_border=border, mode="constant", value=AIR_HU)(crop)

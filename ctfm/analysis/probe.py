@@ -68,6 +68,10 @@ def probe_data(
         train, test = index[split.isin(["train", "training"]).to_numpy()], index[split.eq("test").to_numpy()]
         if not len(train) or not len(test):
             raise CTFMError(f"{where}the split column needs both train and test rows")
+        for part, rows in (("train", train), ("test", test)):
+            absent = [str(classes[c]) for c in range(len(classes)) if not (labels[rows] == c).any()]
+            if absent:
+                raise CTFMError(f"{where}no {part} rows of class {', '.join(absent)} of {label!r} in the split column")
     else:
         train, test = train_test_split(index, test_size=test_size, stratify=labels, random_state=seed)
     return ProbeData(features, labels, classes.tolist(), np.sort(train), np.sort(test))
@@ -133,12 +137,12 @@ def bootstrap(
 
 
 def subsample(labels: np.ndarray, train: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """A stratified ``fraction`` of ``train`` (at least two rows of every class)."""
+    """A stratified ``fraction`` of ``train`` (at least two rows of every class that has two)."""
     rng = np.random.default_rng(seed)
     picked = []
     for cls in np.unique(labels[train]):
         rows = train[labels[train] == cls]
-        picked.append(rng.choice(rows, size=max(2, round(fraction * len(rows))), replace=False))
+        picked.append(rng.choice(rows, size=min(len(rows), max(2, round(fraction * len(rows)))), replace=False))
     return np.sort(np.concatenate(picked))
 
 

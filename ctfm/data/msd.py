@@ -3,7 +3,8 @@
 The label names come from ``dataset.json`` (task 03 liver: background, liver, cancer; 08 hepatic vessel:
 background, vessel, tumour; ...), and so does the tumour label, which the per-case metrics report. Validation cases
 are a seeded fraction of ``training`` or a JSON list of case ids. Every file ``dataset.json`` names is checked when
-the run is set up, so a missing one is named with the entry that points at it.
+the module is built, so a missing one is named with the entry that points at it; every label map's values are
+checked against ``dataset.json``'s labels when the run is set up (read once, then cached by size and time).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 from monai.transforms import MapLabelValued
 
-from ctfm.data.segmentation import SegmentationDataModule
+from ctfm.data.segmentation import SegmentationDataModule, check_label_values
 from ctfm.errors import CTFMError, InvalidScanError
 from ctfm.transforms.preprocess import CTPreprocessing
 
@@ -93,6 +94,7 @@ class MSDDataModule(SegmentationDataModule):
         fewshot: train on the first N training cases.
         val_fraction: share of cases held out for validation, drawn with ``seed``; ignored with ``val_cases``.
         val_cases: a JSON file listing the case ids (``liver_3``) to validate on.
+        cache_dir: where the label values read at set-up are remembered; default ``<data_dir>/ctfm_cache``.
         Other arguments: see :class:`~ctfm.data.segmentation.SegmentationDataModule`.
     """
 
@@ -106,9 +108,11 @@ class MSDDataModule(SegmentationDataModule):
         val_fraction: float = 0.2,
         val_cases: str | Path | None = None,
         seed: int = 0,
+        cache_dir: str | Path | None = None,
         **kwargs: Any,
     ):
         self.task = read_msd(data_dir)
+        self.cache_dir = Path(cache_dir) if cache_dir else Path(data_dir) / "ctfm_cache"
         self.class_names = msd_class_names(data_dir, classes)
         super().__init__(preprocessing, patch_size, num_classes=len(self.class_names), **kwargs)
         by_name = {name: value for value, name in self.task.labels.items()}
@@ -131,6 +135,11 @@ class MSDDataModule(SegmentationDataModule):
             train = train[:fewshot]
         self.items.update(train=train, val=val, test=val)
         self.items["predict"] = [{"image": c["image"], "image_id": c["image_id"]} for c in val]
+
+    def setup(self, stage: str | None = None) -> None:
+        """Refuse, naming the case and file, a label map holding a value ``dataset.json`` does not define."""
+        if stage != "predict":
+            check_label_values([*self.items["train"], *self.items["val"]], self.task.labels, self.cache_dir)
 
     def label_steps(self) -> list[Any]:
         """The task's label values -> 0..K: selected classes in order, the others background."""

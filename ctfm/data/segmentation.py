@@ -9,8 +9,10 @@ preprocesses the image only and :meth:`invert` puts a prediction back on the inp
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -28,6 +30,7 @@ from monai.transforms import (
     RandShiftIntensityd,
 )
 
+from ctfm.atomic import write_atomically
 from ctfm.errors import CTFMError, InvalidScanError
 from ctfm.transforms.dictionary import CTPreprocessingd
 from ctfm.transforms.preprocess import CTPreprocessing
@@ -82,6 +85,54 @@ class LabelsBelow(MapTransform):
 
 
 logger = logging.getLogger(__name__)
+
+#: File name of the cache of label values that :func:`check_label_values` keeps.
+LABEL_VALUES_CACHE = "label_values.json"
+
+
+def check_label_values(items: Iterable[Mapping[str, Any]], allowed: Iterable[int], cache_dir: str | Path) -> None:
+    """Raise InvalidScanError naming the case and its label file if a label map holds a value not in ``allowed``.
+
+    Each label map is read once: its distinct values are remembered in ``<cache_dir>/label_values.json`` with the
+    file's size and modification time, so a later run reads only files that changed. This runs when a run is set
+    up, so a bad label stops it before training rather than surfacing inside a DataLoader worker.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    cache_path = Path(cache_dir) / LABEL_VALUES_CACHE
+    try:
+        cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    except ValueError:
+        cache = {}  # a damaged cache is rebuilt
+    allowed = {int(v) for v in allowed}
+    changed = False
+    for item in items:
+        path = Path(item["label"])
+        stat = path.stat()
+        key = str(path.resolve())
+        entry = cache.get(key)
+        if entry is None or entry["size"] != stat.st_size or entry["mtime_ns"] != stat.st_mtime_ns:
+            try:
+                values = np.unique(np.asarray(nib.load(path).dataobj))
+            except Exception as err:  # nibabel raises several types for a damaged file
+                raise InvalidScanError(
+                    path, f"case {item.get('image_id', path.name)}: unreadable label ({err})"
+                ) from err
+            entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "values": [float(v) for v in values]}
+            cache[key] = entry
+            changed = True
+        outside = sorted(v for v in entry["values"] if v != int(v) or int(v) not in allowed)
+        if outside:
+            shown = ", ".join(f"{v:g}" for v in outside)
+            raise InvalidScanError(
+                path,
+                f"case {item.get('image_id', path.name)}: holds label {shown}, not one of the defined labels "
+                f"{sorted(allowed)}",
+            )
+    if changed:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(cache_path, lambda tmp: tmp.write_text(json.dumps(cache)))
 
 
 class SkippingDataset(Dataset):

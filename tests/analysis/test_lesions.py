@@ -5,7 +5,16 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from ctfm.analysis.lesions import CT_FM_CROP, FMCIB_CROP, SeedOutsideScanError, lesion_crop
+from ctfm.analysis.lesions import (
+    CT_FM_CROP,
+    FMCIB_CROP,
+    SeedOutsideScanError,
+    crop_prepared,
+    lesion_crop,
+    prepare_grid,
+    prepare_scan,
+    to_ras,
+)
 
 #: Voxel (z, y, x) of the lesion in the sample scan, off-centre in every axis so a mirrored crop misses it.
 LESION_VOXEL = (20, 30, 64)
@@ -86,3 +95,23 @@ def test_normalisations():
     hu = torch.tensor([-2000.0, -1024.0, 2048.0, 3000.0])
     assert FMCIB_CROP.normalise(hu).tolist() == pytest.approx([(-2000 + 1024) / 3072, 0.0, 1.0, 4024 / 3072])
     assert CT_FM_CROP.normalise(hu).tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("crop", [FMCIB_CROP, CT_FM_CROP], ids=["fmcib", "ct-fm"])
+def test_grid_crops_equal_crops_of_the_whole_resampled_scan(sample_ct, tmp_path, crop):
+    image, lesion = scan_with_lesion(sample_ct, direction=(-1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0))
+    path = tmp_path / "scan.nrrd"
+    sitk.WriteImage(image, str(path))
+    whole = prepare_scan(path, crop.orientation, crop.spacing)
+    grid = prepare_grid(path, crop.orientation, crop.spacing)
+    assert grid.shape == tuple(whole.shape[1:]) and np.allclose(grid.affine, whole.affine.numpy())
+    corner = image.TransformIndexToPhysicalPoint((1, 2, 0))  # most of its crop lies beyond the scan: air
+    for point in (lesion, corner):
+        expected = crop_prepared(whole, to_ras(point), crop.size)
+        got = grid.crop(to_ras(point), crop.size)
+        assert tuple(got.shape) == (1, *crop.size)
+        assert torch.allclose(got.as_tensor(), expected.as_tensor(), atol=1e-3)
+        assert np.allclose(got.affine.numpy(), expected.affine.numpy())  # the seed's voxel is the centre in both
+    assert centre_value(grid.crop(to_ras(lesion), crop.size)) > 300  # the lesion, not its mirror image
+    with pytest.raises(SeedOutsideScanError, match="outside the scan"):
+        grid.crop(to_ras((corner[0] + 1000.0, corner[1], corner[2])), crop.size)

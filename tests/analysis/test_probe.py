@@ -56,3 +56,12 @@ def test_bad_labels_are_named():
         run_probe(table().assign(site="c0"), "site", source="f.parquet")
     with pytest.raises(CTFMError, match="f.parquet: no label column 'kind'"):
         run_probe(table(), "kind", source="f.parquet")
+
+
+def test_a_split_column_with_a_rare_class_gives_a_curve_or_a_named_error():
+    rare = table(n=40).assign(split=["test" if i % 5 == 0 else "train" for i in range(40)])
+    rare.loc[rare.index[(rare["split"] == "train") & (rare["site"] == "c1")][1:], "site"] = "c0"  # one c1 to train
+    results = run_probe(rare, "site", fractions=[0.1, 1.0], n_bootstrap=20)
+    assert [p["train_rows"] for p in results["training_fraction"]] == [4, 32]  # 3 of c0, the only c1
+    with pytest.raises(CTFMError, match="f.parquet: no train rows of class c1 of 'site' in the split column"):
+        run_probe(rare.assign(site=np.where(rare["split"] == "train", "c0", rare["site"])), "site", source="f.parquet")

@@ -97,3 +97,24 @@ def test_a_subject_with_a_bad_label_is_skipped_and_named_while_the_others_load(t
     assert served["image"].meta["filename_or_obj"] == items[1]["image"]
     assert dataset.skipped == {str(label): "holds label 7, outside the 2 selected classes (1..K)"}
     assert f"skipping {label}: holds label 7" in caplog.text
+
+
+def test_a_label_value_outside_dataset_json_stops_the_run_at_set_up_naming_case_and_file(task, tmp_path):
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+
+    copy = shutil.copytree(task, tmp_path / "Task03_Liver")
+    module = MSDDataModule(copy, PREPROCESSING, (16, 32, 32), num_workers=0)
+    module.setup("fit")  # all labels fine: their values are remembered
+    assert (copy / "ctfm_cache" / "label_values.json").is_file()
+    label = copy / "labelsTr" / "liver_3.nii.gz"
+    image = nib.load(label)
+    values = np.asarray(image.dataobj).copy()
+    values[values == 2] = 7
+    nib.save(nib.Nifti1Image(values, image.affine), label)  # a changed file is read again
+    with pytest.raises(InvalidScanError) as raised:
+        MSDDataModule(copy, PREPROCESSING, (16, 32, 32), num_workers=0).setup("fit")
+    assert str(raised.value) == f"{label}: case liver_3: holds label 7, not one of the defined labels [0, 1, 2]"
+    module.setup("predict")  # predict reads no labels
