@@ -65,13 +65,7 @@ class DiffusionDataset(Dataset, Randomizable):
         flip_prob: float = 0.5,
         intensity: float = 0.05,
     ):
-        if spatial_dims not in (2, 3):
-            raise CTFMError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        if len(image_size) != spatial_dims:
-            raise CTFMError(
-                f"image_size {list(image_size)} has {len(image_size)} values but spatial_dims is {spatial_dims}; "
-                "replace a list from the command line with =vars::image_size=[...]"
-            )
+        check_image_size(spatial_dims, image_size)
         if not scans:
             raise CTFMError("DiffusionDataset needs at least one cached scan")
         if max_zoom < 1:
@@ -118,6 +112,17 @@ def _seed_worker(worker_id: int) -> None:
     info.dataset.set_random_state(seed=info.seed % MAX_SEED)
 
 
+def check_image_size(spatial_dims: int, image_size: Sequence[int]) -> None:
+    """Refuse a dimension other than 2 or 3, or an ``image_size`` of another length, when a recipe is built."""
+    if spatial_dims not in (2, 3):
+        raise CTFMError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    if len(image_size) != spatial_dims:
+        raise CTFMError(
+            f"image_size {list(image_size)} has {len(image_size)} values but spatial_dims is {spatial_dims}; "
+            "replace a list from the command line with =vars::image_size=[...]"
+        )
+
+
 class DiffusionDataModule(pl.LightningDataModule):
     """Datalist -> batches of windowed 2D slices (``spatial_dims=2``) or 3D patches (``spatial_dims=3``).
 
@@ -142,13 +147,7 @@ class DiffusionDataModule(pl.LightningDataModule):
         super().__init__()
         if datalist is None:
             raise CTFMError("no datalist given: set vars::datalist=path/to/datalist.csv (a CSV with an 'image' column)")
-        if spatial_dims not in (2, 3):
-            raise CTFMError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        if len(image_size) != spatial_dims:
-            raise CTFMError(
-                f"image_size {list(image_size)} has {len(image_size)} values but spatial_dims is {spatial_dims}; "
-                "replace a list from the command line with =vars::image_size=[...]"
-            )
+        check_image_size(spatial_dims, image_size)
         self.windows = [check_window(*w) for w in windows]
         self.datalist = datalist
         self.spatial_dims = spatial_dims

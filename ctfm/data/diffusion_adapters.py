@@ -35,7 +35,7 @@ from monai.transforms import (
 from torch.utils.data import RandomSampler
 
 from ctfm.data.classification import LabelEncoding, assign_splits, csv_row, read_labelled_datalist
-from ctfm.data.diffusion import apply_window
+from ctfm.data.diffusion import apply_window, check_image_size
 from ctfm.data.segmentation import LabelsBelow
 from ctfm.errors import CTFMError, InvalidScanError
 from ctfm.transforms.dictionary import CTPreprocessingd, LoadCTd
@@ -101,13 +101,7 @@ class DiffusionAdapterData(pl.LightningDataModule):
             raise CTFMError("no datalist given: set vars::datalist=path/to/labels.csv (columns image,label[,split])")
         if task not in ("segment", "classify"):
             raise ValueError(f"task must be 'segment' or 'classify', got {task!r}")
-        if spatial_dims not in (2, 3):
-            raise CTFMError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        if len(image_size) != spatial_dims:
-            raise CTFMError(
-                f"image_size {list(image_size)} has {len(image_size)} values but spatial_dims is {spatial_dims}; "
-                "replace a list from the command line with =vars::image_size=[...]"
-            )
+        check_image_size(spatial_dims, image_size)
         if task == "segment" and (num_classes is None or num_classes < 2):
             raise CTFMError(f"segmentation needs num_classes >= 2 (background included), got {num_classes}")
         self.csv = Path(datalist)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from ctfm.data.cache import CachedScan, PreprocessCache, default_cache_dir
 from ctfm.data.classification import assign_splits
 from ctfm.data.datalist import read_datalist
-from ctfm.data.diffusion import _seed_worker, apply_window, cached_to_hu
+from ctfm.data.diffusion import _seed_worker, apply_window, cached_to_hu, check_image_size
 from ctfm.errors import CTFMError
 from ctfm.transforms.low_dose import SimulateLowDose
 from ctfm.transforms.preprocess import PRETRAINING_SPACING, CTPreprocessing
@@ -56,11 +56,7 @@ class LowDoseDataset(Dataset):
     ):
         if spatial_dims not in (2, 3) or simulator.spatial_dims != spatial_dims:
             raise CTFMError(f"spatial_dims must be 2 or 3 and match the simulator's, got {spatial_dims}")
-        if len(image_size) != spatial_dims:
-            raise CTFMError(
-                f"image_size {list(image_size)} has {len(image_size)} values but spatial_dims is {spatial_dims}; "
-                "replace a list from the command line with =vars::image_size=[...]"
-            )
+        check_image_size(spatial_dims, image_size)
         if not scans:
             raise CTFMError("LowDoseDataset needs at least one cached scan")
         self.scans = list(scans)
@@ -141,11 +137,7 @@ class LowDoseDataModule(pl.LightningDataModule):
         super().__init__()
         if datalist is None:
             raise CTFMError("no datalist given: set vars::datalist=path/to/datalist.csv (a CSV with an 'image' column)")
-        if len(image_size) != spatial_dims:
-            raise CTFMError(
-                f"image_size {list(image_size)} has {len(image_size)} values but spatial_dims is {spatial_dims}; "
-                "replace a list from the command line with =vars::image_size=[...]"
-            )
+        check_image_size(spatial_dims, image_size)
         spacing = tuple(float(s) for s in spacing)
         self.simulation = {"noise": noise, "i0": i0, "sigma": sigma, "pixel_mm": spacing[-1], "views": views}
         SimulateLowDose(spatial_dims, **self.simulation)  # refuses bad settings before anything is cached
