@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ctfm.analysis.semantic_search import TargetCache, run_semantic_search
+    from ctfm.analysis.semantic_search import run_semantic_search
+    from ctfm.analysis.windows import TargetCache
     from ctfm.hub import load
     from ctfm.transforms.preprocess import CTPreprocessing
 
