@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +121,7 @@ class Prototypes:
                 document["vectors"], document["owner"], tuple(document["class_names"]),
                 json.loads(document["settings"]), tuple(document.get("counts", ())),
             )  # fmt: skip
-        except (OSError, RuntimeError, KeyError, TypeError, ValueError) as err:
+        except (OSError, RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as err:
             raise CTFMError(f"{path}: not a prototypes file ({type(err).__name__}: {err})") from err
 
 
@@ -208,23 +209,22 @@ def compute_prototypes(
         raise CTFMError(f"give one label map per image: {len(images)} images, {len(labels)} label maps")
     chosen = resolve_classes(classes, labels)
     values = list(chosen)
-    cache = TargetCache(model, preprocess, patch_size, overlap)
+    scans = [read_ct(image, check_hu=preprocess.check_hu) for image in images]
+    label_maps = [read_label_map(label, like=scan) for label, scan in zip(labels, scans)]  # grids, before any work
+    seen = {value: sum(int((np.asarray(m[0]) == value).sum()) for m in label_maps) for value in values}
+    empty = [chosen[value] for value, count in seen.items() if count == 0]
+    if empty:
+        raise CTFMError(f"no labelled voxel of class {', '.join(empty)} in the reference label maps {list(labels)}")
+    cache = TargetCache(model, preprocess, patch_size, overlap, batch_size=8)
     groups: list[list[torch.Tensor]] = [[] for _ in range(len(values) + 1)]
-    voxels_seen = dict.fromkeys(values, 0)
-    for image, label in tqdm(list(zip(images, labels)), desc="prototypes", unit="scan", disable=len(images) < 2):
-        scan = read_ct(image, check_hu=preprocess.check_hu)
-        label_map = read_label_map(label, like=scan)
-        array = np.asarray(label_map[0])
-        for value in values:
-            voxels_seen[value] += int((array == value).sum())
+    pairs = list(zip(images, scans, label_maps))
+    for image, scan, label_map in tqdm(pairs, desc="prototypes", unit="scan", disable=len(pairs) < 2):
         patches = cache.get(image, cache.preprocess(scan))
         under = centre_classes(patches, label_map)
         groups[0].append(patches.embeddings[(under >= 0) & ~np.isin(under, values)])
         for index, value in enumerate(values, start=1):
             groups[index].append(patches.embeddings[under == value])
-    empty = [chosen[v] for v, n in voxels_seen.items() if n == 0]
-    if empty:
-        raise CTFMError(f"no labelled voxel of class {', '.join(empty)} in the reference label maps")
+        cache.memory.clear()
     names = (BACKGROUND, *chosen.values())
     stacked = [torch.cat(group) for group in groups]
     no_patch = [names[i] for i, group in enumerate(stacked) if len(group) == 0]

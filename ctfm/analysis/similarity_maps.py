@@ -98,7 +98,9 @@ def prototype_cache(
     settings = prototypes.settings
     patch_size = tuple(settings["patch_size"]) if patch_size is None else tuple(patch_size)
     preprocess = prototypes.preprocessing if preprocess is None else replace(preprocess, min_size=patch_size)
-    cache = TargetCache(model, preprocess, patch_size, settings["overlap"] if overlap is None else overlap)
+    cache = TargetCache(
+        model, preprocess, patch_size, settings["overlap"] if overlap is None else overlap, batch_size=8
+    )
     check_cache(prototypes, cache, where)
     width = encoder_width(model, cache.patch_size)
     if width != prototypes.dim:
