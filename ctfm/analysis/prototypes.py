@@ -86,7 +86,8 @@ class Prototypes:
                 f"reference vectors of shape {tuple(matrix.shape)} for {len(class_names)} class names: "
                 "need one row per class, background first"
             )
-        settings = _settings(model, preprocessing, patch_size, overlap)
+        windowed = dataclasses.replace(preprocessing, min_size=tuple(int(p) for p in patch_size))
+        settings = _settings(model, windowed, patch_size, overlap)
         return cls(matrix, torch.arange(len(class_names)), tuple(class_names), settings)
 
     def check_compatible(self, settings: Mapping[str, Any], where: str | Path) -> None:
@@ -95,7 +96,7 @@ class Prototypes:
         expected = self.settings.get("model_sha256")
         if expected is not None and expected != settings["model_sha256"]:
             raise PrototypeMismatchError(f"{where}: prototypes were made with another model (weights differ)")
-        for key in ("preprocessing", "patch_size", "overlap"):
+        for key in ("patch_size", "overlap", "preprocessing"):
             if _plain(settings[key]) != _plain(self.settings[key]):
                 raise PrototypeMismatchError(
                     f"{where}: prototypes were made with {key} {_plain(self.settings[key])}, "
