@@ -1,16 +1,17 @@
 """Pseudo-labels from similarity maps (seed 004): smooth, threshold, keep the largest component, write, evaluate.
 
 Post-processing of the normalised maps on the target's grid: a Gaussian (sigma in mm, so anisotropic voxels are
-smoothed alike in space), then per class channel a threshold: ``global`` (one value), ``otsu`` (Otsu's threshold
-of the channel, skimage) or ``multi-level`` (two levels from multi-Otsu, or given: voxels above the upper level
-and those above the lower one connected to them, i.e. hysteresis). A voxel must also score above the background
-channel; where several classes pass, the highest wins; optionally each class keeps its largest connected component
-(MONAI). The label map is on the target's grid (shape and affine).
+smoothed alike in space), then per class channel a threshold: ``global`` (one value), ``otsu`` (Otsu's threshold of
+the channel, skimage) or ``multi-level`` (two levels from multi-Otsu, or given: voxels above the upper level and
+those above the lower one connected to them, i.e. hysteresis). A voxel takes the class of its highest channel (its
+nearest prototype) when that channel passes its threshold, else the background; optionally each class keeps its
+largest connected component (MONAI). The label map is on the target's grid (shape and affine).
 
 :func:`pseudo_label` runs it over many targets: ``<out>/<name>.nii.gz`` (labels, with ``<name>.json`` naming them as
 ``ctfm segment`` does), ``<name>_probabilities.nii.gz`` (the normalised maps, one volume per class, background
 first), ``<name>.png`` (overlay), ``evaluation.csv`` (Dice and average surface distance in mm per class against
-reference label maps), and the pseudo-labelled scans in the TotalSegmentator v2 layout for ``totalsegmentator.yaml``.
+reference label maps), and the pseudo-labelled scans in the TotalSegmentator v2 layout for
+``totalsegmentator.yaml``.
 """
 
 from __future__ import annotations
@@ -94,9 +95,10 @@ def labels_from_maps(maps: np.ndarray, affine: np.ndarray, settings: PostProcess
     from monai.transforms import KeepLargestConnectedComponent
 
     smoothed = smooth(np.asarray(maps, dtype=np.float32), affine, settings.sigma_mm)
-    passing = np.stack([channel_mask(c, settings) & (c > smoothed[0]) for c in smoothed[1:]])
-    score = np.where(passing, smoothed[1:], -np.inf)
-    labels = np.where(passing.any(axis=0), score.argmax(axis=0) + 1, 0).astype(np.int64)
+    nearest = smoothed.argmax(axis=0)
+    labels = np.zeros(nearest.shape, dtype=np.int64)
+    for value, channel in enumerate(smoothed[1:], start=1):
+        labels[(nearest == value) & channel_mask(channel, settings)] = value
     present = [int(v) for v in np.unique(labels) if v != 0]
     if settings.largest_component and present:
         keep = KeepLargestConnectedComponent(applied_labels=present, independent=True)

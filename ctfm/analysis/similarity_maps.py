@@ -1,9 +1,10 @@
 """Multi-channel probability maps of a target scan from its patch similarity to class prototypes (seed 004, Alg. 1).
 
 Every dense sliding-window patch of the target gets its cosine similarity to each class (the best of the class's
-prototypes); overlapping windows are aggregated per voxel (mean or max), each channel is normalised (min-max,
-Eq. 5; a temperature sigmoid, Eq. 6; or a temperature softmax across channels) and the maps are resampled onto the
-target's own grid. Voxels the preprocessing cropped away (air around the body) are background with certainty.
+prototypes); overlapping windows are aggregated per voxel (mean or max), the map is normalised to [0, 1] (min-max,
+Eq. 5; a temperature sigmoid, Eq. 6; or a temperature softmax across channels: all three keep the channels on one
+scale, so a voxel's highest channel is its nearest prototype) and resampled onto the target's own grid. Voxels the
+preprocessing cropped away (air around the body) are background with certainty.
 """
 
 from __future__ import annotations
@@ -65,18 +66,17 @@ def class_similarity(prototypes: Prototypes, embeddings: torch.Tensor) -> np.nda
 
 
 def normalise(maps: np.ndarray, how: Normalisation = "minmax", temperature: float = 0.01) -> np.ndarray:
-    """Channels ``(C, ...)`` to [0, 1]: per-channel min-max (Eq. 5), sigmoid ``1 / (1 + exp(-(P - mean) / t))``
-    per channel (Eq. 6 with alpha = 1/t and beta the channel's mean), or softmax of ``P / t`` across channels."""
+    """Channels ``(C, ...)`` to [0, 1], every channel on one scale so the nearest prototype stays the highest
+    channel: min-max over the whole map (Eq. 5), ``1 / (1 + exp(-(P - mean) / t))`` (Eq. 6 with alpha = 1/t and
+    beta the map's mean), or softmax of ``P / t`` across channels."""
     maps = np.asarray(maps, dtype=np.float64)
-    axes = tuple(range(1, maps.ndim))
     if how == "minmax":
-        low, high = maps.min(axis=axes, keepdims=True), maps.max(axis=axes, keepdims=True)
-        return ((maps - low) / np.where(high > low, high - low, 1.0)).astype(np.float32)
+        low, high = maps.min(), maps.max()
+        return ((maps - low) / (high - low if high > low else 1.0)).astype(np.float32)
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     if how == "sigmoid":
-        centre = maps.mean(axis=axes, keepdims=True)
-        return (1.0 / (1.0 + np.exp(-(maps - centre) / temperature))).astype(np.float32)
+        return (1.0 / (1.0 + np.exp(-(maps - maps.mean()) / temperature))).astype(np.float32)
     if how == "softmax":
         scaled = maps / temperature
         scaled = np.exp(scaled - scaled.max(axis=0, keepdims=True))

@@ -63,8 +63,10 @@ def test_max_aggregation_and_every_normalisation(tiny_encoder, labelled, prototy
 
 def test_normalisations_on_known_values():
     maps = np.array([[[[0.2, 0.4, 0.6]]], [[[0.9, 0.9, 0.95]]]])
-    np.testing.assert_allclose(normalise(maps, "minmax")[0, 0, 0], [0.0, 0.5, 1.0], atol=1e-6)
-    np.testing.assert_allclose(normalise(maps, "sigmoid", temperature=1.0)[0, 0, 0, 1], 0.5, atol=1e-6)
+    # One scale for every channel: the map's own minimum and maximum, its mean as the sigmoid's centre.
+    np.testing.assert_allclose(normalise(maps, "minmax")[:, 0, 0].ravel(), (maps.ravel() - 0.2) / 0.75, atol=1e-6)
+    sigmoid = normalise(maps, "sigmoid", temperature=0.1)
+    np.testing.assert_allclose(sigmoid, 1 / (1 + np.exp(-(maps - maps.mean()) / 0.1)), atol=1e-6)
     soft = normalise(maps, "softmax", temperature=0.1)
     np.testing.assert_allclose(soft.sum(axis=0), 1.0, atol=1e-6)
     assert soft[1, 0, 0, 0] == pytest.approx(1 / (1 + np.exp(-7)), abs=1e-5)
