@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--encoder", help="an exported encoder folder; default: pretrain the quickstart one")
     parser.add_argument("--pretrain-epochs", type=int, default=4)
     parser.add_argument("--steps", type=int, default=40, help="fine-tuning steps of each run")
-    parser.add_argument("--centres", type=int, default=4, help="k-means prototypes per class")
+    parser.add_argument("--centres", type=int, default=8, help="k-means prototypes per class")
     parser.add_argument("--picture", help="copy the first target's overlay here")
     args = parser.parse_args()
 

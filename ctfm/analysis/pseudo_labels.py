@@ -30,7 +30,7 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 from tqdm.auto import tqdm
 
-from ctfm.analysis.prototypes import BACKGROUND, Prototypes
+from ctfm.analysis.prototypes import Prototypes
 from ctfm.analysis.similarity_maps import Normalisation, SimilarityMaps, prototype_cache, similarity_maps
 from ctfm.analysis.windows import Aggregation
 from ctfm.atomic import write_atomically
@@ -146,10 +146,11 @@ def add_totalsegmentator_subject(
     folder = Path(folder)
     subject = folder / image_id
     _write_ct_nifti(ct, subject / "ct.nii.gz")
+    import nibabel as nib
+
     for value, name in enumerate(class_names[1:], start=1):
-        mask = np.asarray(labels) == value
-        write_label_map(mask, affine, subject / "segmentations" / f"{name}.nii.gz", (BACKGROUND, name))
-        (subject / "segmentations" / f"{name}.json").unlink()  # TotalSegmentator folders hold masks only
+        mask = nib.Nifti1Image((np.asarray(labels) == value).astype(np.uint8), np.asarray(affine, dtype=np.float64))
+        write_atomically(subject / "segmentations" / f"{name}.nii.gz", lambda tmp, m=mask: nib.save(m, str(tmp)))
     meta = folder / META_NAME
     rows = pd.read_csv(meta, sep=";", dtype=str) if meta.is_file() else pd.DataFrame(columns=["image_id", "split"])
     rows = pd.concat([rows[rows["image_id"] != image_id], pd.DataFrame([{"image_id": image_id, "split": split}])])
