@@ -120,13 +120,14 @@ def evaluate(labels: np.ndarray, reference: np.ndarray, affine: np.ndarray, clas
         ref = torch.from_numpy(np.asarray(reference) == value)[None, None].float()
         both = (pred.sum() > 0) and (ref.sum() > 0)
         dice = float(compute_dice(pred, ref, ignore_empty=False)[0, 0]) if ref.sum() or pred.sum() else 1.0
-        with warnings.catch_warnings():  # MONAI 1.5-1.6 warn about an argument of their own internal call
-            warnings.filterwarnings("ignore", "monai.metrics.utils get_mask_edges", FutureWarning)
-            asd = (
-                float(compute_average_surface_distance(pred, ref, symmetric=True, spacing=spacing)[0, 0])
-                if both
-                else float("nan")
-            )
+        asd = float("nan")
+        if both:
+            with warnings.catch_warnings():  # MONAI 1.5-1.6 warn about an argument of their own internal call
+                warnings.filterwarnings("ignore", "monai.metrics.utils get_mask_edges", FutureWarning)
+                distance = compute_average_surface_distance(
+                    pred, ref, include_background=True, symmetric=True, spacing=spacing
+                )  # one channel: the class itself
+            asd = float(distance[0, 0])
         rows.append({"class": name, "dice": dice, "asd_mm": asd, "reference_voxels": int(ref.sum()),
                      "predicted_voxels": int(pred.sum())})  # fmt: skip
     return rows
