@@ -112,10 +112,11 @@ def main() -> None:
           f"two fine-tunings of {args.steps} steps in {done - labelled_at:.0f} s")  # fmt: skip
     print("pseudo-labels against the generator's true labels (mean over the 4 unlabelled scans):")
     print(quality.round(3).to_string())
-    table = pd.DataFrame(results).T
-    table.insert(0, "macro_dice", table[list(CLASSES)].mean(axis=1))
+    dice = pd.DataFrame(results).T[[f"{name}_dice" for name in CLASSES]]
+    dice.columns = list(CLASSES)
+    dice.insert(0, "macro_dice", dice.mean(axis=1))
     print("held-out Dice of totalsegmentator.yaml fine-tuned on each (2 test scans):")
-    print(table[["macro_dice", *CLASSES]].round(3).to_string())
+    print(dice.round(3).to_string())
 
 
 if __name__ == "__main__":
