@@ -30,14 +30,22 @@ from ctfm.transforms.preprocess import PRETRAINING_SPACING
 CLASSES = list(TISSUE_OF_CLASS)
 
 
-def finetune(data: Path, run: Path, weights: str, steps: int, seed: int, spacing: list[float] | None) -> pd.Series:
+def finetune(
+    data: Path,
+    run: Path,
+    weights: str,
+    steps: int,
+    seed: int = 0,
+    spacing: list[float] | None = None,
+    classes: list[str] = CLASSES,
+) -> pd.Series:
     recipe = recipes_dir() / "totalsegmentator.yaml"
     run.mkdir(parents=True)
     common = [recipe, f"vars::data_dir={data}", f"vars::output_dir={run}", f"vars::weights={weights}"]
     common += ["vars::init_filters=8", "=vars::patch_size=[16,64,64]", "vars::precision=32-true", "vars::lr=1.0e-3"]
     common += ["vars::num_workers=1", "vars::batch_size=2", "vars::max_epochs=1000", "vars::warmup_epochs=1"]
     common += [
-        f"=vars::classes={CLASSES}".replace("'", ""),
+        f"=vars::classes={classes}".replace("'", ""),
         f"=vars::spacing={spacing}" if spacing else "vars::spacing=null",
         "trainer::accelerator=cpu",
         "trainer::sync_batchnorm=false",

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctfm.analysis.semantic_search import TargetCache, check_inside, embed_point, search_target
+from ctfm.analysis.semantic_search import check_inside, embed_point, search_target
+from ctfm.analysis.windows import TargetCache
 from ctfm.data.sample import generate_ct, write_nifti
 from ctfm.io.reader import read_ct
 from ctfm.nn import ct_fm_encoder

@@ -142,6 +142,50 @@ def segmentation_preview(
     return orthogonal_slices(volume, path, point=point, overlay=labels, spacing=spacing, title=title)
 
 
+def pseudo_label_overlay(
+    volume: np.ndarray,
+    labels: np.ndarray,
+    heat: np.ndarray,
+    path: str | Path,
+    *,
+    class_names: Sequence[str],
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    title: str = "",
+) -> Path:
+    """Two rows through the labels' centre of a ``(z, y, x)`` CT: pseudo-labels (legend: ``class_names``,
+    background first) and the strongest class similarity map in [0, 1]."""
+    from matplotlib import colormaps
+    from matplotlib.patches import Patch
+
+    volume, labels, heat = np.asarray(volume, np.float32), np.asarray(labels), np.asarray(heat, np.float32)
+    labelled = np.argwhere(labels > 0)
+    z, y, x = labelled.mean(axis=0).round().astype(int) if len(labelled) else [s // 2 for s in volume.shape]
+    dz, dy, dx = (float(s) for s in spacing)
+    views = [(np.s_[z, :, :], dy / dx), (np.s_[::-1, y, :], dz / dx), (np.s_[::-1, :, x], dz / dy)]
+    colours = colormaps["tab10"]
+    figure = Figure(figsize=(10, 6.4))
+    for row, (kind, overlay) in enumerate((("labels", labels), ("heat", heat))):
+        for column, (where, aspect) in enumerate(views):
+            axes = figure.add_subplot(2, 3, row * 3 + column + 1)
+            axes.imshow(volume[where], cmap="gray", vmin=CT_DISPLAY_WINDOW[0], vmax=CT_DISPLAY_WINDOW[1],
+                        aspect=aspect, interpolation="nearest")  # fmt: skip
+            layer = overlay[where]
+            if kind == "labels":
+                masked = np.ma.masked_equal(layer.astype(np.int64), 0)
+                axes.imshow(masked % 10, cmap="tab10", vmin=0, vmax=9, alpha=0.55, aspect=aspect,
+                            interpolation="nearest")  # fmt: skip
+            else:
+                axes.imshow(layer, cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.55, aspect=aspect)
+            axes.set_axis_off()
+            if column == 0:
+                axes.set_title("pseudo-labels" if kind == "labels" else "best class similarity", fontsize=9)
+    handles = [Patch(color=colours(value % 10), label=name) for value, name in enumerate(class_names) if value]
+    figure.legend(handles=handles, loc="lower center", ncol=max(len(handles), 1), fontsize=9, frameon=False)
+    if title:
+        figure.suptitle(title)
+    return save_figure(figure, path)
+
+
 # ---- classification
 
 

@@ -20,13 +20,12 @@ from tqdm.auto import tqdm
 
 from ctfm.atomic import write_atomically
 from ctfm.errors import CTFMError, InvalidScanError
-from ctfm.io.reader import read_ct
+from ctfm.io.reader import output_name, read_ct
 from ctfm.reports import ReportRow, RunReport
 from ctfm.segmentation import OVERLAP, ROI_SIZE, load_segmenter, segment
 from ctfm.tasks.segmentation import write_label_map
 
 logger = logging.getLogger(__name__)
-_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 @dataclass
@@ -49,15 +48,6 @@ class SegmentReport(RunReport):
 
     def headline(self) -> str:
         return super().headline() + f"; outputs in {self.out}"
-
-
-def output_name(path: str | Path) -> str:
-    """``scan.nii.gz`` -> ``scan``; a DICOM folder -> its name."""
-    name = Path(path).name
-    for suffix in _SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def class_statistics(labels: torch.Tensor, hu: torch.Tensor, class_names: Sequence[str], values: Sequence[int]):

@@ -20,7 +20,7 @@ from ctfm.transforms.preprocess import CTPreprocessing
 
 
 def _centre_mm(scan) -> np.ndarray:
-    from ctfm.analysis.semantic_search import voxel_to_world
+    from ctfm.analysis.windows import voxel_to_world
 
     return voxel_to_world(scan.affine, (np.array(scan.shape[1:]) - 1) / 2)[0]
 
@@ -40,7 +40,8 @@ def saliency_picture(
     import nibabel as nib
 
     from ctfm.analysis.saliency import occlusion_saliency
-    from ctfm.analysis.semantic_search import check_inside, patch_at, resample_to_grid
+    from ctfm.analysis.semantic_search import check_inside, patch_at
+    from ctfm.analysis.windows import resample_to_grid
     from ctfm.plotting import orthogonal_slices, scaled_window
 
     out = Path(out)

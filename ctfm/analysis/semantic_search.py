@@ -12,22 +12,18 @@ whether the match lies inside the organ are reported as in the CT-FM paper.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from scipy.ndimage import map_coordinates
 from torch import nn
 
-from ctfm.analysis.query_vectors import QueryVector, check_query, query_settings
+from ctfm.analysis.query_vectors import QueryVector, check_query
+from ctfm.analysis.windows import TargetCache, aggregate_windows, resample_to_grid, voxel_to_world, world_to_voxel
 from ctfm.atomic import write_atomically
-from ctfm.embedding import PatchEmbeddings, embed_patches
-from ctfm.embedding_table import model_fingerprint
 from ctfm.errors import CTFMError, InvalidScanError
 from ctfm.io.reader import read_ct
 from ctfm.nn.encoder import pooled_features
@@ -35,17 +31,6 @@ from ctfm.transforms.preprocess import CTPreprocessing
 
 #: RAS <-> LPS: negate the first two world axes.
 LPS_FLIP = np.array([-1.0, -1.0, 1.0])
-
-
-def world_to_voxel(affine: np.ndarray, points_mm: np.ndarray) -> np.ndarray:
-    """Continuous voxel indices of world points under a voxel -> world ``affine``."""
-    points = np.atleast_2d(np.asarray(points_mm, dtype=np.float64))
-    return (np.c_[points, np.ones(len(points))] @ np.linalg.inv(np.asarray(affine, dtype=np.float64)).T)[:, :3]
-
-
-def voxel_to_world(affine: np.ndarray, voxels: np.ndarray) -> np.ndarray:
-    voxels = np.atleast_2d(np.asarray(voxels, dtype=np.float64))
-    return (np.c_[voxels, np.ones(len(voxels))] @ np.asarray(affine, dtype=np.float64).T)[:, :3]
 
 
 def check_inside(scan: MetaTensor, point_mm: np.ndarray, path: str | Path) -> None:
@@ -90,85 +75,6 @@ def embed_point(model: nn.Module, volume: MetaTensor, point_mm: np.ndarray, patc
     return embed_points(model, volume, point_mm, patch_size)[0]
 
 
-class TargetCache:
-    """Patch embeddings of target scans, reused across queries: in memory, and on disk when ``folder`` is given."""
-
-    def __init__(self, model: nn.Module, preprocess: CTPreprocessing, patch_size: Sequence[int], overlap: float,
-                 folder: str | Path | None = None, batch_size: int = 4):  # fmt: skip
-        self.model, self.overlap, self.batch_size = model, overlap, batch_size
-        self.patch_size = tuple(int(p) for p in patch_size)
-        self.preprocess = CTPreprocessing(**{**asdict(preprocess), "min_size": self.patch_size})
-        self.folder = Path(folder) if folder else None
-        self.model_sha256 = model_fingerprint(model)
-        self.settings = {
-            "model": self.model_sha256,
-            "preprocessing": asdict(preprocess),
-            "patch_size": self.patch_size,
-            "overlap": overlap,
-        }
-        self.memory: dict[str, PatchEmbeddings] = {}
-        self.embedded = 0  # targets actually run through the encoder
-
-    def query_settings(self) -> dict:
-        """What a query vector must have been made with to be compared with these windows."""
-        return query_settings(self.model_sha256, self.patch_size, self.preprocess)
-
-    def key(self, path: Path) -> str:
-        stat = path.stat()
-        what = {"path": str(path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns, **self.settings}
-        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-    def get(self, path: str | Path, volume: MetaTensor) -> PatchEmbeddings:
-        """The target's patch embeddings; ``volume`` is its preprocessed form (embedded on a miss)."""
-        key = self.key(Path(path))
-        if key in self.memory:
-            return self.memory[key]
-        disk = self.folder / f"{key}.npz" if self.folder else None
-        if disk is not None and disk.exists():
-            with np.load(disk) as stored:
-                patches = PatchEmbeddings(*(torch.from_numpy(stored[n]) for n in ("e", "v", "m")), self.patch_size)
-        else:
-            patches = embed_patches(
-                self.model, volume, patch_size=self.patch_size, overlap=self.overlap, batch_size=self.batch_size,
-                preprocess=None, progress=None,
-            )  # fmt: skip
-            self.embedded += 1
-            if disk is not None:
-                arrays = {"e": patches.embeddings, "v": patches.centers_voxel, "m": patches.centers_mm}
-                write_atomically(disk, lambda tmp: np.savez(tmp, **{k: v.numpy() for k, v in arrays.items()}))
-        self.memory[key] = patches
-        return patches
-
-
-def heat_volume(patches: PatchEmbeddings, similarity: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Per-voxel mean similarity of the windows covering each voxel of the preprocessed volume."""
-    total = np.zeros(shape, dtype=np.float64)
-    count = np.zeros(shape, dtype=np.float64)
-    size = np.array(patches.patch_size)
-    starts = np.round(patches.centers_voxel.numpy() - (size - 1) / 2).astype(int)
-    for (z, y, x), value in zip(starts, similarity):
-        region = np.s_[z : z + size[0], y : y + size[1], x : x + size[2]]
-        total[region] += value
-        count[region] += 1
-    covered = count > 0
-    out = np.full(shape, float(similarity.min()), dtype=np.float32)
-    out[covered] = total[covered] / count[covered]
-    return out
-
-
-def resample_to_grid(values: np.ndarray, values_affine: np.ndarray, grid: MetaTensor) -> np.ndarray:
-    """``values`` (on ``values_affine``) sampled trilinearly at every voxel of ``grid``, a slab at a time."""
-    shape = grid.shape[1:]
-    mapping = np.linalg.inv(np.asarray(values_affine, dtype=np.float64)) @ np.asarray(grid.affine, dtype=np.float64)
-    out = np.empty(shape, dtype=np.float32)
-    j, k = np.meshgrid(np.arange(shape[1]), np.arange(shape[2]), indexing="ij")
-    for i in range(shape[0]):
-        index = np.stack([np.full(j.shape, i), j, k, np.ones(j.shape)]).reshape(4, -1)
-        where = (mapping @ index)[:3]
-        out[i] = map_coordinates(values, where, order=1, mode="nearest").reshape(j.shape)
-    return out
-
-
 @dataclass
 class Match:
     """The best window of one target: its centre (RAS mm), similarity, and the heat maps on both grids."""
@@ -193,7 +99,7 @@ def search_target(query: torch.Tensor, target: str | Path, cache: TargetCache, q
         )
     similarity = torch.nn.functional.cosine_similarity(patches.embeddings, query[None], dim=1).numpy()
     best = int(np.argmax(similarity))
-    heat_pre = heat_volume(patches, similarity, volume.shape[1:])
+    heat_pre = aggregate_windows(patches, similarity, volume.shape[1:])
     heat = resample_to_grid(heat_pre, volume.affine, scan)
     return Match(str(target), patches.centers_mm[best].numpy(), float(similarity[best]), heat, heat_pre, volume, scan)
 

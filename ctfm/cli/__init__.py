@@ -22,6 +22,8 @@ COMMAND_MODULES = (
     "ctfm.cli.search",
     "ctfm.cli.retrieval_eval",
     "ctfm.cli.semantic_search",
+    "ctfm.cli.prototypes",
+    "ctfm.cli.pseudo_label",
     "ctfm.cli.analyse",
     "ctfm.cli.export",
     "ctfm.cli.prepare",

@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ctfm.analysis.query_vectors import read_query, save_query_vector
-    from ctfm.analysis.semantic_search import TargetCache, point_query, run_semantic_search
+    from ctfm.analysis.semantic_search import point_query, run_semantic_search
+    from ctfm.analysis.windows import TargetCache
     from ctfm.errors import CTFMError
     from ctfm.hub import load
     from ctfm.transforms.preprocess import CTPreprocessing

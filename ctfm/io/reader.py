@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _MODALITY_TAG = "0008|0060"
+#: File endings of scan and label files, longest first (".nii.gz" before ".nii").
+SCAN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 #: A CT whose lowest value stays above this has no air in it (air is about -1000 HU): cropped, skull-stripped or
 #: an atlas with its background set to 0. Still HU, so it passes, with a warning.
@@ -111,6 +113,15 @@ def validate_ct_array(path: Path | str | None, array: np.ndarray, *, check_hu: b
         logger.warning(
             "%s: no air in the scan (lowest value %.1f HU); reading it as HU with its background cut", path, low
         )
+
+
+def output_name(path: str | Path) -> str:
+    """The name outputs about a scan take: ``scan.nii.gz`` -> ``scan``; a DICOM folder -> its name."""
+    name = Path(path).name
+    for suffix in SCAN_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def read_ct(path: str | Path, *, check_hu: bool = True) -> MetaTensor:

@@ -1,0 +1,302 @@
+"""Pseudo-labels from similarity maps (seed 004): smooth, threshold, keep the largest component, write, evaluate.
+
+Post-processing of the normalised maps on the target's grid: a Gaussian (sigma in mm, so anisotropic voxels are
+smoothed alike in space), then per class channel a threshold: ``global`` (one value), ``otsu`` (Otsu's threshold of
+the channel, skimage) or ``multi-level`` (two levels from multi-Otsu, or given: voxels above the upper level and
+those above the lower one connected to them, i.e. hysteresis). A voxel takes the class of its highest channel (its
+nearest prototype) when that channel passes its threshold, else the background; optionally each class keeps its
+largest connected component (MONAI). The label map is on the target's grid (shape and affine).
+
+:func:`pseudo_label` runs it over many targets: ``<out>/<name>.nii.gz`` (labels, with ``<name>.json`` naming them as
+``ctfm segment`` does), ``<name>_probabilities.nii.gz`` (the normalised maps, one volume per class, background
+first), ``<name>.png`` (overlay), ``evaluation.csv`` (Dice and average surface distance in mm per class against
+reference label maps), and the pseudo-labelled scans in the TotalSegmentator v2 layout for
+``totalsegmentator.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy.ndimage import gaussian_filter
+from torch import nn
+from tqdm.auto import tqdm
+
+from ctfm.analysis.prototypes import Prototypes
+from ctfm.analysis.similarity_maps import Normalisation, SimilarityMaps, prototype_cache, similarity_maps
+from ctfm.analysis.windows import Aggregation
+from ctfm.atomic import write_atomically
+from ctfm.errors import CTFMError, InvalidScanError
+from ctfm.io.reader import output_name
+from ctfm.reports import ReportRow, RunReport
+from ctfm.tasks.segmentation import write_label_map
+
+logger = logging.getLogger(__name__)
+Threshold = Literal["global", "otsu", "multi-level"]
+THRESHOLDS = ("global", "otsu", "multi-level")
+
+
+@dataclass(frozen=True)
+class PostProcessing:
+    """How maps become labels (see the module docstring). ``level`` is the global threshold; ``levels`` the
+    (lower, upper) pair of ``multi-level`` (default: multi-Otsu of each channel)."""
+
+    sigma_mm: float = 2.0
+    threshold: Threshold = "otsu"
+    level: float = 0.5
+    levels: tuple[float, float] | None = None
+    largest_component: bool = True
+
+    def __post_init__(self) -> None:
+        if self.threshold not in THRESHOLDS:
+            raise CTFMError(f"threshold must be one of {THRESHOLDS}, got {self.threshold!r}")
+        if self.levels is not None and not self.levels[0] <= self.levels[1]:
+            raise CTFMError(f"multi-level thresholds must be (lower, upper), got {self.levels}")
+
+
+def voxel_spacing(affine: np.ndarray) -> np.ndarray:
+    """Millimetres per voxel along each array axis of a voxel -> world affine."""
+    return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+
+
+def smooth(maps: np.ndarray, affine: np.ndarray, sigma_mm: float) -> np.ndarray:
+    """Each channel of ``(C, I, J, K)`` blurred by a Gaussian of ``sigma_mm`` in world units."""
+    if sigma_mm <= 0:
+        return maps
+    sigma = sigma_mm / voxel_spacing(affine)
+    return np.stack([gaussian_filter(channel, sigma, mode="nearest") for channel in maps])
+
+
+def channel_mask(channel: np.ndarray, settings: PostProcessing) -> np.ndarray:
+    """Voxels of one normalised class channel that pass the threshold."""
+    from skimage.filters import apply_hysteresis_threshold, threshold_multiotsu, threshold_otsu
+
+    if settings.threshold == "global":
+        return channel >= settings.level
+    if float(channel.max()) <= float(channel.min()):
+        return np.zeros(channel.shape, dtype=bool)  # a constant channel has no foreground to find
+    if settings.threshold == "otsu":
+        return channel >= threshold_otsu(channel)
+    low, high = settings.levels if settings.levels is not None else threshold_multiotsu(channel, classes=3)
+    return apply_hysteresis_threshold(channel, low, high)
+
+
+def labels_from_maps(maps: np.ndarray, affine: np.ndarray, settings: PostProcessing = PostProcessing()) -> np.ndarray:
+    """An integer label map (the grid of ``maps``, background 0) from normalised maps, background channel first."""
+    import torch
+    from monai.transforms import KeepLargestConnectedComponent
+
+    smoothed = smooth(np.asarray(maps, dtype=np.float32), affine, settings.sigma_mm)
+    nearest = smoothed.argmax(axis=0)
+    labels = np.zeros(nearest.shape, dtype=np.int64)
+    for value, channel in enumerate(smoothed[1:], start=1):
+        labels[(nearest == value) & channel_mask(channel, settings)] = value
+    present = [int(v) for v in np.unique(labels) if v != 0]
+    if settings.largest_component and present:
+        keep = KeepLargestConnectedComponent(applied_labels=present, independent=True)
+        labels = np.asarray(keep(torch.from_numpy(labels)[None]))[0]
+    return labels
+
+
+def evaluate(labels: np.ndarray, reference: np.ndarray, affine: np.ndarray, class_names: Sequence[str]) -> list[dict]:
+    """Rows ``class, dice, asd_mm, reference_voxels, predicted_voxels`` per class (not background) of two label
+    maps on one grid; ASD is MONAI's symmetric average surface distance at the grid's spacing (NaN if either mask
+    is empty)."""
+    import torch
+    from monai.metrics import compute_average_surface_distance, compute_dice
+
+    spacing = voxel_spacing(affine).tolist()
+    rows = []
+    for value, name in enumerate(class_names[1:], start=1):
+        pred = torch.from_numpy(np.asarray(labels) == value)[None, None].float()
+        ref = torch.from_numpy(np.asarray(reference) == value)[None, None].float()
+        both = (pred.sum() > 0) and (ref.sum() > 0)
+        dice = float(compute_dice(pred, ref, ignore_empty=False)[0, 0]) if ref.sum() or pred.sum() else 1.0
+        asd = float("nan")
+        if both:
+            with warnings.catch_warnings():  # MONAI 1.5-1.6 warn about an argument of their own internal call
+                warnings.filterwarnings("ignore", "monai.metrics.utils get_mask_edges", FutureWarning)
+                distance = compute_average_surface_distance(
+                    pred, ref, include_background=True, symmetric=True, spacing=spacing
+                )  # one channel: the class itself
+            asd = float(distance[0, 0])
+        rows.append({"class": name, "dice": dice, "asd_mm": asd, "reference_voxels": int(ref.sum()),
+                     "predicted_voxels": int(pred.sum())})  # fmt: skip
+    return rows
+
+
+def add_totalsegmentator_subject(
+    folder: str | Path, image_id: str, ct: str | Path, labels: np.ndarray, affine: np.ndarray,
+    class_names: Sequence[str], split: str = "train",
+) -> None:  # fmt: skip
+    """Write one subject (``<id>/ct.nii.gz``, ``<id>/segmentations/<class>.nii.gz``) into a TotalSegmentator v2
+    folder and add (or replace) its row of ``meta.csv``: the folder ``totalsegmentator.yaml`` trains on."""
+    from ctfm.data.totalsegmentator import META_NAME, SPLITS
+
+    if split not in SPLITS:
+        raise CTFMError(f"split must be one of {SPLITS}, got {split!r}")
+    check_totalsegmentator_names(class_names)
+    folder = Path(folder)
+    subject = folder / image_id
+    _write_ct_nifti(ct, subject / "ct.nii.gz")
+    import nibabel as nib
+
+    for value, name in enumerate(class_names[1:], start=1):
+        mask = nib.Nifti1Image((np.asarray(labels) == value).astype(np.uint8), np.asarray(affine, dtype=np.float64))
+        write_atomically(subject / "segmentations" / f"{name}.nii.gz", lambda tmp, m=mask: nib.save(m, str(tmp)))
+    meta = folder / META_NAME
+    rows = pd.read_csv(meta, sep=";", dtype=str) if meta.is_file() else pd.DataFrame(columns=["image_id", "split"])
+    rows = pd.concat([rows[rows["image_id"] != image_id], pd.DataFrame([{"image_id": image_id, "split": split}])])
+    write_atomically(meta, lambda tmp: rows.to_csv(tmp, sep=";", index=False))
+
+
+def check_totalsegmentator_names(class_names: Sequence[str]) -> None:
+    """Refuse class names ``totalsegmentator.yaml`` could not select (its classes are TotalSegmentator's)."""
+    from ctfm.data.classes import TOTALSEGMENTATOR_CLASSES
+
+    unknown = [name for name in class_names[1:] if name not in TOTALSEGMENTATOR_CLASSES]
+    if unknown:
+        raise CTFMError(
+            f"classes {unknown} are not TotalSegmentator classes, so totalsegmentator.yaml cannot train on them; "
+            "name the prototypes' classes after TotalSegmentator's (liver, heart, spleen, ...)"
+        )
+
+
+def _write_ct_nifti(ct: str | Path, target: Path) -> None:
+    """The scan as ``ct.nii.gz``: a copy of a NIfTI file, other formats converted with their geometry."""
+    ct = Path(ct)
+    if ct.name.endswith(".nii.gz"):
+        write_atomically(target, lambda tmp: shutil.copyfile(ct, tmp))
+        return
+    import SimpleITK as sitk
+
+    from ctfm.io.reader import read_image
+
+    image = read_image(ct)
+    write_atomically(target, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=True))
+
+
+@dataclass
+class PseudoLabelReport(RunReport):
+    """Targets labelled and targets skipped with the reason."""
+
+    STATUSES = {"labelled": "labelled", "skipped": "skipped"}
+    PROBLEMS = frozenset({"skipped"})
+    ITEM_COLUMN = "image"
+
+    out: Path
+    labelled: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    evaluation: pd.DataFrame | None = None
+
+    def rows(self) -> list[ReportRow]:
+        return [
+            *(ReportRow(path, "labelled") for path in self.labelled),
+            *(ReportRow(path, "skipped", reason) for path, reason in self.skipped),
+        ]
+
+    def headline(self) -> str:
+        return super().headline() + f"; outputs in {self.out}"
+
+
+def pseudo_label(
+    targets: Sequence[str | Path],
+    prototypes: Prototypes,
+    model: nn.Module,
+    out: str | Path,
+    *,
+    aggregation: Aggregation = "mean",
+    normalisation: Normalisation = "minmax",
+    temperature: float = 0.01,
+    post: PostProcessing = PostProcessing(),
+    reference_dir: str | Path | None = None,
+    totalsegmentator_layout: str | Path | None = None,
+    preview: bool = True,
+    prototypes_path: str | Path = "prototypes",
+) -> PseudoLabelReport:
+    """Label each target into ``out`` (see the module docstring); a bad target is skipped and reported.
+
+    With ``reference_dir``, the label map named like each target (on its grid, same values as the prototypes'
+    classes) is scored into ``out/evaluation.csv``; with ``totalsegmentator_layout``, each labelled target becomes a
+    training subject of that folder.
+    """
+    cache = prototype_cache(model, prototypes, where=prototypes_path)  # refuses another model before any work
+    names = prototypes.class_names
+    if totalsegmentator_layout is not None:
+        check_totalsegmentator_names(names)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = PseudoLabelReport(out=out)
+    scores: list[dict] = []
+    for target in tqdm(list(targets), desc="pseudo-labelling", unit="scan"):
+        try:
+            maps = similarity_maps(model, target, prototypes, aggregation=aggregation, normalisation=normalisation,
+                                   temperature=temperature, cache=cache)  # fmt: skip
+            reference = _reference(reference_dir, target, maps) if reference_dir is not None else None
+        except InvalidScanError as err:
+            logger.warning("skipping %s", err)
+            report.skipped.append((str(target), err.problem))
+            continue
+        affine = np.asarray(maps.scan.affine, dtype=np.float64)
+        labels = labels_from_maps(maps.maps, affine, post)
+        name = output_name(target)
+        write_label_map(labels, affine, out / f"{name}.nii.gz", names)
+        _write_maps(maps, affine, out / f"{name}_probabilities.nii.gz")
+        if preview:
+            _overlay(maps, labels, out / f"{name}.png", title=name)
+        if reference is not None:
+            scores += [{"image": str(target), **row} for row in evaluate(labels, reference, affine, names)]
+        if totalsegmentator_layout is not None:
+            add_totalsegmentator_subject(totalsegmentator_layout, name, target, labels, affine, names)
+        cache.memory.clear()  # one target's windows at a time
+        report.labelled.append(str(target))
+    if scores:
+        report.evaluation = pd.DataFrame(scores)
+        frame = report.evaluation
+        write_atomically(out / "evaluation.csv", lambda tmp: frame.to_csv(tmp, index=False))
+    return report
+
+
+def _reference(folder: str | Path, target: str | Path, maps: SimilarityMaps) -> np.ndarray:
+    from ctfm.io.reader import read_label_map
+
+    path = Path(folder) / f"{output_name(target)}.nii.gz"
+    if not path.is_file():
+        raise InvalidScanError(path, f"no reference label map for {target} in {folder}")
+    return np.asarray(read_label_map(path, like=maps.scan)[0]).astype(np.int64)
+
+
+def _write_maps(maps: SimilarityMaps, affine: np.ndarray, path: Path) -> None:
+    """``(I, J, K, C)`` float32 NIfTI: one volume per class, background first, on the target's grid."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.moveaxis(maps.maps, 0, -1).astype(np.float32), affine)
+    image.header.set_intent("vector", name="ctfm class maps")
+    image.header.set_xyzt_units("mm")
+    write_atomically(path, lambda tmp: nib.save(image, str(tmp)))
+
+
+def _overlay(maps: SimilarityMaps, labels: np.ndarray, path: Path, title: str) -> None:
+    """Labels over the scan and the strongest class map, in the orientation pictures use (SPL)."""
+    from monai.data import MetaTensor
+    from monai.transforms import Orientation
+
+    from ctfm.plotting import pseudo_label_overlay
+    from ctfm.transforms.preprocess import RAS_LABELS
+
+    orient = Orientation(axcodes="SPL", labels=RAS_LABELS)
+    affine = maps.scan.affine
+    scan = orient(maps.scan)
+    label_volume = orient(MetaTensor(labels[None].astype(np.float32), affine=affine))[0].numpy().astype(np.int64)
+    best = orient(MetaTensor(maps.maps[1:].max(axis=0)[None], affine=affine))[0].numpy()
+    spacing = tuple(float(s) for s in scan.pixdim)
+    pseudo_label_overlay(scan[0].numpy(), label_volume, best, path, class_names=maps.class_names, spacing=spacing,
+                         title=title)  # fmt: skip

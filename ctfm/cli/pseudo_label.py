@@ -1,0 +1,56 @@
+"""``ctfm pseudo-label TARGET... --prototypes prototypes.pt --model M --out DIR``: label maps from patch similarity."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "pseudo-label", help="label maps, probability maps and overlays of scans from their similarity to prototypes"
+    )
+    parser.add_argument("targets", nargs="+", metavar="TARGET", help="scans to label")
+    parser.add_argument("--prototypes", required=True, help="file `ctfm prototypes` wrote")
+    parser.add_argument("--model", default="ct-fm", help="the model that made the prototypes")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--aggregation", choices=("mean", "max"), default="mean", help="of overlapping windows")
+    parser.add_argument("--normalisation", choices=("minmax", "sigmoid", "softmax"), default="minmax")
+    parser.add_argument("--temperature", type=float, default=0.01, help="of sigmoid and softmax")
+    parser.add_argument("--sigma-mm", type=float, default=2.0, help="Gaussian smoothing before thresholding (0: none)")
+    parser.add_argument("--threshold", choices=("global", "otsu", "multi-level"), default="otsu")
+    parser.add_argument("--level", type=float, default=0.5, help="the global threshold")
+    parser.add_argument("--levels", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="multi-level thresholds (default: multi-Otsu per class)")  # fmt: skip
+    parser.add_argument("--all-components", action="store_true", help="keep every component, not each class's largest")
+    parser.add_argument("--reference-dir", help="reference label maps named like the targets: writes evaluation.csv")
+    parser.add_argument(
+        "--totalsegmentator-layout", metavar="DIR",
+        help="also write the labelled targets as training subjects of a TotalSegmentator v2 folder",
+    )  # fmt: skip
+    parser.add_argument("--no-preview", action="store_true", help="do not write <name>.png")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ctfm.analysis.prototypes import Prototypes
+    from ctfm.analysis.pseudo_labels import PostProcessing, pseudo_label
+    from ctfm.hub import load
+
+    prototypes = Prototypes.load(args.prototypes)
+    model = load(args.model, device=args.device)
+    post = PostProcessing(
+        sigma_mm=args.sigma_mm, threshold=args.threshold, level=args.level,
+        levels=tuple(args.levels) if args.levels else None, largest_component=not args.all_components,
+    )  # fmt: skip
+    report = pseudo_label(
+        args.targets, prototypes, model, args.out, aggregation=args.aggregation, normalisation=args.normalisation,
+        temperature=args.temperature, post=post, reference_dir=args.reference_dir,
+        totalsegmentator_layout=args.totalsegmentator_layout, preview=not args.no_preview,
+        prototypes_path=args.prototypes,
+    )  # fmt: skip
+    if report.evaluation is not None:
+        means = report.evaluation.groupby("class")[["dice", "asd_mm"]].mean()
+        print(means.to_string(float_format=lambda v: f"{v:.3f}"))
+    print(report.summary())
+    return 0 if report.labelled else 1

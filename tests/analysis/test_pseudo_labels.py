@@ -1,0 +1,145 @@
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from labelled_sample import CLASSES, PATCH
+
+from ctfm.analysis.pseudo_labels import (
+    PostProcessing,
+    add_totalsegmentator_subject,
+    channel_mask,
+    evaluate,
+    labels_from_maps,
+    smooth,
+)
+from ctfm.errors import CTFMError
+
+AFFINE = np.diag([2.0, 1.0, 1.0, 1.0])
+
+
+def two_blob_maps(shape=(20, 40, 40)):
+    """Background first; class 1 strong in a cube, weak (0.45) in a bar touching it and in an island apart."""
+    maps = np.zeros((2, *shape), dtype=np.float32)
+    maps[1, 5:15, 5:15, 5:15] = 0.9
+    maps[1, 8:12, 15:25, 8:12] = 0.45  # attached to the cube
+    maps[1, 8:12, 8:12, 30:36] = 0.45  # an island
+    maps[0] = 0.3
+    return maps
+
+
+def test_each_threshold_mode():
+    maps = two_blob_maps()
+    cube = np.zeros(maps.shape[1:], bool)
+    cube[5:15, 5:15, 5:15] = True
+    bar, island = np.zeros_like(cube), np.zeros_like(cube)
+    bar[8:12, 15:25, 8:12] = True
+    island[8:12, 8:12, 30:36] = True
+    assert np.array_equal(channel_mask(maps[1], PostProcessing(threshold="global", level=0.5)), cube)
+    assert np.array_equal(channel_mask(maps[1], PostProcessing(threshold="global", level=0.4)), cube | bar | island)
+    # Otsu splits the channel's three levels (0, 0.45, 0.9) between 0 and 0.45 here: all three regions.
+    assert np.array_equal(channel_mask(maps[1], PostProcessing(threshold="otsu")), cube | bar | island)
+    # Hysteresis: weak voxels survive only when connected to strong ones.
+    levels = PostProcessing(threshold="multi-level", levels=(0.4, 0.8))
+    assert np.array_equal(channel_mask(maps[1], levels), cube | bar)
+    assert np.array_equal(channel_mask(maps[1], PostProcessing(threshold="multi-level")), cube | bar)  # multi-Otsu
+    assert not channel_mask(np.full((4, 4, 4), 0.7), PostProcessing()).any()  # a flat channel has no foreground
+    with pytest.raises(CTFMError, match="threshold must be one of"):
+        PostProcessing(threshold="median")
+
+
+def test_labels_beat_the_background_and_keep_the_largest_component():
+    maps = two_blob_maps()
+    every = PostProcessing(sigma_mm=0, threshold="global", level=0.4, largest_component=False)
+    labels = labels_from_maps(maps, AFFINE, every)
+    assert labels[10, 10, 33] == 1 and labels[10, 20, 10] == 1  # island and bar
+    labels = labels_from_maps(maps, AFFINE, PostProcessing(sigma_mm=0, threshold="global", level=0.4))
+    assert labels[10, 10, 33] == 0 and labels[10, 20, 10] == 1  # the island goes, the bar is part of the cube
+    maps[0, :, :, :20] = 0.95  # background wins on the left half
+    labels = labels_from_maps(maps, AFFINE, every)
+    assert labels[:, :, :20].max() == 0 and labels[10, 10, 33] == 1
+
+
+def test_smoothing_is_in_millimetres():
+    maps = np.zeros((1, 21, 21, 21), np.float32)
+    maps[0, 10, 10, 10] = 1.0
+    blurred = smooth(maps, np.diag([2.0, 1.0, 1.0, 1.0]), sigma_mm=2.0)[0]
+    # sigma 1 voxel along the 2 mm axis, 2 voxels along the 1 mm axes: equal falloff at equal distances in mm.
+    assert blurred[11, 10, 10] == pytest.approx(blurred[10, 12, 10], rel=1e-3)
+    assert blurred.sum() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_dice_and_average_surface_distance_in_mm():
+    reference = np.zeros((12, 12, 12), np.int64)
+    reference[2:8, 2:8, 2:8] = 1
+    same = evaluate(reference, reference, AFFINE, ("background", "cube"))[0]
+    assert same["dice"] == pytest.approx(1.0) and same["asd_mm"] == pytest.approx(0.0)
+    moved = np.roll(reference, 1, axis=0)  # one voxel along the 2 mm axis
+    row = evaluate(moved, reference, AFFINE, ("background", "cube"))[0]
+    assert row["dice"] == pytest.approx(2 * 180 / 432)
+    assert 0.5 < row["asd_mm"] < 2.0  # the two faces that moved are 2 mm off, the others 0 to 2 mm
+    missing = evaluate(np.zeros_like(reference), reference, AFFINE, ("background", "cube"))[0]
+    assert missing["dice"] == 0.0 and np.isnan(missing["asd_mm"])
+
+
+def test_a_totalsegmentator_folder_the_recipe_data_module_reads(labelled, tmp_path):
+    from ctfm.data.totalsegmentator import TotalSegmentatorDataModule, read_totalsegmentator
+    from ctfm.transforms.preprocess import CTPreprocessing
+
+    _, reference, labels, _, _ = labelled
+    image = nib.load(labels)
+    array = np.asarray(image.dataobj)
+    names = ("background", "lung_upper_lobe_left", "liver")
+    for image_id, split in (("a", "train"), ("b", "val"), ("a", "train")):  # writing "a" twice replaces it
+        add_totalsegmentator_subject(tmp_path, image_id, reference, array, image.affine, names, split)
+    dataset = read_totalsegmentator(tmp_path, names[1:])
+    assert [(s.image_id, s.split) for s in dataset.subjects] == [("b", "val"), ("a", "train")]
+    liver = nib.load(tmp_path / "a" / "segmentations" / "liver.nii.gz")
+    assert np.array_equal(np.asarray(liver.dataobj), array == 2)
+    assert nib.load(tmp_path / "a" / "ct.nii.gz").shape == liver.shape
+    TotalSegmentatorDataModule(tmp_path, CTPreprocessing(spacing=None), (8, 16, 16), classes=list(names[1:]))
+    with pytest.raises(CTFMError, match=r"classes \['lung'\] are not TotalSegmentator classes"):
+        add_totalsegmentator_subject(tmp_path, "c", reference, array, image.affine, ("background", "lung"))
+
+
+@pytest.mark.slow
+def test_cli_prototypes_then_pseudo_labels_with_evaluation_and_a_bad_target(tiny_encoder, labelled, tmp_path, capsys):
+    from ctfm.cli import main
+    from ctfm.hub import save_pretrained
+
+    folder, reference, labels, target, truth = labelled
+    model = save_pretrained(tiny_encoder, tmp_path / "model")
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not a scan")
+    prototypes = tmp_path / "prototypes.pt"
+    args = ["prototypes", "--images", str(reference), "--labels", str(labels), "--classes", "1=lung", "2=abdomen"]
+    args += ["--model", str(model), "--out", str(prototypes), "--patch-size", *map(str, PATCH), "--native-spacing"]
+    assert main(args) == 0
+    assert "3 prototypes of 64-d" in capsys.readouterr().out
+    out = tmp_path / "out"
+    args = ["pseudo-label", str(target), str(bad), "--prototypes", str(prototypes), "--model", str(model)]
+    args += ["--out", str(out), "--reference-dir", str(truth.parent), "--all-components", "--sigma-mm", "4"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "1 labelled, 1 skipped" in printed and "broken.nii.gz" in printed
+    scan, result = nib.load(target), nib.load(out / "target.nii.gz")
+    assert result.shape == scan.shape
+    np.testing.assert_allclose(result.affine, scan.affine, atol=1e-5)
+    assert json.loads((out / "target.json").read_text())["labels"] == {"0": "background", **{
+        str(k): v for k, v in CLASSES.items()}}  # fmt: skip
+    maps = nib.load(out / "target_probabilities.nii.gz")
+    assert maps.shape == (*scan.shape, 3)
+    np.testing.assert_allclose(maps.affine, scan.affine, atol=1e-5)
+    assert (out / "target.png").read_bytes()[:4] == b"\x89PNG"
+    scores = pd.read_csv(out / "evaluation.csv")
+    assert list(scores["class"]) == ["lung", "abdomen"] and (scores["dice"] > 0.3).all()
+    assert scores["asd_mm"].between(0, 30).all()
+    # Another model than the prototypes': one line, no traceback.
+    other = save_pretrained(__import__("ctfm.nn", fromlist=["x"]).ct_fm_encoder(init_filters=4), tmp_path / "other")
+    args = ["pseudo-label", str(target), "--prototypes", str(prototypes), "--model", str(other), "--out", str(out)]
+    assert main(args) == 1
+    assert "prototypes.pt: prototypes were made with another model" in capsys.readouterr().err
+    args = ["pseudo-label", str(target), "--prototypes", str(prototypes), "--model", str(model), "--out", str(out)]
+    assert main([*args, "--totalsegmentator-layout", str(tmp_path / "ts")]) == 1
+    assert "are not TotalSegmentator classes" in capsys.readouterr().err
