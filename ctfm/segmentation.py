@@ -167,9 +167,10 @@ def segment(
         labels = KeepLargestConnectedComponent(applied_labels=present, independent=True)(labels)
     if keep is not None:
         labels = torch.where(torch.isin(labels, torch.tensor(keep)), labels, torch.zeros_like(labels))
-    item["pred"] = MetaTensor(labels.float(), affine=item["image"].affine, meta=dict(item["image"].meta))
+    # The copied meta carries the affine; passing it again makes MONAI warn that it overwrites it.
+    item["pred"] = MetaTensor(labels.float(), meta=dict(item["image"].meta))
     inverted = Invertd(keys="pred", transform=preprocess, orig_keys="image", nearest_interp=True)(item)["pred"]
-    out = MetaTensor(inverted.as_tensor().round().to(torch.int64), affine=inverted.affine, meta=dict(inverted.meta))
+    out = MetaTensor(inverted.as_tensor().round().to(torch.int64), meta=dict(inverted.meta))
     out.meta["class_names"] = list(segmenter.class_names)
     return out
 
