@@ -40,7 +40,23 @@ def classification_metrics(num_classes: int) -> MetricCollection:
     )
 
 
-class ScanClassification(FineTuneModule):
+class ClassLogits:
+    """Scores and loss of ``num_classes`` logits: one logit (sigmoid, BCE) for two classes, else softmax and CE."""
+
+    num_classes: int
+    criterion: Any
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` probabilities of the positive class (binary) or ``(B, C)`` softmax scores."""
+        return torch.sigmoid(logits[:, 0]) if self.num_classes == 1 else torch.softmax(logits, dim=1)
+
+    def loss_of(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.num_classes == 1:
+            return self.criterion(logits[:, 0], labels.float())
+        return self.criterion(logits, labels.long())
+
+
+class ScanClassification(ClassLogits, FineTuneModule):
     """Classification of whole scans; ``network`` maps ``(B, 1, z, y, x)`` to ``(B, num_classes)`` logits.
 
     Batches are dicts with ``image`` (tensor), ``label`` (``UNKNOWN_LABEL`` when unknown) and ``path`` (source
@@ -78,15 +94,6 @@ class ScanClassification(FineTuneModule):
         self._predictions: list[dict[str, Any]] = []
 
     # ---- steps
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """``(B,)`` probabilities of the positive class (binary) or ``(B, C)`` softmax scores."""
-        return torch.sigmoid(logits[:, 0]) if self.num_classes == 1 else torch.softmax(logits, dim=1)
-
-    def loss_of(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.num_classes == 1:
-            return self.criterion(logits[:, 0], labels.float())
-        return self.criterion(logits, labels.long())
-
     def logits(self, batch: dict[str, Any]) -> torch.Tensor:
         """The network's output on the batch's images, as a plain tensor (no MetaTensor meta in metric states)."""
         image = batch["image"]

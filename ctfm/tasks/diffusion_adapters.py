@@ -36,7 +36,7 @@ from ctfm.errors import CTFMError
 from ctfm.nn.diffusion.features import DEFAULT_TIMESTEPS, BottleneckClassifier, DiffusionFeatures, PixelMLP
 from ctfm.nn.diffusion.network import WindowConditionedUNet
 from ctfm.tasks.base import CTFMModule, expect_frozen_modules_in_eval
-from ctfm.tasks.classification import classification_metrics
+from ctfm.tasks.classification import ClassLogits, classification_metrics
 from ctfm.tasks.ddpm import load_denoiser
 from ctfm.transforms.window import check_window
 
@@ -313,7 +313,7 @@ class DiffusionSegmentationAdapter(_AdapterModule):
         self.write_cases("test")
 
 
-class DiffusionClassificationAdapter(_AdapterModule):
+class DiffusionClassificationAdapter(ClassLogits, _AdapterModule):
     """Scan classification on a frozen denoiser's bottleneck features (LCTfound's classification adapter).
 
     Batches: training ``{"image": (B, 1, *image_size), "label": (B,)}``; validation and test one scan each, its
@@ -343,15 +343,6 @@ class DiffusionClassificationAdapter(_AdapterModule):
         )
         self.num_classes = classes
         self.eval_batch_size = eval_batch_size
-
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """``(N,)`` positive-class probabilities (binary) or ``(N, C)`` softmax scores."""
-        return torch.sigmoid(logits[:, 0]) if self.num_classes == 1 else torch.softmax(logits, dim=1)
-
-    def loss_of(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.num_classes == 1:
-            return self.criterion(logits[:, 0], labels.float())
-        return self.criterion(logits, labels.long())
 
     def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         return self.loss_of(self.network(_plain(batch["image"])), torch.as_tensor(batch["label"]))
