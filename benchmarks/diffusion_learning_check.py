@@ -44,6 +44,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--sample-steps", type=int, default=50)
     parser.add_argument("--n", type=int, default=8)
+    parser.add_argument(
+        "--guidance", type=float, nargs="+", default=[1.0, 4.0], help="classifier-free guidance scales to sample at"
+    )
     parser.add_argument("--out", default=None, help="keep the run here (default: a temporary folder)")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -90,20 +93,23 @@ def main() -> None:
         work / "data" / "ctfm_cache", CTPreprocessing(spacing=(3.0, 3.0, 3.0), min_size=(1, SIZE, SIZE))
     )
     scans = cache.prepare(read_datalist(datalist)["image"].tolist(), progress=False).scans
-    print(f"{'window':<20} {'real inside':>12} {'real outside':>13} {'sample inside':>14} {'sample outside':>15}")
+    from ctfm.plotting import image_grid
+
+    print(f"{'window':<20} {'guidance':>8} {'inside':>8} {'outside':>8}")
     for name, window in WINDOWS.items():
         real = DiffusionDataset(scans, 2, (SIZE, SIZE), [window], max_zoom=1.0, flip_prob=0, intensity=0)
         real.set_random_state(0)
-        real_images = torch.stack([real[i]["image"] for i in range(32)])
-        generated = sample(
-            network, (SIZE, SIZE), window, n=args.n, steps=args.sample_steps, generator=torch.Generator().manual_seed(0)
-        )
-        r_in, r_out = inside_outside(real_images)
-        s_in, s_out = inside_outside(generated)
-        print(f"{name:<20} {r_in:>12.3f} {r_out:>13.3f} {s_in:>14.3f} {s_out:>15.3f}")
-        from ctfm.plotting import image_grid
-
-        image_grid(list(generated[:, 0].numpy()), work / f"samples_{window[0]:g}_{window[1]:g}.png", title=name)
+        inside, outside = inside_outside(torch.stack([real[i]["image"] for i in range(32)]))
+        print(f"{name:<20} {'real':>8} {inside:>8.3f} {outside:>8.3f}")
+        for scale in args.guidance:
+            generated = sample(
+                network, (SIZE, SIZE), window, n=args.n, steps=args.sample_steps, guidance_scale=scale,
+                generator=torch.Generator().manual_seed(0),
+            )  # fmt: skip
+            inside, outside = inside_outside(generated)
+            print(f"{'':<20} {scale:>8g} {inside:>8.3f} {outside:>8.3f}")
+            picture = work / f"samples_{window[0]:g}_{window[1]:g}_guidance{scale:g}.png"
+            image_grid(list(generated[:, 0].numpy()), picture, title=f"{name}, guidance {scale:g}")
     print(f"pictures in {work}")
 
 

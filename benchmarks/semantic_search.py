@@ -5,10 +5,10 @@
 
 Targets are synthetic torso CTs written as NIfTI (different seeds), by default at a clinical size: 200 x 512 x 512
 voxels of 1.5 x 0.8 x 0.8 mm (z, y, x); queries are points of a sixth scan. Both methods run the same search
-(read, preprocess, window similarity, heat map on the target's grid); the straightforward loop re-embeds every
-target for every query, ctfm's TargetCache embeds each target once. Every query costs the straightforward loop the
-same (it shares nothing between queries), so ``--naive-queries N`` times it on the first N queries only and scales
-to all of them; the matches of those N are checked against the cached run's.
+(read, preprocess, window similarity, heat map on the target's grid); the straightforward loop reads, preprocesses
+and re-embeds every target for every query, ctfm's TargetCache does each once and keeps the result. Every query
+costs the straightforward loop the same (it shares nothing between queries), so ``--naive-queries N`` times it on
+the first N queries only and scales to all of them; the matches of those N are checked against the cached run's.
 """
 
 from __future__ import annotations

@@ -90,8 +90,7 @@ class Match:
 
 def search_target(query: torch.Tensor, target: str | Path, cache: TargetCache, query_name: str = "the query") -> Match:
     """Cosine similarity of ``query`` to every window of ``target``; the best window and the heat maps."""
-    scan = read_ct(target, check_hu=cache.preprocess.check_hu)
-    volume = cache.preprocess(scan)
+    scan, volume = cache.load(target)
     patches = cache.get(target, volume)
     if query.shape != patches.embeddings.shape[1:]:
         raise CTFMError(

@@ -21,7 +21,6 @@ from torch import nn
 
 from ctfm.analysis.prototypes import PrototypeMismatchError, Prototypes
 from ctfm.analysis.windows import Aggregation, TargetCache, aggregate_windows, resample_to_grid
-from ctfm.io.reader import read_ct
 from ctfm.nn.encoder import pooled_features
 from ctfm.transforms.preprocess import CTPreprocessing
 
@@ -133,8 +132,7 @@ def similarity_maps(
         cache = prototype_cache(model, prototypes)
     else:
         check_cache(prototypes, cache)
-    scan = read_ct(target, check_hu=cache.preprocess.check_hu)
-    volume = cache.preprocess(scan)
+    scan, volume = cache.load(target)
     patches = cache.get(target, volume)
     per_window = class_similarity(prototypes, patches.embeddings)
     raw = aggregate_windows(patches, per_window, volume.shape[1:], how=aggregation)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +25,7 @@ from ctfm.analysis.query_vectors import query_settings
 from ctfm.atomic import write_atomically
 from ctfm.embedding import PatchEmbeddings, embed_patches
 from ctfm.embedding_table import model_fingerprint
+from ctfm.io.reader import read_ct
 from ctfm.transforms.preprocess import CTPreprocessing
 
 Aggregation = Literal["mean", "max"]
@@ -40,11 +42,21 @@ def voxel_to_world(affine: np.ndarray, voxels: np.ndarray) -> np.ndarray:
     return (np.c_[voxels, np.ones(len(voxels))] @ np.asarray(affine, dtype=np.float64).T)[:, :3]
 
 
+#: Default budget of :attr:`TargetCache.volumes`: five clinical 200 x 512 x 512 targets, read and preprocessed.
+VOLUME_CACHE_BYTES = 4 * 2**30
+
+
 class TargetCache:
-    """Patch embeddings of target scans, reused across queries: in memory, and on disk when ``folder`` is given."""
+    """Target scans as read and preprocessed, and their patch embeddings, reused across queries.
+
+    Embeddings stay in memory (and on disk when ``folder`` is given). The volumes, a few hundred MB each at clinical
+    size, are kept up to ``max_volume_bytes`` and the least recently used go first: reading and preprocessing a
+    target costs about as much as embedding it, so ten queries would otherwise pay for it ten times.
+    """
 
     def __init__(self, model: nn.Module, preprocess: CTPreprocessing, patch_size: Sequence[int], overlap: float,
-                 folder: str | Path | None = None, batch_size: int = 4):  # fmt: skip
+                 folder: str | Path | None = None, batch_size: int = 4,
+                 max_volume_bytes: int = VOLUME_CACHE_BYTES):  # fmt: skip
         self.model, self.overlap, self.batch_size = model, overlap, batch_size
         self.patch_size = tuple(int(p) for p in patch_size)
         self.preprocess = CTPreprocessing(**{**asdict(preprocess), "min_size": self.patch_size})
@@ -57,7 +69,10 @@ class TargetCache:
             "overlap": overlap,
         }
         self.memory: dict[str, PatchEmbeddings] = {}
+        self.volumes: OrderedDict[str, tuple[MetaTensor, MetaTensor]] = OrderedDict()
+        self.max_volume_bytes = max_volume_bytes
         self.embedded = 0  # targets actually run through the encoder
+        self.read = 0  # targets actually read and preprocessed
 
     def query_settings(self) -> dict:
         """What a query vector must have been made with to be compared with these windows."""
@@ -67,6 +82,22 @@ class TargetCache:
         stat = path.stat()
         what = {"path": str(path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns, **self.settings}
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+    def load(self, path: str | Path) -> tuple[MetaTensor, MetaTensor]:
+        """The target as read (HU, its own grid) and preprocessed, from memory when it was loaded before."""
+        key = self.key(Path(path))
+        if key in self.volumes:
+            self.volumes.move_to_end(key)
+            return self.volumes[key]
+        scan = read_ct(path, check_hu=self.preprocess.check_hu)
+        volume = self.preprocess(scan)
+        self.read += 1
+        self.volumes[key] = (scan, volume)
+        held = sum(a.element_size() * a.nelement() for pair in self.volumes.values() for a in pair)
+        while held > self.max_volume_bytes and len(self.volumes) > 1:
+            _, dropped = self.volumes.popitem(last=False)
+            held -= sum(a.element_size() * a.nelement() for a in dropped)
+        return scan, volume
 
     def get(self, path: str | Path, volume: MetaTensor) -> PatchEmbeddings:
         """The target's patch embeddings; ``volume`` is its preprocessed form (embedded on a miss)."""
@@ -124,10 +155,68 @@ def resample_to_grid(
     values: np.ndarray, values_affine: np.ndarray, grid: MetaTensor, fill: float | None = None
 ) -> np.ndarray:
     """``values`` (on ``values_affine``; optionally a leading channel axis) sampled trilinearly at every voxel of
-    ``grid``, a slab at a time. Voxels of ``grid`` outside ``values`` take the nearest edge value, or ``fill``."""
-    shape = grid.shape[1:]
+    ``grid``. Voxels of ``grid`` outside ``values`` take the nearest edge value, or ``fill``.
+
+    Preprocessing only reorients, rescales and crops, so each axis of ``grid`` usually maps to one axis of
+    ``values``: trilinear sampling is then three 1D interpolations, one axis at a time (:func:`_resample_separable`,
+    linear in the output size). Any other mapping (an oblique grid) samples every voxel with SciPy's
+    ``map_coordinates``, a slab at a time.
+    """
     channels = values[None] if values.ndim == 3 else values
     mapping = np.linalg.inv(np.asarray(values_affine, dtype=np.float64)) @ np.asarray(grid.affine, dtype=np.float64)
+    axes = _axis_pairs(mapping[:3, :3])
+    if axes is not None:
+        out = _resample_separable(channels, mapping, axes, tuple(grid.shape[1:]), fill)
+    else:
+        out = _resample_general(channels, mapping, tuple(grid.shape[1:]), fill)
+    return out[0] if values.ndim == 3 else out
+
+
+def _axis_pairs(linear: np.ndarray, tolerance: float = 1e-6) -> list[int] | None:
+    """For each axis of ``values``, the one grid axis it depends on, when ``linear`` is a scaled signed permutation;
+    else None."""
+    scale = np.abs(linear).max()
+    nonzero = np.abs(linear) > tolerance * scale
+    if not (nonzero.sum(axis=1) == 1).all() or not (nonzero.sum(axis=0) == 1).all():
+        return None
+    return [int(np.flatnonzero(row)[0]) for row in nonzero]
+
+
+def _resample_separable(
+    channels: np.ndarray, mapping: np.ndarray, axes: list[int], shape: tuple[int, ...], fill: float | None
+) -> np.ndarray:
+    """Trilinear sampling as map_coordinates(order=1, mode "nearest" or "constant") would give it, axis by axis:
+    values axis ``r`` is sampled at ``mapping[r, axes[r]] * i + mapping[r, 3]`` for every index ``i`` of grid axis
+    ``axes[r]``, and then moved to that grid axis's place."""
+    result = torch.from_numpy(np.ascontiguousarray(channels, dtype=np.float32))
+    for r, grid_axis in enumerate(axes):
+        n = channels.shape[1 + r]
+        coords = mapping[r, grid_axis] * np.arange(shape[grid_axis]) + mapping[r, 3]
+        coords = np.where(np.abs(coords - np.round(coords)) < 1e-6, np.round(coords), coords)  # float noise
+        outside = (coords < 0) | (coords > n - 1)
+        clamped = np.clip(coords, 0, n - 1)
+        low = np.minimum(np.floor(clamped).astype(np.int64), max(n - 2, 0))
+        high = np.minimum(low + 1, n - 1)
+        weight = torch.from_numpy((clamped - low).astype(np.float32))
+        view = [1] * result.ndim
+        view[1 + r] = -1
+        weight = weight.reshape(view)
+        # lerp is exact at weights 0 and 1, so grid voxels on values voxels get the values themselves
+        result = torch.lerp(
+            result.index_select(1 + r, torch.from_numpy(low)),
+            result.index_select(1 + r, torch.from_numpy(high)),
+            weight,
+        )
+        if fill is not None and outside.any():
+            result = torch.where(torch.from_numpy(outside).reshape(view), torch.tensor(float(fill)), result)
+    # result's spatial axes are the values axes, each now indexed by grid axis axes[r]; put them in grid order
+    order = [0] + [1 + axes.index(a) for a in range(3)]
+    return np.ascontiguousarray(result.permute(order).numpy())
+
+
+def _resample_general(
+    channels: np.ndarray, mapping: np.ndarray, shape: tuple[int, ...], fill: float | None
+) -> np.ndarray:
     out = np.empty((len(channels), *shape), dtype=np.float32)
     j, k = np.meshgrid(np.arange(shape[1]), np.arange(shape[2]), indexing="ij")
     mode, cval = ("nearest", 0.0) if fill is None else ("constant", float(fill))
@@ -136,4 +225,4 @@ def resample_to_grid(
         where = (mapping @ index)[:3]
         for channel, array in enumerate(channels):
             out[channel, i] = map_coordinates(array, where, order=1, mode=mode, cval=cval).reshape(j.shape)
-    return out[0] if values.ndim == 3 else out
+    return out

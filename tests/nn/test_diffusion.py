@@ -45,6 +45,19 @@ def test_window_condition_changes_the_prediction_and_null_is_one_token(spatial_d
     torch.testing.assert_close(unconditioned, out[2:3])
 
 
+def test_window_reaches_every_residual_block_not_only_attention(spatial_dims):
+    """With no attention level at all, the window still changes the prediction: it enters the timestep embedding."""
+    torch.manual_seed(0)
+    network = diffusion_unet(spatial_dims, "tiny", attention_levels=(False, False, False)).eval()
+    for parameter in network.parameters():
+        if parameter.ndim > 1 and not parameter.detach().any():
+            torch.nn.init.normal_(parameter, std=0.05)
+    x = torch.randn(1, 1, *SHAPES[spatial_dims]).expand(2, 1, *SHAPES[spatial_dims])
+    with torch.no_grad():
+        out = network(x, torch.full((2,), 300), torch.tensor([[1500.0, -500.0], [400.0, 0.0]]))
+    assert (out[0] - out[1]).abs().max() > 1e-3
+
+
 def test_sampling_is_deterministic_bounded_and_guidance_matters(spatial_dims):
     network = tiny(spatial_dims)
     shape = SHAPES[spatial_dims]

@@ -1,10 +1,14 @@
 """The window-conditioned denoiser: MONAI's ``DiffusionModelUNet`` with a small numeric embedding of the CT window.
 
 LCTfound conditions its U-Net on the window width and level through cross-attention (it encodes them as text with
-BERT; here the two numbers go through a two-layer MLP, no text model). The condition is dropped during training by
-replacing the window with :data:`NULL_WINDOW`; a width <= 0 can never be a real window, so every row whose width is
-<= 0 maps to one learned null token. Sampling with classifier-free guidance feeds the same null window, which is
-also MONAI's ``DiffusionInferer.sample(cfg=..., cfg_fill_value=-1)`` convention, so training and sampling agree.
+BERT; here the two numbers go through a two-layer MLP, no text model). The same window vector is also added to the
+timestep embedding, through MONAI's class-embedding slot filled with a linear map instead of a lookup table, so
+every residual block sees the window (the class conditioning of Dhariwal and Nichol): cross-attention alone reaches
+only the attention levels, and with a single context token it is one constant per level. The condition is dropped
+during training by replacing the window with :data:`NULL_WINDOW`; a width <= 0 can never be a real window, so every
+row whose width is <= 0 maps to one learned null token. Sampling with classifier-free guidance feeds the same null
+window, which is also MONAI's ``DiffusionInferer.sample(cfg=..., cfg_fill_value=-1)`` convention, so training and
+sampling agree.
 """
 
 from __future__ import annotations
@@ -100,7 +104,11 @@ class WindowConditionedUNet(nn.Module):
             norm_num_groups=norm_num_groups,
             with_conditioning=True,
             cross_attention_dim=context_dim,
+            num_class_embeds=1,  # a placeholder: the slot is filled with the window projection below
         )
+        # MONAI adds ``class_embedding(class_labels)`` to the timestep embedding; a linear map of the window vector
+        # takes the lookup table's place.
+        self.unet.class_embedding = nn.Linear(context_dim, self.unet.time_embed[-1].out_features)
 
     @property
     def downsampling(self) -> int:
@@ -112,7 +120,8 @@ class WindowConditionedUNet(nn.Module):
             context = torch.full((x.shape[0], 2), NULL_WINDOW, device=x.device)
         if timesteps.ndim == 1 and timesteps.numel() == 1 and x.shape[0] > 1:
             timesteps = timesteps.expand(x.shape[0])
-        return self.unet(x, timesteps=timesteps, context=self.embedding(context))
+        token = self.embedding(context)
+        return self.unet(x, timesteps=timesteps, context=token, class_labels=token[:, 0])
 
 
 def diffusion_unet(spatial_dims: int, preset: str = "small", **overrides: Any) -> WindowConditionedUNet:
