@@ -31,6 +31,7 @@ def sample_to_folder(
     out: str | Path,
     *,
     window: Sequence[float] | None,
+    text: str | None = None,
     n: int = 4,
     steps: int = 50,
     method: str = "ddim",
@@ -65,6 +66,7 @@ def sample_to_folder(
         guidance_scale=guidance_scale,
         generator=generator,
         progress=True,
+        text=text,
     )
     width, level = window or (1500.0, -500.0)
     spacing = variables.get("spacing") or (1.0, 1.0, 1.0)
@@ -78,6 +80,7 @@ def sample_to_folder(
         path = out / f"sample_{index:03d}.nii.gz"
         written.append(write_atomically(path, lambda tmp, image=nifti: nib.save(image, tmp)))
     label = f"window {width:g}/{level:g}" if window else "unconditional"
+    label += f', "{text}"' if text else ""
     title = f"{label}, {method} {steps} steps, guidance {guidance_scale:g}"
     written.append(image_grid(list(images[:, 0].numpy()), out / "samples.png", title=title))
     return written

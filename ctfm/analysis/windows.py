@@ -128,16 +128,59 @@ def aggregate_windows(
 
     ``values`` is ``(windows,)`` or ``(windows, channels)``; the result ``shape`` or ``(channels, *shape)``. A voxel
     no window covers (none, with the tiling :func:`ctfm.embedding.patch_starts` makes) gets each channel's minimum.
+    Windows tiled on a grid (every combination of the per-axis starts, as ``patch_starts`` gives) are spread one
+    axis at a time (:func:`_spread_grid`); any other set of windows one window at a time.
     """
     if how not in ("mean", "max"):
         raise ValueError(f"aggregation must be 'mean' or 'max', got {how!r}")
     values = np.asarray(values, dtype=np.float64)
     flat = values[:, None] if values.ndim == 1 else values
-    channels = flat.shape[1]
-    total = np.full((channels, *shape), 0.0 if how == "mean" else -np.inf)
-    count = np.zeros(tuple(shape), dtype=np.float64)
     size = np.array(patches.patch_size)
     starts = np.round(patches.centers_voxel.numpy() - (size - 1) / 2).astype(int)
+    spread = _spread_grid if _is_grid(starts) else _spread_each
+    total, count = spread(starts, size, flat, tuple(shape), how)
+    covered = count > 0
+    out = np.broadcast_to(flat.min(axis=0)[:, None, None, None], total.shape).astype(np.float32)
+    out[:, covered] = total[:, covered] / count[covered] if how == "mean" else total[:, covered]
+    return out[0] if values.ndim == 1 else out
+
+
+def _is_grid(starts: np.ndarray) -> bool:
+    """Whether the window corners are every combination of their per-axis values, each once."""
+    combinations = np.prod([len(np.unique(starts[:, axis])) for axis in range(3)])
+    return len(starts) == combinations == len(np.unique(starts, axis=0))
+
+
+def _spread_grid(starts: np.ndarray, size: np.ndarray, flat: np.ndarray, shape: tuple[int, ...], how: Aggregation):
+    """(sum or max of covering windows, count of covering windows) for windows on a grid: a voxel's covering windows
+    are the combinations of the covering windows of each axis, so both reduce one axis at a time."""
+    corners = [np.unique(starts[:, axis]) for axis in range(3)]
+    index = tuple(np.searchsorted(corners[axis], starts[:, axis]) for axis in range(3))
+    result = np.zeros((flat.shape[1], *(len(c) for c in corners)))
+    result[(slice(None), *index)] = flat.T
+    count = np.ones(())
+    for axis in range(3):
+        expanded_shape = list(result.shape)
+        expanded_shape[1 + axis] = shape[axis]
+        expanded = np.full(expanded_shape, 0.0 if how == "mean" else -np.inf)
+        along = np.zeros(shape[axis])
+        for k, corner in enumerate(corners[axis]):
+            target = [slice(None)] * result.ndim
+            target[1 + axis] = slice(corner, corner + size[axis])
+            window = np.take(result, [k], axis=1 + axis)
+            if how == "mean":
+                expanded[tuple(target)] += window
+            else:
+                np.maximum(expanded[tuple(target)], window, out=expanded[tuple(target)])
+            along[corner : corner + size[axis]] += 1
+        result = expanded
+        count = np.multiply.outer(count, along)
+    return result, count
+
+
+def _spread_each(starts: np.ndarray, size: np.ndarray, flat: np.ndarray, shape: tuple[int, ...], how: Aggregation):
+    total = np.full((flat.shape[1], *shape), 0.0 if how == "mean" else -np.inf)
+    count = np.zeros(shape, dtype=np.float64)
     for (z, y, x), value in zip(starts, flat):
         region = np.s_[z : z + size[0], y : y + size[1], x : x + size[2]]
         if how == "mean":
@@ -145,10 +188,7 @@ def aggregate_windows(
         else:
             np.maximum(total[(slice(None), *region)], value[:, None, None, None], out=total[(slice(None), *region)])
         count[region] += 1
-    covered = count > 0
-    out = np.broadcast_to(flat.min(axis=0)[:, None, None, None], total.shape).astype(np.float32)
-    out[:, covered] = total[:, covered] / count[covered] if how == "mean" else total[:, covered]
-    return out[0] if values.ndim == 1 else out
+    return total, count
 
 
 def resample_to_grid(
@@ -187,31 +227,34 @@ def _resample_separable(
 ) -> np.ndarray:
     """Trilinear sampling as map_coordinates(order=1, mode "nearest" or "constant") would give it, axis by axis:
     values axis ``r`` is sampled at ``mapping[r, axes[r]] * i + mapping[r, 3]`` for every index ``i`` of grid axis
-    ``axes[r]``, and then moved to that grid axis's place."""
-    result = torch.from_numpy(np.ascontiguousarray(channels, dtype=np.float32))
-    for r, grid_axis in enumerate(axes):
+    ``axes[r]``.
+
+    The (small) values are first transposed into grid axis order, so the (large) result never is; the axes that
+    grow least are interpolated first, so the intermediate arrays stay small.
+    """
+    source_of = [axes.index(g) for g in range(3)]  # the values axis behind each grid axis
+    result = torch.from_numpy(np.ascontiguousarray(channels.transpose(0, *(1 + r for r in source_of)), np.float32))
+    growth = [shape[g] / channels.shape[1 + source_of[g]] for g in range(3)]
+    for g in sorted(range(3), key=lambda g: growth[g]):
+        r = source_of[g]
         n = channels.shape[1 + r]
-        coords = mapping[r, grid_axis] * np.arange(shape[grid_axis]) + mapping[r, 3]
+        coords = mapping[r, g] * np.arange(shape[g]) + mapping[r, 3]
         coords = np.where(np.abs(coords - np.round(coords)) < 1e-6, np.round(coords), coords)  # float noise
         outside = (coords < 0) | (coords > n - 1)
         clamped = np.clip(coords, 0, n - 1)
         low = np.minimum(np.floor(clamped).astype(np.int64), max(n - 2, 0))
         high = np.minimum(low + 1, n - 1)
-        weight = torch.from_numpy((clamped - low).astype(np.float32))
         view = [1] * result.ndim
-        view[1 + r] = -1
-        weight = weight.reshape(view)
+        view[1 + g] = -1
+        weight = torch.from_numpy((clamped - low).astype(np.float32)).reshape(view)
         # lerp is exact at weights 0 and 1, so grid voxels on values voxels get the values themselves
         result = torch.lerp(
-            result.index_select(1 + r, torch.from_numpy(low)),
-            result.index_select(1 + r, torch.from_numpy(high)),
+            result.index_select(1 + g, torch.from_numpy(low)), result.index_select(1 + g, torch.from_numpy(high)),
             weight,
-        )
+        )  # fmt: skip
         if fill is not None and outside.any():
             result = torch.where(torch.from_numpy(outside).reshape(view), torch.tensor(float(fill)), result)
-    # result's spatial axes are the values axes, each now indexed by grid axis axes[r]; put them in grid order
-    order = [0] + [1 + axes.index(a) for a in range(3)]
-    return np.ascontiguousarray(result.permute(order).numpy())
+    return result.numpy()
 
 
 def _resample_general(

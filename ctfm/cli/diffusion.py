@@ -13,6 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sample.add_argument(
         "--window", nargs=2, type=float, metavar=("WIDTH", "LEVEL"), help="HU, e.g. 1500 -500 (default: none)"
     )
+    sample.add_argument("--text", help="a caption, for a checkpoint trained with vars::text_encoder (default: none)")
     sample.add_argument("--n", type=int, default=4, help="images to draw (default 4)")
     sample.add_argument("--steps", type=int, default=50, help="reverse steps (default 50; ddpm walks all 1000)")
     sample.add_argument("--method", choices=("ddim", "ddpm"), default="ddim")
@@ -32,6 +33,7 @@ def run_sample(args: argparse.Namespace) -> int:
         args.checkpoint,
         args.out,
         window=args.window,
+        text=args.text,
         n=args.n,
         steps=args.steps,
         method=args.method,

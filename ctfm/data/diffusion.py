@@ -9,7 +9,7 @@ changes contrast and brightness slightly. Only the cropped region is read from t
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +52,8 @@ def cached_to_hu(values: np.ndarray) -> np.ndarray:
 
 
 class DiffusionDataset(Dataset, Randomizable):
-    """Item -> ``{"image": (1, *image_size) in [-1, 1], "window": (2,) HU, "source": path}``, drawn at random."""
+    """Item -> ``{"image": (1, *image_size) in [-1, 1], "window": (2,) HU, "source": path}``, drawn at random;
+    with ``texts`` (a caption per source) also ``"text"``, ``""`` for a source without one."""
 
     def __init__(
         self,
@@ -64,6 +65,7 @@ class DiffusionDataset(Dataset, Randomizable):
         max_zoom: float = 1.25,
         flip_prob: float = 0.5,
         intensity: float = 0.05,
+        texts: Mapping[str, str] | None = None,
     ):
         check_image_size(spatial_dims, image_size)
         if not scans:
@@ -78,6 +80,7 @@ class DiffusionDataset(Dataset, Randomizable):
         self.max_zoom = max_zoom
         self.flip_prob = flip_prob
         self.intensity = intensity
+        self.texts = texts
 
     def __len__(self) -> int:
         return self.length
@@ -104,7 +107,12 @@ class DiffusionDataset(Dataset, Randomizable):
         scale = 1 + self.R.uniform(-self.intensity, self.intensity)
         shift = self.R.uniform(-self.intensity, self.intensity)
         image = (image * scale + shift).clamp(-1, 1)
-        return {"image": image, "window": torch.tensor([width, level]), "source": scan.source}
+        item: dict[str, torch.Tensor | str] = {
+            "image": image, "window": torch.tensor([width, level]), "source": scan.source
+        }  # fmt: skip
+        if self.texts is not None:
+            item["text"] = self.texts.get(scan.source, "")
+        return item
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -128,6 +136,7 @@ class DiffusionDataModule(pl.LightningDataModule):
 
     Scans go through the canonical preprocessing cache once (:class:`~ctfm.data.cache.PreprocessCache`, at
     ``spacing``; bad scans are skipped and reported). An epoch is ``steps_per_epoch`` batches of random items.
+    ``text_column`` names a datalist column of captions for a denoiser with a text encoder (empty cells: no caption).
     """
 
     def __init__(
@@ -143,6 +152,7 @@ class DiffusionDataModule(pl.LightningDataModule):
         num_workers: int = 4,
         max_zoom: float = 1.25,
         seed: int = 0,
+        text_column: str | None = None,
     ):
         super().__init__()
         if datalist is None:
@@ -157,6 +167,7 @@ class DiffusionDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.max_zoom = max_zoom
         self.seed = seed
+        self.text_column = text_column
         min_size = (1, *self.image_size) if spatial_dims == 2 else self.image_size
         self.cache = PreprocessCache(
             Path(cache_dir) if cache_dir is not None else default_cache_dir(datalist),
@@ -170,7 +181,14 @@ class DiffusionDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
-        sources = read_datalist(self.datalist)["image"].tolist()
+        table = read_datalist(self.datalist)
+        sources = table["image"].tolist()
+        texts = None
+        if self.text_column is not None:
+            if self.text_column not in table.columns:
+                raise CTFMError(f"{self.datalist}: no column {self.text_column!r} of captions (vars::text_column)")
+            captions = table[self.text_column].fillna("").astype(str)
+            texts = dict(zip(sources, captions))
         report = self.cache.prepare(sources)
         if not report.scans:
             raise CTFMError(f"no usable scan among the {len(sources)} of the datalist:\n{report.summary()}")
@@ -182,6 +200,7 @@ class DiffusionDataModule(pl.LightningDataModule):
             self.windows,
             length=self.steps_per_epoch * self.batch_size,
             max_zoom=self.max_zoom,
+            texts=texts,
         )
         rank = self.trainer.global_rank if self.trainer is not None else 0
         self.train_dataset.set_random_state(seed=int(np.random.SeedSequence([self.seed, rank]).generate_state(1)[0]))

@@ -9,6 +9,8 @@ Epsilon prediction with MSE over MONAI's ``DDPMScheduler`` (1000 steps, linear b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from ctfm.errors import CTFMError
 from ctfm.nn.diffusion.network import NULL_WINDOW, WindowConditionedUNet
 from ctfm.nn.diffusion.schedule import NUM_TRAIN_TIMESTEPS, ddpm_scheduler
-from ctfm.tasks.base import NONFINITE_PATIENCE, CTFMModule
+from ctfm.tasks.base import NONFINITE_PATIENCE, CTFMModule, expect_frozen_modules_in_eval
 
 
 class DDPMPretraining(CTFMModule):
@@ -53,6 +55,8 @@ class DDPMPretraining(CTFMModule):
             raise ValueError(f"ema_decay must be in (0, 1) or None, got {ema_decay}")
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        if getattr(network, "text_encoder", None) is not None:
+            expect_frozen_modules_in_eval()  # the text encoder is frozen in eval mode on purpose
         self.noise_scheduler = ddpm_scheduler(num_train_timesteps)
         self.inferer = DiffusionInferer(self.noise_scheduler)
         self.condition_dropout = condition_dropout
@@ -64,10 +68,16 @@ class DDPMPretraining(CTFMModule):
             else None
         )
 
-    def drop_conditions(self, windows: torch.Tensor) -> torch.Tensor:
-        """``windows`` with each row replaced by the null window with probability ``condition_dropout``."""
+    def drop_conditions(
+        self, windows: torch.Tensor, texts: Sequence[str] | None = None
+    ) -> tuple[torch.Tensor, list[str] | None]:
+        """``windows`` (and captions) with each row replaced by the null window (and the empty caption) with
+        probability ``condition_dropout``: one draw per row drops both, as unconditional sampling feeds both."""
         drop = torch.rand(windows.shape[0], device=windows.device) < self.condition_dropout
-        return torch.where(drop[:, None], torch.full_like(windows, NULL_WINDOW), windows)
+        windows = torch.where(drop[:, None], torch.full_like(windows, NULL_WINDOW), windows)
+        if texts is not None:
+            texts = ["" if dropped else str(text) for dropped, text in zip(drop.tolist(), texts)]
+        return windows, texts
 
     def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         images, windows = batch["image"], batch["window"]
@@ -79,8 +89,9 @@ class DDPMPretraining(CTFMModule):
             )
         noise = torch.randn_like(images)
         timesteps = torch.randint(0, self.noise_scheduler.num_train_timesteps, (images.shape[0],), device=images.device)
-        condition = self.drop_conditions(windows.to(images.dtype))[:, None, :]
-        prediction = self.inferer(images, self.network, noise, timesteps, condition=condition)
+        windows, texts = self.drop_conditions(windows.to(images.dtype), batch.get("text"))
+        network = partial(self.network, texts=texts) if texts is not None else self.network
+        prediction = self.inferer(images, network, noise, timesteps, condition=windows[:, None, :])
         return self.criterion(prediction.float(), noise.float())
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:

@@ -6,7 +6,8 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from ctfm.analysis.windows import TargetCache, _resample_general, resample_to_grid
+from ctfm.analysis.windows import TargetCache, _resample_general, _spread_each, aggregate_windows, resample_to_grid
+from ctfm.embedding import PatchEmbeddings, patch_starts
 from ctfm.nn import ct_fm_encoder
 from ctfm.transforms.preprocess import CTPreprocessing
 
@@ -42,6 +43,24 @@ def test_an_oblique_grid_is_sampled_voxel_by_voxel():
 def test_identity_resampling_returns_the_values():
     values = np.random.default_rng(2).normal(size=(4, 5, 6)).astype(np.float32)
     np.testing.assert_allclose(resample_to_grid(values, VALUES_AFFINE, grid(VALUES_AFFINE, (4, 5, 6))), values)
+
+
+@pytest.mark.parametrize("how", ["mean", "max"])
+def test_windows_on_a_grid_spread_axis_by_axis_as_one_at_a_time(how):
+    """patch_starts' tiling (the last window on each axis shifted inside) is a grid; the per-axis spreading must give
+    what adding each window's value over its voxels gives, and an irregular set must still work."""
+    shape, size = (30, 50, 47), (8, 16, 16)
+    starts = np.array(patch_starts(shape, size, 0.5))
+    values = np.random.default_rng(3).normal(size=(len(starts), 3))
+    for corners in (starts, starts[:-1]):  # a grid, then one window missing: not a grid
+        centres = torch.tensor(corners + (np.array(size) - 1) / 2)
+        patches = PatchEmbeddings(torch.zeros(len(corners), 4), centres, centres, size)
+        spread = aggregate_windows(patches, values[: len(corners)], shape, how)
+        total, count = _spread_each(corners, np.array(size), values[: len(corners)], shape, how)
+        expected = total / np.maximum(count, 1) if how == "mean" else total
+        expected[:, count == 0] = values[: len(corners)].min(axis=0)[:, None]  # uncovered: each channel's minimum
+        np.testing.assert_allclose(spread, expected, rtol=1e-6)
+        assert spread.shape == (3, *shape)
 
 
 def test_volumes_are_read_once_and_the_least_recent_leaves_when_over_budget(sample_nifti, tmp_path):

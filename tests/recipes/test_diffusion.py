@@ -38,7 +38,7 @@ def test_2d_recipe_defaults_are_lctfound(tmp_path):
         network = config.resolve("model::network")
     assert network.spatial_dims == 2
     assert tuple(network.unet.block_out_channels) == (64, 128, 256, 512, 1024)
-    assert sum(p.numel() for p in network.parameters()) == 277_792_769
+    assert sum(p.numel() for p in network.parameters()) == 277_858_561
     config.update("vars::preset=tiny")
     model = config.resolve("model")
     scheduler = model.noise_scheduler
@@ -86,3 +86,39 @@ def test_recipe_trains_three_steps_on_a_cpu(tmp_path, datalist, spatial_dims):
     # The EMA copy is saved and has moved away from the live weights.
     ema = state["ema_network.module.unet.conv_in.conv.weight"]
     assert ema.shape == conv.shape and not torch.equal(ema, conv)
+
+
+@pytest.mark.slow
+def test_recipe_trains_with_captions_and_the_checkpoint_samples_from_one(tmp_path, datalist, tiny_bert):
+    from ctfm.analysis.diffusion import sample_to_folder
+    from ctfm.data.datalist import read_datalist
+
+    captioned = tmp_path / "captioned.csv"
+    table = read_datalist(datalist)  # absolute paths, as this CSV lives elsewhere
+    table["caption"] = ["chest ct, lung nodule", None][: len(table)]
+    table.to_csv(captioned, index=False)
+    overrides = [
+        f"vars::datalist={captioned}", f"vars::output_dir={tmp_path / 'run'}", "vars::preset=tiny",
+        f"=vars::image_size={TINY_SIZE[2]}", "vars::batch_size=2", "vars::num_workers=0", "vars::precision=32-true",
+        "vars::warmup_steps=1", f"vars::text_encoder={tiny_bert}", "vars::text_column=caption",
+        "trainer::max_steps=2", "trainer::accelerator=cpu", "trainer::enable_progress_bar=false",
+    ]  # fmt: skip
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        run_recipe("fit", [RECIPES / "diffusion" / "pretrain_2d.yaml", *overrides])
+    finally:
+        os.chdir(cwd)
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert any(k.startswith("network.text_projection") for k in read_checkpoint(checkpoint)["state_dict"])
+    written = sample_to_folder(checkpoint, tmp_path / "samples", window=(1500, -500), text="chest ct", n=2, steps=2)
+    assert [p.name for p in written] == ["sample_000.nii.gz", "sample_001.nii.gz", "samples.png"]
+
+
+def test_a_missing_caption_column_is_named(tmp_path, datalist):
+    from ctfm.data.diffusion import DiffusionDataModule
+    from ctfm.errors import CTFMError
+
+    module = DiffusionDataModule(datalist, 2, (32, 32), cache_dir=tmp_path / "cache", text_column="caption")
+    with pytest.raises(CTFMError, match=r"no column 'caption' of captions \(vars::text_column\)"):
+        module.setup("fit")

@@ -86,7 +86,11 @@ class WindowConditionedUNet(nn.Module):
         norm_num_groups: int = 32,
         context_dim: int = 256,
         in_channels: int = 1,
+        text_encoder: str | nn.Module | None = None,
     ):
+        """``text_encoder``: optional free-text conditioning, a Hugging Face model name (or folder) or a module
+        mapping captions to ``(B, L, dim)`` tokens with a ``dim`` attribute (:mod:`ctfm.nn.diffusion.text`); its
+        tokens, projected to ``context_dim``, join the window token in cross-attention."""
         super().__init__()
         if spatial_dims not in (2, 3):
             raise CTFMError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
@@ -109,19 +113,42 @@ class WindowConditionedUNet(nn.Module):
         # MONAI adds ``class_embedding(class_labels)`` to the timestep embedding; a linear map of the window vector
         # takes the lookup table's place.
         self.unet.class_embedding = nn.Linear(context_dim, self.unet.time_embed[-1].out_features)
+        if isinstance(text_encoder, str):
+            from ctfm.nn.diffusion.text import HuggingFaceTextEncoder
+
+            text_encoder = HuggingFaceTextEncoder(text_encoder)
+        self.text_encoder = text_encoder
+        self.text_projection = nn.Linear(text_encoder.dim, context_dim) if text_encoder is not None else None
 
     @property
     def downsampling(self) -> int:
         """Each spatial size must be a multiple of this."""
         return 2 ** (len(self.unet.block_out_channels) - 1)
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor | None = None,
+        texts: Sequence[str] | None = None,
+    ) -> torch.Tensor:
+        """``context``: windows ``(B, 2)`` in HU (None = null); ``texts``: one caption per image (None or ``""`` =
+        the null text), only for a denoiser built with a text encoder."""
         if context is None:
             context = torch.full((x.shape[0], 2), NULL_WINDOW, device=x.device)
         if timesteps.ndim == 1 and timesteps.numel() == 1 and x.shape[0] > 1:
             timesteps = timesteps.expand(x.shape[0])
         token = self.embedding(context)
-        return self.unet(x, timesteps=timesteps, context=token, class_labels=token[:, 0])
+        tokens = token
+        if self.text_encoder is not None and self.text_projection is not None:
+            captions = [""] * x.shape[0] if texts is None else list(texts)
+            if len(captions) != x.shape[0]:
+                raise CTFMError(f"{len(captions)} captions for a batch of {x.shape[0]} images")
+            projected = self.text_projection(self.text_encoder(captions).to(token))
+            tokens = torch.cat([token, projected], dim=1)
+        elif texts is not None and any(texts):
+            raise CTFMError("this denoiser was built without a text encoder, so it cannot take captions")
+        return self.unet(x, timesteps=timesteps, context=tokens, class_labels=token[:, 0])
 
 
 def diffusion_unet(spatial_dims: int, preset: str = "small", **overrides: Any) -> WindowConditionedUNet:

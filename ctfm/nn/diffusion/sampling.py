@@ -53,9 +53,12 @@ def sample(
     measurement: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    text: str | None = None,
 ) -> torch.Tensor:
     """``n`` images ``(n, 1, *shape)`` in [-1, 1] at ``window`` (None: unconditional), optionally restored.
 
+    ``text`` is a caption for a denoiser built with a text encoder; guidance then extrapolates from the null
+    window and empty caption towards both.
     ``guidance_scale`` 1 uses the conditional prediction alone, 0 the unconditional one, > 1 extrapolates.
     ``operator`` and ``measurement`` (``(n, 1, ...)`` as ``operator.forward`` gives) enable data consistency.
     """
@@ -64,6 +67,8 @@ def sample(
         raise CTFMError(f"a {network.spatial_dims}D denoiser cannot sample shape {list(shape)}")
     if any(s % network.downsampling for s in shape):
         raise CTFMError(f"every size of {list(shape)} must be a multiple of {network.downsampling} for this network")
+    if text and getattr(network, "text_encoder", None) is None:
+        raise CTFMError("this denoiser was trained without a text encoder, so it cannot sample from a caption")
     if (operator is None) != (measurement is None):
         raise CTFMError("restoration needs both an operator and a measurement")
     device = next(network.parameters()).device
@@ -73,17 +78,22 @@ def sample(
     scheduler = sampling_scheduler(method, steps)
     null = torch.full((n, 2), NULL_WINDOW, device=device)
     condition = null if window is None else torch.tensor([check_window(*window)] * n, device=device)
-    guided = window is not None and guidance_scale != 1.0
+    captions = None if getattr(network, "text_encoder", None) is None else [text or ""] * n
+    empty = None if captions is None else [""] * n
+    guided = (window is not None or bool(text)) and guidance_scale != 1.0
     alphas = scheduler.alphas_cumprod.to(device)
     x = torch.randn((n, network.in_channels, *shape), generator=generator, device=device)
     for t in tqdm(scheduler.timesteps, desc="Sampling", disable=not progress):
         timesteps = torch.full((n,), int(t), device=device, dtype=torch.long)
         if guided:
-            both = network(torch.cat([x, x]), torch.cat([timesteps, timesteps]), torch.cat([null, condition]))
+            both = network(
+                torch.cat([x, x]), torch.cat([timesteps, timesteps]), torch.cat([null, condition]),
+                texts=None if captions is None or empty is None else empty + captions,
+            )  # fmt: skip
             unconditional, conditional = both.chunk(2)
             eps = unconditional + guidance_scale * (conditional - unconditional)
         else:
-            eps = network(x, timesteps, condition)
+            eps = network(x, timesteps, condition, texts=captions)
         alpha = alphas[int(t)]
         x0 = ((x - (1 - alpha).sqrt() * eps) / alpha.sqrt()).clamp(-1, 1)
         if operator is not None:
