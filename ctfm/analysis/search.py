@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -60,13 +61,66 @@ def block_top_k(scores: torch.Tensor, k: int, block: int = 512) -> tuple[torch.T
     return top.values, candidates.gather(1, top.indices)
 
 
+def at_least(scores: torch.Tensor, floor: torch.Tensor, block: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.nonzero(scores >= floor[:, None], as_tuple=True)`` looking only inside the blocks of ``block``
+    columns whose maximum reaches the row's floor: when few scores do, this skips most of a full-size comparison."""
+    rows, columns = scores.shape
+    blocks = columns // block
+    head = scores[:, : blocks * block].view(rows, blocks, block)
+    hit_row, hit_block = torch.nonzero(head.amax(dim=2).float() >= floor[:, None], as_tuple=True)
+    inside, column = torch.nonzero(head[hit_row, hit_block].float() >= floor[hit_row, None], as_tuple=True)
+    tail_row, tail_column = torch.nonzero(scores[:, blocks * block :].float() >= floor[:, None], as_tuple=True)
+    return (
+        torch.cat([hit_row[inside], tail_row]),
+        torch.cat([hit_block[inside] * block + column, tail_column + blocks * block]),
+    )
+
+
+#: Bound on |bfloat16 score - float32 score| for unit vectors: inputs rounded to bfloat16 (relative error 2^-8
+#: each, so at most 2 * 2^-8 + 2^-16 on the sum of |x_i q_i| <= 1), products summed in float32, and the score
+#: rounded to bfloat16 (2^-8 more); 4 * 2^-8 leaves room for the float32 sums.
+SCREEN_ERROR = 4 * 2.0**-8
+#: Below this many rows the exact pass alone is fast enough that screening does not pay.
+SCREEN_MIN_ROWS = 100_000
+
+
+def fast_bfloat16_matmul() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX), where a bfloat16 product
+    costs about half a float32 one; elsewhere bfloat16 is emulated and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
 class ExactIndex:
     """Exact cosine top-k: ``queries @ database.T`` a chunk of ``chunk_rows`` database rows at a time, each chunk's
-    top-k by :func:`block_top_k`, merged into running top-k lists (memory: one chunk of scores per query batch)."""
+    top-k by :func:`block_top_k`, merged into running top-k lists (memory: one chunk of scores per query batch).
 
-    def __init__(self, vectors: np.ndarray, chunk_rows: int = 262_144):
+    With ``screen`` (default: on CPUs with hardware bfloat16, for tables of at least :data:`SCREEN_MIN_ROWS`) a
+    bfloat16 copy of the table is scored instead, about half the cost of a float32 product, and only the rows that
+    can still be in the top k are scored again in float32. Every bfloat16 score is within :data:`SCREEN_ERROR` of
+    the float32 one, so a row whose bfloat16 score is more than twice that below the running k-th best cannot be in
+    the top k: the answer is exact, not approximate. A query with more than ``max_candidates`` such rows (a table of
+    near-duplicates) is answered by the float32 pass instead and counted in ``fallbacks``. The bfloat16 copy costs
+    half the table's memory again.
+    """
+
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        chunk_rows: int = 262_144,
+        screen: bool | None = None,
+        max_candidates: int = 65_536,
+    ):
         self.vectors = torch.from_numpy(normalise(vectors))
         self.chunk_rows = chunk_rows
+        if screen is None:
+            screen = len(self.vectors) >= SCREEN_MIN_ROWS and fast_bfloat16_matmul()
+        self.screen_table = self.vectors.to(torch.bfloat16) if screen else None
+        self.max_candidates = max_candidates
+        self.fallbacks = 0
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -75,6 +129,12 @@ class ExactIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = torch.from_numpy(normalise(queries))
         k = min(k, len(self.vectors))
+        if self.screen_table is None or k == 0:
+            scores, rows = self._top_k(q, k)
+            return scores.numpy(), rows.numpy()
+        return self._screened(q, k)
+
+    def _top_k(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         best_scores = torch.full((len(q), 0), -torch.inf)
         best_rows = torch.zeros((len(q), 0), dtype=torch.long)
         for start in range(0, len(self.vectors), self.chunk_rows):
@@ -84,7 +144,43 @@ class ExactIndex:
             merged_rows = torch.cat([best_rows, indices + start], dim=1)
             keep = merged_scores.topk(min(k, merged_scores.shape[1]), dim=1).indices
             best_scores, best_rows = merged_scores.gather(1, keep), merged_rows.gather(1, keep)
-        return best_scores.numpy(), best_rows.numpy()
+        return best_scores, best_rows
+
+    def _screened(self, q: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """bfloat16 pass keeping every (query, row) within the bound of the running k-th best; float32 rescoring."""
+        assert self.screen_table is not None
+        coarse_q = q.to(torch.bfloat16)
+        running = torch.full((len(q), 0), -torch.inf)  # the k best bfloat16 scores so far
+        pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        counts = torch.zeros(len(q), dtype=torch.long)
+        for start in range(0, len(self.screen_table), self.chunk_rows):
+            scores = coarse_q @ self.screen_table[start : start + self.chunk_rows].T
+            values, _ = block_top_k(scores, min(k, scores.shape[1]))
+            running = torch.cat([running, values.float()], dim=1)
+            running = running.topk(min(k, running.shape[1]), dim=1).values
+            floor = running[:, -1] - 2 * SCREEN_ERROR if running.shape[1] == k else torch.full((len(q),), -torch.inf)
+            floor[counts > self.max_candidates] = torch.inf  # given up on: answered in float32 below
+            query, row = at_least(scores, floor)
+            pairs.append((query, row + start))
+            counts += torch.bincount(query, minlength=len(q))
+        query, row = (torch.cat(parts) for parts in zip(*pairs))
+        exact = torch.einsum("pd,pd->p", q[query], self.vectors[row])
+        # one padded row of candidates per query, then the top k of each
+        order = torch.argsort(query, stable=True)
+        query, row, exact = query[order], row[order], exact[order]
+        offsets = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(len(query)) - offsets[query]
+        width = int(counts.max())
+        dense_scores = torch.full((len(q), width), -torch.inf)
+        dense_rows = torch.zeros((len(q), width), dtype=torch.long)
+        dense_scores[query, slot], dense_rows[query, slot] = exact, row
+        top = dense_scores.topk(k, dim=1)
+        scores, rows = top.values, dense_rows.gather(1, top.indices)
+        unsure = torch.nonzero(counts > self.max_candidates).flatten()
+        if len(unsure):
+            scores[unsure], rows[unsure] = self._top_k(q[unsure], k)
+            self.fallbacks += len(unsure)
+        return scores.numpy(), rows.numpy()
 
 
 class FaissIndex:

@@ -5,6 +5,7 @@ import torch
 
 from ctfm.analysis.search import (
     ExactIndex,
+    at_least,
     block_top_k,
     build_index,
     index_file,
@@ -37,6 +38,42 @@ def test_exact_search_equals_a_brute_force_loop_across_chunks(vectors):
     scores, rows = ExactIndex(vectors, chunk_rows=37).search(queries, 5)
     np.testing.assert_array_equal(rows, expected_rows)
     np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk_rows", [3, 37, 1000], ids=["chunks-smaller-than-k", "chunks", "one-chunk"])
+def test_bfloat16_screening_gives_the_exact_answer(vectors, chunk_rows):
+    """The bfloat16 pass only chooses which rows are rescored in float32: the result equals the brute-force loop."""
+    queries = np.random.default_rng(1).normal(size=(7, 16)).astype(np.float32)
+    expected_scores, expected_rows = brute_force(vectors, queries, 5)
+    index = ExactIndex(vectors, chunk_rows=chunk_rows, screen=True)
+    scores, rows = index.search(queries, 5)
+    np.testing.assert_array_equal(rows, expected_rows)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-6)
+    assert index.fallbacks == 0
+
+
+def test_screening_near_duplicates_falls_back_to_float32_and_stays_exact():
+    """Rows closer together than bfloat16 can tell apart: no query can be certified, every one is answered in
+    float32, and the neighbours are still the exact ones."""
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=16)
+    table = (base + 0.05 * rng.normal(size=(400, 16))).astype(np.float32)
+    queries = (base + 0.05 * rng.normal(size=(3, 16))).astype(np.float32)
+    index = ExactIndex(table, chunk_rows=64, screen=True, max_candidates=50)
+    scores, rows = index.search(queries, 4)
+    expected_scores, expected_rows = brute_force(table, queries, 4)
+    np.testing.assert_array_equal(rows, expected_rows)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-6)
+    assert index.fallbacks == 3
+
+
+@pytest.mark.parametrize("columns", [100, 1024, 1300])
+def test_at_least_finds_every_score_above_the_floor_in_bfloat16(columns):
+    scores = torch.from_numpy(np.random.default_rng(5).normal(size=(6, columns)).astype(np.float32)).bfloat16()
+    floor = torch.tensor([0.5, 1.0, 2.0, 2.5, 3.0, -np.inf])
+    found = set(zip(*(t.tolist() for t in at_least(scores, floor))))
+    expected = set(zip(*(t.tolist() for t in torch.nonzero(scores.float() >= floor[:, None], as_tuple=True))))
+    assert found == expected and len(found) > columns  # the last row takes every column
 
 
 @pytest.mark.parametrize("columns", [100, 1024, 1300])
