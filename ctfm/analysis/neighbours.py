@@ -26,7 +26,8 @@ from ctfm.analysis.search import (
 from ctfm.embedding_table import embed_like_table, embedding_matrix, read_settings, read_table
 from ctfm.errors import CTFMError
 
-#: Above this many vectors ``kind="auto"`` uses IVF-PQ (1M x 512 float32 is 2 GB for exact search; PQ codes 64 MB).
+#: Above this many vectors ``kind="auto"`` uses IVF-PQ (1M x 512 float32 is 2 GB for exact search, 3 GB with its
+#: bfloat16 screening copy; PQ codes 64 MB).
 EXACT_UP_TO = 2_000_000
 
 
