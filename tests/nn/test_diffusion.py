@@ -85,6 +85,35 @@ def test_super_resolution_output_down_sampled_equals_the_input(spatial_dims, fac
     assert not torch.allclose(restored, torch.nn.functional.interpolate(low, scale_factor=factor))
 
 
+def test_a_warm_start_walks_only_the_steps_below_its_strength_and_stays_consistent(spatial_dims):
+    network = tiny(spatial_dims)
+    shape = SHAPES[spatial_dims]
+    operator = Downsample(2, spatial_dims)
+    truth = torch.rand(1, 1, *shape) * 2 - 1
+    low = operator.forward(truth)
+    guess = torch.nn.functional.interpolate(low, scale_factor=2)
+    calls = []
+    network.register_forward_hook(lambda module, inputs, output: calls.append(int(inputs[1][0])))
+
+    def run(**kwargs):
+        calls.clear()
+        generator = torch.Generator().manual_seed(2)
+        return sample(network, shape, (1500, -500), steps=10, operator=operator, measurement=low,
+                      generator=generator, **kwargs)  # fmt: skip
+
+    cold = run()
+    assert len(calls) == 10
+    torch.testing.assert_close(run(init=guess, strength=1.0), cold)  # strength 1: pure noise, init unused
+    warm = run(init=guess, strength=0.3)
+    assert calls == [222, 111, 0]  # MONAI's 10 DDIM steps are 999, 888, ..., 0; those at or below 300 are walked
+    torch.testing.assert_close(operator.forward(warm), low, atol=1e-5, rtol=0)
+    assert not torch.allclose(warm, cold)
+    with pytest.raises(CTFMError, match=r"strength must be in \(0, 1\]"):
+        run(init=guess, strength=0.0)
+    with pytest.raises(CTFMError, match="init has shape"):
+        run(init=guess[..., :-2], strength=0.5)
+
+
 def test_bad_window_and_mismatched_measurement_fail_before_sampling(spatial_dims):
     network = tiny(spatial_dims)
     shape = SHAPES[spatial_dims]
