@@ -34,7 +34,8 @@ class ColdDiffusion(CTFMModule):
         network: a window-conditioned denoiser (``ctfm.nn.diffusion.diffusion_unet``), 2D or 3D.
         steps: T, the number of degradation steps (CoreDiff: 10).
         pretrained: a DDPM pretraining checkpoint whose denoiser weights start the network (LCTfound fine-tunes
-            its pretrained model); it must be of the network's dimension and preset.
+            its pretrained model) except the output layer, zeroed so that training starts from the identity; it
+            must be of the network's dimension and preset.
         output_dir: per-case metrics go to ``<output_dir>/<stage>_cases.csv``.
     """
 
@@ -74,6 +75,11 @@ class ColdDiffusion(CTFMModule):
         except RuntimeError as err:
             detail = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
             raise CTFMError(f"{checkpoint}: its denoiser is another preset than this network's ({detail})") from None
+        # The prior's output layer predicts noise; read as a residual it would corrupt every image at the start.
+        # Zeroed, as MONAI initialises it, the restoration starts at the identity on the prior's features.
+        output = self.network.unet.out[-1]
+        for parameter in output.parameters():
+            torch.nn.init.zeros_(parameter)
 
     def alpha(self, t: torch.Tensor) -> torch.Tensor:
         """``a_t = 1 - t / T``: 1 at full dose (t = 0), 0 at low dose (t = T)."""

@@ -108,8 +108,16 @@ def make_checkpoint(path, spatial_dims, preset="tiny"):
 def test_pretrained_weights_load_and_another_dimension_or_preset_is_refused(tmp_path):
     checkpoint = make_checkpoint(tmp_path / "pre2d.ckpt", 2)
     module = ColdDiffusion(diffusion_unet(2, "tiny"), pretrained=checkpoint)
-    stored = torch.load(checkpoint, weights_only=True)["state_dict"]["network.unet.conv_in.conv.weight"]
-    torch.testing.assert_close(module.network.unet.conv_in.conv.weight.detach(), stored)
+    stored = torch.load(checkpoint, weights_only=True)["state_dict"]
+    torch.testing.assert_close(
+        module.network.unet.conv_in.conv.weight.detach(), stored["network.unet.conv_in.conv.weight"]
+    )
+    # A trained prior's noise-predicting output layer is zeroed: the restoration starts from the identity.
+    stored["network.unet.out.2.conv.weight"].normal_()
+    torch.save({**torch.load(checkpoint, weights_only=False), "state_dict": stored}, checkpoint)
+    module = ColdDiffusion(diffusion_unet(2, "tiny"), pretrained=checkpoint)
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    torch.testing.assert_close(module.restore_step(x, torch.tensor([3, 7]), None), x)
     with pytest.raises(CTFMError, match="holds a 2D denoiser, but spatial_dims is 3"):
         ColdDiffusion(diffusion_unet(3, "tiny"), pretrained=checkpoint)
     with pytest.raises(CTFMError, match="another preset"):
