@@ -1,7 +1,7 @@
 """CPU check of low-dose enhancement: cold diffusion trained briefly on simulated pairs, scored on held-out scans.
 
-    PYTHONPATH=. python benchmarks/low_dose_check.py --steps 40
-    PYTHONPATH=. python benchmarks/low_dose_check.py --pretrained runs/diffusion_check/run/checkpoints/last.ckpt
+    PYTHONPATH=. python benchmarks/low_dose_check.py --cases 8
+    PYTHONPATH=. python benchmarks/low_dose_check.py --cases 8 --pretrained runs/diffusion_check/run/checkpoints/last.ckpt
 
 Runs the low_dose_2d recipe on 64 x 64 slices (3 mm) of six synthetic sample scans (4 train, 1 val, 1 test by the
 seeded 8:1:1 split) with Poisson low dose simulated at ``--i0`` photons, then ``lighter test`` on the last
@@ -24,10 +24,10 @@ from ctfm.recipes import recipes_dir, run_recipe
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40, help="training steps")
+    parser.add_argument("--steps", type=int, default=300, help="training steps")
     parser.add_argument("--preset", default="small")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--i0", type=float, default=1e4, help="incident photons of the simulated low dose")
+    parser.add_argument("--i0", type=float, default=2e3, help="incident photons of the simulated low dose")
     parser.add_argument("--cases", type=int, default=16, help="held-out test pairs")
     parser.add_argument("--pretrained", default=None, help="a 2D pretraining checkpoint of the same preset")
     parser.add_argument("--out", default=None, help="keep the run here (default: a temporary folder)")
