@@ -1,7 +1,8 @@
 """CPU check of low-dose enhancement: cold diffusion trained briefly on simulated pairs, scored on held-out scans.
 
     PYTHONPATH=. python benchmarks/low_dose_check.py --cases 8
-    PYTHONPATH=. python benchmarks/low_dose_check.py --cases 8 --pretrained runs/diffusion_check/run/checkpoints/last.ckpt
+    PYTHONPATH=. python benchmarks/low_dose_check.py --cases 8 --pretrained PRIOR
+    # PRIOR: runs/diffusion_check/run/checkpoints/last.ckpt of diffusion_learning_check.py --out runs/diffusion_check
 
 Runs the low_dose_2d recipe on 64 x 64 slices (3 mm) of six synthetic sample scans (4 train, 1 val, 1 test by the
 seeded 8:1:1 split) with Poisson low dose simulated at ``--i0`` photons, then ``lighter test`` on the last
