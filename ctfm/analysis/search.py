@@ -164,22 +164,26 @@ class ExactIndex:
             pairs.append((query, row + start))
             counts += torch.bincount(query, minlength=len(q))
         query, row = (torch.cat(parts) for parts in zip(*pairs))
+        unsure = counts > self.max_candidates
+        sure = ~unsure[query]  # the given-up queries' candidates are not rescored: the float32 pass answers them
+        query, row = query[sure], row[sure]
+        counts = torch.where(unsure, 0, counts)
         exact = torch.einsum("pd,pd->p", q[query], self.vectors[row])
         # one padded row of candidates per query, then the top k of each
         order = torch.argsort(query, stable=True)
         query, row, exact = query[order], row[order], exact[order]
         offsets = torch.cumsum(counts, 0) - counts
         slot = torch.arange(len(query)) - offsets[query]
-        width = int(counts.max())
+        width = max(int(counts.max()), k)
         dense_scores = torch.full((len(q), width), -torch.inf)
         dense_rows = torch.zeros((len(q), width), dtype=torch.long)
         dense_scores[query, slot], dense_rows[query, slot] = exact, row
         top = dense_scores.topk(k, dim=1)
         scores, rows = top.values, dense_rows.gather(1, top.indices)
-        unsure = torch.nonzero(counts > self.max_candidates).flatten()
-        if len(unsure):
-            scores[unsure], rows[unsure] = self._top_k(q[unsure], k)
-            self.fallbacks += len(unsure)
+        if unsure.any():
+            fallback = torch.nonzero(unsure).flatten()
+            scores[fallback], rows[fallback] = self._top_k(q[fallback], k)
+            self.fallbacks += len(fallback)
         return scores.numpy(), rows.numpy()
 
 

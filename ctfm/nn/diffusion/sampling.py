@@ -76,7 +76,7 @@ def sample(
         raise CTFMError(f"a {network.spatial_dims}D denoiser cannot sample shape {list(shape)}")
     if any(s % network.downsampling for s in shape):
         raise CTFMError(f"every size of {list(shape)} must be a multiple of {network.downsampling} for this network")
-    if text and getattr(network, "text_encoder", None) is None:
+    if text and network.text_encoder is None:
         raise CTFMError("this denoiser was trained without a text encoder, so it cannot sample from a caption")
     if (operator is None) != (measurement is None):
         raise CTFMError("restoration needs both an operator and a measurement")
@@ -91,8 +91,8 @@ def sample(
     scheduler = sampling_scheduler(method, steps)
     null = torch.full((n, 2), NULL_WINDOW, device=device)
     condition = null if window is None else torch.tensor([check_window(*window)] * n, device=device)
-    captions = None if getattr(network, "text_encoder", None) is None else [text or ""] * n
-    empty = None if captions is None else [""] * n
+    captions = None if network.text_encoder is None else [text or ""] * n
+    both_captions = None if captions is None else [""] * n + captions  # null, then conditional, as in guidance
     guided = (window is not None or bool(text)) and guidance_scale != 1.0
     alphas = scheduler.alphas_cumprod.to(device)
     x = torch.randn((n, network.in_channels, *shape), generator=generator, device=device)
@@ -107,7 +107,7 @@ def sample(
         if guided:
             both = network(
                 torch.cat([x, x]), torch.cat([timesteps, timesteps]), torch.cat([null, condition]),
-                texts=None if captions is None or empty is None else empty + captions,
+                texts=both_captions,
             )  # fmt: skip
             unconditional, conditional = both.chunk(2)
             eps = unconditional + guidance_scale * (conditional - unconditional)
