@@ -108,8 +108,9 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     Args:
         datalist: the CSV. Labels may be missing only for ``lighter predict``.
-        train_transforms / eval_transforms: dict transforms from ``{"image": path}`` to a fixed-size image
-            (the recipes build them: canonical preprocessing, or the head-CT windows).
+        train_transforms: dict transform from ``{"image": path}`` to a fixed-size image (the recipes build it:
+            canonical preprocessing, or the head-CT windows).
+        eval_transforms: the same without augmentation, for validation, test and predict.
         predict_split: the rows ``lighter predict`` scores: ``all`` or one of train / val / test.
         external_test: every row is a test scan (an external test set such as CQ500), whatever its split column.
     """

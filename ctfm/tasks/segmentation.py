@@ -71,7 +71,8 @@ class SegmentationModule(FineTuneModule):
             ``<output_dir>/<stage>_cases.csv``.
         surface_distance: also compute each case's average surface distance in mm (``monai.metrics``, with the
             scan's voxel spacing) for the per-case CSV (the MSD tumour recipe); costs a distance transform per class.
-        weights, freeze_encoder: see :class:`~ctfm.tasks.finetune.FineTuneModule`.
+        weights: see :class:`~ctfm.tasks.finetune.FineTuneModule`.
+        freeze_encoder: see :class:`~ctfm.tasks.finetune.FineTuneModule`.
     """
 
     def __init__(
