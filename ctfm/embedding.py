@@ -6,7 +6,7 @@ time so memory stays bounded whatever the scan size, and the patch embeddings ar
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -23,6 +23,23 @@ from ctfm.transforms.preprocess import PATCH_SIZE, CTPreprocessing, as_model_inp
 
 Reduction = Literal["mean", "min", "max"]
 ImageInput = str | Path | MetaTensor | np.ndarray | torch.Tensor
+#: ``preprocess="model"``: the preprocessing the model's own spec names (``ctfm.load`` attaches it), else the
+#: canonical CT-FM preprocessing.
+FROM_MODEL = "model"
+Preprocess = CTPreprocessing | None | Literal["model"]
+
+
+def model_defaults(
+    model: nn.Module, patch_size: Sequence[int] | None, preprocess: Preprocess
+) -> tuple[tuple[int, ...], CTPreprocessing | None]:
+    """The patch size and preprocessing to use: what the caller gave, else what the model's spec says."""
+    from ctfm.hub.registry import spec_of
+
+    spec = spec_of(model)
+    size = tuple(int(p) for p in (patch_size or (spec.patch_size if spec is not None else PATCH_SIZE)))
+    if preprocess == FROM_MODEL:
+        preprocess = spec.preprocessing if spec is not None else CTPreprocessing()
+    return size, preprocess
 
 
 @dataclass
@@ -81,18 +98,38 @@ def embed_patches(
     model: nn.Module,
     image: ImageInput,
     *,
-    patch_size: Sequence[int] = PATCH_SIZE,
+    patch_size: Sequence[int] | None = None,
     overlap: float = 0.0,
     batch_size: int = 4,
-    preprocess: CTPreprocessing | None = CTPreprocessing(),
+    preprocess: Preprocess = FROM_MODEL,
     progress: bool | None = None,
 ) -> PatchEmbeddings:
     """Embed every patch of a grid over the scan. See :func:`embed` for the arguments."""
-    patch_size = tuple(int(p) for p in patch_size)
-    volume = to_model_input(image, preprocess, patch_size)
+    patch_size, settings = model_defaults(model, patch_size, preprocess)
+    volume = to_model_input(image, settings, patch_size)
+    return embed_volume_patches(
+        model,
+        volume,
+        patch_starts(volume.shape[1:], patch_size, overlap),
+        patch_size,
+        batch_size=batch_size,
+        progress=progress,
+    )
+
+
+@torch.inference_mode()
+def embed_volume_patches(
+    model: nn.Module,
+    volume: torch.Tensor,
+    starts: list[tuple[int, ...]],
+    patch_size: tuple[int, ...],
+    *,
+    batch_size: int = 4,
+    progress: bool | None = None,
+) -> PatchEmbeddings:
+    """Embed the patches of a preprocessed ``(1, z, y, x)`` volume that start at ``starts``."""
     affine = volume.affine.double() if isinstance(volume, MetaTensor) else torch.eye(4, dtype=torch.float64)
     device = next(model.parameters()).device
-    starts = patch_starts(volume.shape[1:], patch_size, overlap)
     plain = volume.as_tensor() if isinstance(volume, MetaTensor) else volume
     batches = _batches(plain, starts, patch_size, batch_size)
     n_batches = -(-len(starts) // batch_size)
@@ -109,19 +146,60 @@ def embed_patches(
     centers = torch.tensor(starts, dtype=torch.float64) + (torch.tensor(patch_size, dtype=torch.float64) - 1) / 2
     homogeneous = torch.cat([centers, torch.ones(len(starts), 1, dtype=torch.float64)], dim=1)
     centers_mm = (homogeneous @ affine.T)[:, :3]
-    return PatchEmbeddings(torch.cat(embeddings), centers, centers_mm, patch_size)
+    width = embeddings[0].shape[1] if embeddings else 0
+    return PatchEmbeddings(
+        torch.cat(embeddings) if embeddings else torch.zeros(0, width), centers, centers_mm, patch_size
+    )
+
+
+def centre_crop_or_pad(
+    volume: torch.Tensor, size: Sequence[int], centre: Sequence[float] | None = None
+) -> torch.Tensor:
+    """A ``size`` box of a ``(C, z, y, x)`` volume centred on ``centre`` (voxels; default the volume's centre),
+    padded with 0 (air after preprocessing) where the box leaves the volume."""
+    shape = volume.shape[1:]
+    centre = [(s - 1) / 2 for s in shape] if centre is None else centre
+    out = volume.new_zeros((volume.shape[0], *size))
+    source, target = [], []
+    for c, s, n in zip(centre, size, shape):
+        start = int(round(c - (s - 1) / 2))
+        lo, hi = max(start, 0), min(start + s, n)
+        if hi <= lo:  # the box misses the volume on this axis: nothing to copy
+            return out
+        source.append(slice(lo, hi))
+        target.append(slice(lo - start, hi - start))
+    out[(slice(None), *target)] = volume[(slice(None), *source)]
+    return out
+
+
+@torch.inference_mode()
+def embed_whole(model: nn.Module, volume: torch.Tensor) -> torch.Tensor:
+    """One forward pass over a whole preprocessed ``(1, z, y, x)`` volume, global-average-pooled."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        plain = volume.as_tensor() if isinstance(volume, MetaTensor) else volume
+        return pooled_features(model, plain[None].to(device)).float().cpu()[0]
+    finally:
+        model.train(was_training)
 
 
 def embed(
     model: nn.Module,
     image: ImageInput,
     *,
-    patch_size: Sequence[int] = PATCH_SIZE,
+    patch_size: Sequence[int] | None = None,
     overlap: float = 0.0,
     reduce: Reduction | None = "mean",
     batch_size: int = 4,
-    preprocess: CTPreprocessing | None = CTPreprocessing(),
+    preprocess: Preprocess = FROM_MODEL,
     progress: bool | None = None,
+    whole_volume: Sequence[int] | bool = False,
+    mask: ImageInput | None = None,
+    labels: Sequence[int | str] | None = None,
+    pool: str = "mean",
+    crop_size: Sequence[int] | None = None,
 ) -> torch.Tensor | PatchEmbeddings:
     """Embed one CT scan with a CT-FM encoder (or a SegResNetDS carrying one).
 
@@ -129,13 +207,25 @@ def embed(
         model: the encoder, e.g. ``ctfm.load("ct-fm")``; it runs on its own device, in eval mode.
         image: a path (NIfTI, NRRD, MHA, DICOM folder) or a MetaTensor in HU, both preprocessed with
             ``preprocess``; or a plain array/tensor ``(z, y, x)`` already preprocessed to [0, 1] (only padded).
-        patch_size: (z, y, x) patch in voxels; the pretraining patch by default.
+        patch_size: (z, y, x) patch in voxels; default the model's own (``model.ctfm_spec``), else the
+            pretraining patch.
         overlap: fraction of a patch shared by neighbours (0 computes every voxel once).
         reduce: ``"mean"`` / ``"min"`` / ``"max"`` over patches gives one vector per scan; ``None`` returns
             :class:`PatchEmbeddings` with every patch's embedding and centre.
         batch_size: patches per forward pass; bounds memory.
-        preprocess: the canonical preprocessing by default; ``None`` when the MetaTensor is model input already.
+        preprocess: ``"model"`` (default) takes the model's own preprocessing, else the canonical one; ``None``
+            when the MetaTensor is model input already.
         progress: show a progress bar (default: only for scans of more than 8 batches).
+        whole_volume: one forward pass instead of tiles: ``True`` feeds the whole preprocessed scan (padded to a
+            multiple of 16), a size such as ``(320, 320, 320)`` centre-crops or pads it to that size first (the
+            CVPR 2026 challenge protocol); the deepest map is average-pooled.
+        mask: a label map on the scan's grid (path, array or MetaTensor, or a folder of per-class masks): embed
+            only inside it; see :func:`embed_regions`.
+        labels: classes of ``mask`` that make the region, by value or name (default every non-zero value).
+        pool: with ``mask``: ``"mean"`` / ``"max"`` / ``"min"`` over the patches centred inside the region (the
+            mean weighted by each patch's fraction inside), or ``"crop"``: one forward pass over a ``crop_size``
+            box centred on the region.
+        crop_size: the box of ``pool="crop"``; default the challenge's 160^3 crop.
 
     Examples:
         >>> import tempfile, ctfm
@@ -149,6 +239,16 @@ def embed(
         >>> patches.embeddings.shape[1], patches.centers_mm.shape[1]
         (64, 3)
     """
+    if mask is not None:
+        return embed_region(
+            model, image, mask, labels=labels, pool=pool, patch_size=patch_size, overlap=overlap,
+            batch_size=batch_size, preprocess=preprocess, progress=progress, crop_size=crop_size,
+        )  # fmt: skip
+    if whole_volume is not False:
+        size, settings = model_defaults(model, patch_size, preprocess)
+        volume = to_model_input(image, settings, size)
+        box = whole_volume if whole_volume is not True else [-(-s // 16) * 16 for s in volume.shape[1:]]
+        return embed_whole(model, centre_crop_or_pad(volume, [int(b) for b in box]))
     patches = embed_patches(
         model,
         image,
@@ -159,3 +259,175 @@ def embed(
         progress=progress,
     )
     return patches if reduce is None else patches.reduce(reduce)
+
+
+#: The CVPR 2026 challenge's crop around a region for "ROI" diseases (voxels at its 1 mm isotropic spacing).
+REGION_CROP = (160, 160, 160)
+RegionPool = Literal["mean", "max", "min", "crop"]
+
+
+@dataclass
+class RegionEmbedding:
+    """The embedding of one region of a scan and how it was made.
+
+    ``patch_centres_mm`` are the centres (world RAS mm) of the tiles pooled, or of the one crop; ``voxels`` is the
+    region's size after preprocessing; ``centre_mm`` is the centre of its bounding box.
+    """
+
+    embedding: torch.Tensor
+    patch_centres_mm: torch.Tensor
+    voxels: int
+    centre_mm: torch.Tensor
+
+    @property
+    def patches(self) -> int:
+        """How many forward-pass inputs the embedding pools (1 for a crop)."""
+        return len(self.patch_centres_mm)
+
+
+def _fraction_inside(region: torch.Tensor, starts: Sequence[Sequence[int]], size: Sequence[int]) -> torch.Tensor:
+    """Share of each patch's voxels inside ``region``, from a summed-area table (one pass, any patch count)."""
+    table = torch.nn.functional.pad(region.double().cumsum(0).cumsum(1).cumsum(2), (1, 0, 1, 0, 1, 0))
+    z, y, x = (torch.as_tensor([s[i] for s in starts]) for i in range(3))
+    dz, dy, dx = size
+    total = (
+        table[z + dz, y + dy, x + dx] - table[z, y + dy, x + dx] - table[z + dz, y, x + dx] - table[z + dz, y + dy, x]
+        + table[z, y, x + dx] + table[z, y + dy, x] + table[z + dz, y, x] - table[z, y, x]
+    )  # fmt: skip
+    return (total / float(np.prod(size))).float()
+
+
+def embed_regions(
+    model: nn.Module,
+    image: ImageInput,
+    mask: ImageInput,
+    regions: Mapping[str, Sequence[int | str] | None] | None = None,
+    *,
+    pool: RegionPool = "mean",
+    patch_size: Sequence[int] | None = None,
+    overlap: float = 0.0,
+    batch_size: int = 4,
+    preprocess: Preprocess = FROM_MODEL,
+    crop_size: Sequence[int] | None = None,
+    progress: bool | None = None,
+) -> dict[str, RegionEmbedding]:
+    """Embed several regions of one scan, reading and preprocessing the scan and its mask once.
+
+    Args:
+        model: the encoder (its spec gives the default patch size and preprocessing).
+        image: a path or HU MetaTensor.
+        mask: a label map on the scan's grid: a path (with an optional ``.json`` sidecar of names), a folder of
+            per-class masks (TotalSegmentator's output), or an array / MetaTensor of the scan's shape.
+        regions: region name -> the label values or names that make it (``None``: every non-zero value); default
+            one region per value present.
+        pool: ``mean`` (weighted by each patch's fraction inside), ``max`` or ``min`` over the patches whose centre
+            lies inside the region; ``crop``: one forward pass over a ``crop_size`` box centred on the region's
+            bounding box, average-pooled (the challenge's protocol).
+        patch_size: tile size of the patch pools; the model's own by default.
+        overlap: overlap of the tile grid; more overlap puts more patch centres inside small regions.
+        batch_size: patches per forward pass.
+        preprocess: the preprocessing of scan and mask (the mask by nearest neighbour); the model's by default.
+        crop_size: the box of ``pool="crop"``, default 160^3.
+        progress: show a progress bar over patch batches.
+
+    Returns:
+        Region name -> :class:`RegionEmbedding`.
+
+    Raises:
+        EmptyRegionError: a region has no voxel in the mask, named with the mask and its labels.
+    """
+    from ctfm.io.regions import EmptyRegionError, read_region_labels, region_mask, region_values
+    from ctfm.transforms.dictionary import CTPreprocessingd
+    from ctfm.transforms.preprocess import LoadCT
+
+    if pool not in ("mean", "max", "min", "crop"):
+        raise ValueError(f"pool must be 'mean', 'max', 'min' or 'crop', got {pool!r}")
+    size, settings = model_defaults(model, patch_size, preprocess)
+    if settings is None:
+        raise ValueError("region embedding preprocesses the scan and its mask together: preprocess cannot be None")
+    scan = LoadCT(check_hu=settings.check_hu)(image)  # type: ignore[arg-type]
+    where = str(mask) if isinstance(mask, (str, Path)) else "mask"
+    labels, names = read_region_labels(mask, scan)
+    item = CTPreprocessingd(replace(settings, min_size=size), label_keys=("mask",), load=False)(
+        {"image": scan, "mask": labels}
+    )
+    volume, labels_pre = item["image"], item["mask"]
+    present = sorted(int(v) for v in torch.unique(labels.as_tensor()).tolist())
+    if regions is None:
+        regions = {names.get(v, str(v)): [v] for v in present if v != 0}
+    affine = volume.affine.double()
+    grid = patch_starts(volume.shape[1:], size, overlap)
+    centres = torch.tensor(grid, dtype=torch.float64) + (torch.tensor(size, dtype=torch.float64) - 1) / 2
+    cache: dict[tuple[int, ...], torch.Tensor] = {}
+    out = {}
+    for name, selector in regions.items():
+        values = region_values(present, names, None if selector is None else list(selector), where)
+        inside = region_mask(labels_pre[0], values)
+        voxels = int(inside.sum())
+        if voxels == 0:
+            raise EmptyRegionError(f"{where}: region {name!r} (labels {values}) holds no voxel")
+        nonzero = inside.nonzero()
+        box_centre = (nonzero.min(0).values + nonzero.max(0).values).double() / 2
+        centre_mm = (torch.cat([box_centre, torch.ones(1, dtype=torch.float64)]) @ affine.T)[:3]
+        if pool == "crop":
+            box = [int(c) for c in (crop_size or REGION_CROP)]
+            vector = embed_whole(model, centre_crop_or_pad(volume, box, box_centre.tolist()))
+            out[name] = RegionEmbedding(vector, centre_mm[None], voxels, centre_mm)
+            continue
+        chosen = [i for i, c in enumerate(centres.round().long().tolist()) if inside[tuple(c)]]
+        if not chosen:  # a region smaller than the grid's spacing: the one patch centred on it, clamped inside
+            limits = torch.tensor(volume.shape[1:]) - torch.tensor(size)
+            start = (box_centre - (torch.tensor(size, dtype=torch.float64) - 1) / 2).round().long()
+            starts = [tuple(int(s) for s in torch.minimum(torch.clamp(start, min=0), limits))]
+        else:
+            starts = [grid[i] for i in chosen]
+        missing = [s for s in starts if s not in cache]
+        if missing:
+            done = embed_volume_patches(model, volume, missing, size, batch_size=batch_size, progress=progress)
+            cache.update(zip(missing, done.embeddings))
+        vectors = torch.stack([cache[s] for s in starts])
+        if pool == "mean":
+            weights = _fraction_inside(inside, starts, size)
+            vector = (vectors * weights[:, None]).sum(0) / weights.sum()
+        else:
+            vector = vectors.max(0).values if pool == "max" else vectors.min(0).values
+        patch_centres = torch.tensor(starts, dtype=torch.float64) + (torch.tensor(size, dtype=torch.float64) - 1) / 2
+        homogeneous = torch.cat([patch_centres, torch.ones(len(starts), 1, dtype=torch.float64)], dim=1)
+        out[name] = RegionEmbedding(vector, (homogeneous @ affine.T)[:, :3], voxels, centre_mm)
+    return out
+
+
+def embed_region(
+    model: nn.Module,
+    image: ImageInput,
+    mask: ImageInput,
+    *,
+    labels: Sequence[int | str] | None = None,
+    pool: RegionPool = "mean",
+    patch_size: Sequence[int] | None = None,
+    overlap: float = 0.0,
+    batch_size: int = 4,
+    preprocess: Preprocess = FROM_MODEL,
+    crop_size: Sequence[int] | None = None,
+    progress: bool | None = None,
+) -> torch.Tensor:
+    """The embedding of the region of ``mask`` made of ``labels`` (default: every non-zero value) as one vector.
+
+    See :func:`embed_regions` for the arguments; ``ctfm.embed(model, scan, mask=..., labels=..., pool=...)``
+    calls this.
+
+    Examples:
+        >>> import tempfile, ctfm
+        >>> from ctfm.data.sample import generate_ct, write_nifti
+        >>> from ctfm.nn import ct_fm_encoder
+        >>> scan = write_nifti(generate_ct((24, 64, 64), seed=1), tempfile.mkdtemp() + "/scan.nii.gz")
+        >>> mask = ctfm.read_ct(scan)[0] > 0  # everything denser than water: a region on the scan's grid
+        >>> model = ct_fm_encoder(init_filters=4)
+        >>> ctfm.embed(model, scan, mask=mask, patch_size=(8, 32, 32)).shape
+        torch.Size([64])
+    """
+    found = embed_regions(
+        model, image, mask, {"region": labels}, pool=pool, patch_size=patch_size, overlap=overlap,
+        batch_size=batch_size, preprocess=preprocess, crop_size=crop_size, progress=progress,
+    )  # fmt: skip
+    return found["region"].embedding

@@ -313,3 +313,29 @@ def scaled_window(hu_range: tuple[float, float]) -> tuple[float, float]:
     low, high = hu_range
     bottom, top = CT_DISPLAY_WINDOW
     return (bottom - low) / (high - low), (top - low) / (high - low)
+
+
+def plot_encoder_benchmark(table: Any, path: str | Path, *, metric: str = "balanced_accuracy") -> Path:
+    """Targets x models: ``metric`` per model as grouped bars with 95% CI whiskers, chance as a dashed line.
+
+    ``table`` has the columns of ``metrics.csv`` (model, target, metric, value, ci_low, ci_high).
+    """
+    part = table[table["metric"] == metric]
+    targets = list(dict.fromkeys(part["target"]))
+    models = list(dict.fromkeys(part["model"]))
+    figure = Figure(figsize=(max(5.0, 1.2 * len(targets) * max(1, len(models)) / 2 + 2), 3.6))
+    axes = figure.add_subplot()
+    width = 0.8 / max(1, len(models))
+    for index, model in enumerate(models):
+        rows = part[part["model"] == model].set_index("target").reindex(targets)
+        x = np.arange(len(targets)) + (index - (len(models) - 1) / 2) * width
+        error = np.vstack([rows["value"] - rows["ci_low"], rows["ci_high"] - rows["value"]]).clip(min=0)
+        axes.bar(x, rows["value"], width, yerr=error, capsize=3, label=model)
+    if metric in ("balanced_accuracy", "auroc"):
+        axes.axhline(0.5, linestyle="--", color="grey", linewidth=1, label="chance (binary)")
+    axes.set_xticks(np.arange(len(targets)), targets)
+    axes.set_ylim(0, 1.05)
+    axes.set_ylabel(f"{metric.replace('_', ' ')} (test, 95% CI)")
+    axes.set_title("frozen linear probe per target")
+    axes.legend(fontsize="small", loc="lower right")
+    return save_figure(figure, path)

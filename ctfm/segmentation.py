@@ -55,10 +55,11 @@ def load_segmenter(model: str | Path | nn.Module | Segmenter, device: str | torc
     if isinstance(model, Segmenter):
         return model
     from ctfm.hub import load
-    from ctfm.hub.registry import find_spec
+    from ctfm.hub.registry import find_spec, spec_of
 
     spec = find_spec(str(model)) if isinstance(model, (str, Path)) else None
     network = load(model, device=device) if isinstance(model, (str, Path)) else model
+    spec = spec or spec_of(network)
     if not isinstance(network, SegResNetDS):
         raise CTFMError(
             f"{model if isinstance(model, (str, Path)) else type(model).__name__}: is a "

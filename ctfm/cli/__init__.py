@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "ctfm.cli.segment",
     "ctfm.cli.features",
     "ctfm.cli.probe",
+    "ctfm.cli.benchmark",
     "ctfm.cli.search",
     "ctfm.cli.retrieval_eval",
     "ctfm.cli.semantic_search",

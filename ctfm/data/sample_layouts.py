@@ -102,3 +102,43 @@ def make_msd_sample(
     }
     (out_dir / "dataset.json").write_text(json.dumps(document, indent=2))
     return out_dir
+
+
+def make_probe_corpus(
+    out_dir: str | Path,
+    n_scans: int = 24,
+    shape: Sequence[int] = (32, 96, 96),
+    spacing: Sequence[float] = (2.5, 1.0, 1.0),
+    seed: int = 0,
+) -> Path:
+    """A corpus for the encoder benchmark with labels the generator knows; returns the path of its ``labels.csv``.
+
+    Each scan gets a TotalSegmentator-style ``segmentations/`` folder (liver, spleen, heart masks). A third of the
+    scans have no lesion, a third a hypodense (-60 HU) and a third a hyperdense (+60 HU) sphere in the liver.
+    Targets: ``lesion_present`` (0 / 1) and ``lesion_kind`` (none / hypo / hyper); the ROI is the liver. Splits
+    are 60 / 20 / 20, balanced over the kinds.
+    """
+    out_dir = Path(out_dir)
+    kinds = ("none", "hypo", "hyper")
+    rows = []
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), axis=-1)
+    for index, scan_seed in enumerate(np.random.SeedSequence(seed).generate_state(n_scans)):
+        kind = kinds[index % 3]
+        sample = generate_ct(shape, spacing, seed=int(scan_seed))
+        liver = sample.labels == LABEL["liver"]
+        if kind != "none":
+            zz, yy, xx = np.nonzero(liver)
+            centre = np.array([zz.mean(), yy.mean(), xx.mean()])
+            inside = (((grid - centre) * np.asarray(spacing)) ** 2).sum(-1) <= (8.0 + index % 4) ** 2
+            sample.hu[inside & liver] += -60 if kind == "hypo" else 60
+        name = f"case_{index:03d}"
+        write_nifti(sample, out_dir / name / "ct.nii.gz")
+        for organ in ("liver", "spleen", "heart"):
+            _write_mask(sample, class_mask(sample.labels, organ), out_dir / name / "segmentations" / f"{organ}.nii.gz")
+        position = index // 3  # the n-th scan of its kind
+        per_kind = -(-n_scans // 3)
+        split = "train" if position < 0.6 * per_kind else "val" if position < 0.8 * per_kind else "test"
+        rows.append({"image": f"{name}/ct.nii.gz", "mask": f"{name}/segmentations", "labels": "liver",
+                     "split": split, "lesion_present": int(kind != "none"), "lesion_kind": kind})  # fmt: skip
+    pd.DataFrame(rows).to_csv(out_dir / "labels.csv", index=False)
+    return out_dir / "labels.csv"

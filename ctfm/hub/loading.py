@@ -23,7 +23,16 @@ from torch import nn
 from ctfm.errors import ModelLoadError
 from ctfm.hub.download import hub_files
 from ctfm.hub.format import ARCHITECTURE_KEY, CONFIG_NAME, WEIGHTS_NAME, read_config
-from ctfm.hub.registry import ARCHITECTURES, MODELS, ModelSpec, build_model, find_spec
+from ctfm.hub.registry import (
+    ARCHITECTURES,
+    MODELS,
+    SPEC_KEY,
+    ModelSpec,
+    attach_spec,
+    build_model,
+    find_spec,
+    spec_from_input_spec,
+)
 
 _REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -70,13 +79,14 @@ def load(
     if (spec is not None and spec.architecture == FMCIB_ARCHITECTURE) or path.suffix == FMCIB_SUFFIX:
         from ctfm.hub.fmcib import load_fmcib  # FMCIB's own torch layouts, read with weights_only=True
 
-        return load_fmcib(
+        model = load_fmcib(
             None if spec is not None else path,
             revision=revision,
             cache_dir=cache_dir,
             local_files_only=local_files_only,
             device=device,
         )
+        return attach_spec(model, spec or MODELS["fmcib"])
     if spec is None and path.exists():
         weights, config = _local_files(path)
     elif spec is not None or (_REPO_ID.fullmatch(source) and path.suffix not in _WEIGHT_SUFFIXES):
@@ -89,8 +99,12 @@ def load(
         )
     tensors, metadata = _read_weights(weights)
     refuse_nonfinite(tensors, source=str(weights))
+    config, saved_spec = _split_spec(config, metadata, weights)
     architecture, kwargs = _resolve_architecture(spec, config, metadata, tensors, weights)
-    return _instantiate(architecture, kwargs, tensors, str(weights)).to(device).eval()
+    model = _instantiate(architecture, kwargs, tensors, str(weights)).to(device).eval()
+    if spec is None and saved_spec is not None:
+        spec = spec_from_input_spec(saved_spec, name=source, architecture=architecture, origin=str(weights))
+    return attach_spec(model, spec)
 
 
 def load_state_dict_strict(
@@ -188,6 +202,21 @@ def _local_files(path: Path) -> tuple[Path, dict[str, Any] | None]:
             "(pickle files can run code): export a checkpoint with `ctfm export` or safetensors.torch.save_file"
         )
     return path, None
+
+
+def _split_spec(
+    config: dict[str, Any] | None, metadata: Mapping[str, str], origin: Path
+) -> tuple[dict[str, Any] | None, Any]:
+    """The constructor kwargs without the ``"ctfm"`` input spec, and that spec (from config.json or the metadata)."""
+    if config is None and "config" in metadata:
+        try:
+            config = dict(json.loads(metadata["config"]))
+        except (TypeError, ValueError) as err:
+            raise ModelLoadError(f"{origin}: unreadable config in the safetensors metadata ({err})") from err
+    if config is None or SPEC_KEY not in config:
+        return config, None
+    config = dict(config)
+    return config, config.pop(SPEC_KEY)
 
 
 def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -17,9 +17,14 @@ from monai.networks.nets.segresnet_ds import SegResEncoder, SegResNetDS
 from torch import nn
 
 from ctfm.data.classes import TOTALSEGMENTATOR_CLASSES
+from ctfm.errors import ModelLoadError
 from ctfm.nn.encoder import CT_FM_CONFIG
 from ctfm.nn.fmcib import FMCIB_EMBEDDING_DIM, FMCIBResNet50
-from ctfm.transforms.preprocess import CTPreprocessing
+from ctfm.transforms.preprocess import PATCH_SIZE, CTPreprocessing
+
+#: Key of ``config.json`` (and of the safetensors metadata) holding a saved model's input spec. Loaders of the
+#: Hub format that build from constructor kwargs ignore keys their class does not take.
+SPEC_KEY = "ctfm"
 
 #: Constructor of each architecture a ``config.json`` (or the safetensors metadata ctfm writes) may name.
 ARCHITECTURES: dict[str, type[nn.Module]] = {
@@ -45,7 +50,12 @@ class ModelSpec:
     Published ``config.json`` files carry constructor kwargs but no class name, hence ``architecture``;
     ``default_config`` is used only when the repo has no ``config.json``. ``preprocessing`` is what the model's
     inputs went through in training; ``embedding_dim`` is the width of its pooled encoder features, and
-    ``classes`` names its output channels (background first) when it is a segmentation model.
+    ``classes`` names its output channels (background first) when it is a segmentation model. ``patch_size`` is
+    the (z, y, x) input the model was trained on: the tile of tiled embedding, or the crop of a lesion model.
+
+    ``ctfm.load`` attaches the spec to the model it returns (``model.ctfm_spec``, read with :func:`spec_of`), the
+    way timm attaches ``pretrained_cfg``, so ``embed``, ``segment`` and region embedding take their defaults from
+    the model itself.
     """
 
     name: str
@@ -56,11 +66,85 @@ class ModelSpec:
     preprocessing: CTPreprocessing = CTPreprocessing()
     embedding_dim: int | None = None
     classes: tuple[str, ...] | None = None
+    patch_size: tuple[int, ...] = PATCH_SIZE
 
     def __post_init__(self) -> None:  # a private, read-only copy: specs must not share or change configs
         object.__setattr__(self, "default_config", MappingProxyType(json.loads(json.dumps(dict(self.default_config)))))
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+
+    def input_spec(self) -> dict[str, Any]:
+        """What the model expects and outputs, as plain JSON data (the ``"ctfm"`` key of a saved ``config.json``)."""
+        pre = self.preprocessing
+        return {
+            "preprocessing": {
+                "spacing": None if pre.spacing is None else list(pre.spacing),
+                "hu_range": list(pre.hu_range),
+                "crop_foreground": pre.crop_foreground,
+                "body_threshold_hu": pre.body_threshold_hu,
+            },
+            "patch_size": list(self.patch_size),
+            "embedding_dim": self.embedding_dim,
+            "classes": None if self.classes is None else list(self.classes),
+        }
+
+
+def spec_from_input_spec(data: Any, *, name: str, architecture: str, origin: str) -> ModelSpec:
+    """The :class:`ModelSpec` of a saved model from its ``"ctfm"`` config entry: plain data, checked key by key."""
+
+    def fail(key: str, expected: str) -> ModelLoadError:
+        return ModelLoadError(f"{origin}: {SPEC_KEY}::{key} must be {expected}")
+
+    def numbers(value: Any, key: str, length: int | None, kind: type = float) -> tuple:
+        if not isinstance(value, list) or (length is not None and len(value) != length):
+            raise fail(key, f"a list of {length or 'some'} numbers")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise fail(key, "a list of numbers")
+        return tuple(kind(v) for v in value)
+
+    if not isinstance(data, dict):
+        raise fail("", "a JSON object")
+    pre = data.get("preprocessing", {})
+    if not isinstance(pre, dict):
+        raise fail("preprocessing", "a JSON object")
+    spacing = pre.get("spacing", list(CTPreprocessing().spacing or ()))
+    patch_size = numbers(data.get("patch_size", list(PATCH_SIZE)), "patch_size", 3, int)
+    crop = pre.get("crop_foreground", True)
+    threshold = pre.get("body_threshold_hu", CTPreprocessing().body_threshold_hu)
+    if not isinstance(crop, bool):
+        raise fail("preprocessing::crop_foreground", "true or false")
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
+        raise fail("preprocessing::body_threshold_hu", "a number")
+    width = data.get("embedding_dim")
+    if width is not None and (not isinstance(width, int) or isinstance(width, bool) or width < 1):
+        raise fail("embedding_dim", "a positive integer or null")
+    classes = data.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise fail("classes", "a list of names or null")
+    preprocessing = CTPreprocessing(
+        spacing=None if spacing is None else numbers(spacing, "preprocessing::spacing", 3),
+        hu_range=numbers(pre.get("hu_range", list(CTPreprocessing().hu_range)), "preprocessing::hu_range", 2),
+        min_size=patch_size,
+        crop_foreground=crop,
+        body_threshold_hu=float(threshold),
+    )
+    return ModelSpec(
+        name, "", architecture, {}, f"saved {architecture}", preprocessing, width, classes, patch_size=patch_size
+    )
+
+
+def spec_of(model: nn.Module) -> ModelSpec | None:
+    """The spec ``ctfm.load`` attached to ``model``; ``None`` for a network built in code."""
+    spec = getattr(model, "ctfm_spec", None)
+    return spec if isinstance(spec, ModelSpec) else None
+
+
+def attach_spec(model: nn.Module, spec: ModelSpec | None) -> nn.Module:
+    """Give ``model`` its spec (``model.ctfm_spec``); returns the model."""
+    if spec is not None:
+        model.ctfm_spec = spec  # type: ignore[assignment]  # a plain attribute, not a submodule or buffer
+    return model
 
 
 _CT_FM_WIDTH = CT_FM_CONFIG["init_filters"] * 16
@@ -94,6 +178,8 @@ MODELS: dict[str, ModelSpec] = {
             preprocessing=CTPreprocessing(spacing=None),
             embedding_dim=_CT_FM_WIDTH,
             classes=("background", *TOTALSEGMENTATOR_CLASSES),
+            # The card's sliding window.
+            patch_size=(96, 160, 160),
         ),
         ModelSpec(
             "fmcib",
@@ -105,6 +191,7 @@ MODELS: dict[str, ModelSpec] = {
             # ctfm.analysis.lesions applies exactly that for --model fmcib.
             preprocessing=CTPreprocessing(spacing=(1.0, 1.0, 1.0), min_size=(50, 50, 50)),
             embedding_dim=FMCIB_EMBEDDING_DIM,
+            patch_size=(50, 50, 50),
         ),
     )
 }

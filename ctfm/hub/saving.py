@@ -22,7 +22,7 @@ from ctfm.atomic import write_atomically
 from ctfm.errors import ModelLoadError
 from ctfm.hub.format import ARCHITECTURE_KEY, CONFIG_NAME, WEIGHTS_NAME
 from ctfm.hub.loading import listing, refuse_nonfinite
-from ctfm.hub.registry import ARCHITECTURES, build_model
+from ctfm.hub.registry import ARCHITECTURES, SPEC_KEY, build_model, spec_of
 
 
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, config: Mapping[str, Any] | None = None) -> Path:
@@ -32,7 +32,8 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, config: M
     way it must rebuild a network with exactly the model's state-dict keys and shapes. ``config.json`` holds the
     constructor kwargs only, exactly like the published repos (so ``PyTorchModelHubMixin`` loaders read it too);
     the architecture name and the config also go into the safetensors metadata, so the weights file alone loads.
-    Weights holding NaN or inf are refused (nothing is written).
+    A model that carries an input spec (``ctfm.load`` attaches one) keeps it under the ``"ctfm"`` key, which
+    constructor-kwarg loaders ignore. Weights holding NaN or inf are refused (nothing is written).
     """
     kwargs = dict(config) if config is not None else {}
     architecture = kwargs.pop(ARCHITECTURE_KEY, None) or _architecture_of(model)
@@ -40,6 +41,9 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, config: M
         kwargs = _derive_config(model, architecture)
     kwargs = _jsonable(kwargs, what=f"config of {type(model).__name__}")
     _check_rebuilds(model, architecture, kwargs)
+    spec = spec_of(model)
+    if spec is not None:
+        kwargs[SPEC_KEY] = spec.input_spec()
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

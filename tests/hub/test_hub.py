@@ -503,3 +503,49 @@ def test_load_refuses_non_finite_weights_naming_them(tmp_path: Path):
     save_file({k: v.contiguous() for k, v in _poisoned_encoder().state_dict().items()}, str(path))
     with pytest.raises(ModelLoadError, match=rf"{re.escape(str(path))}: 2 of \d+ tensors hold NaN or inf.*conv_init"):
         load(path)
+
+
+# ----------------------------------------------------------------------------------------- input specs
+
+
+def test_a_model_loaded_by_name_knows_its_input_spec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_server: _HubServer, tiny_spec, published_tiny
+):
+    from ctfm.hub.registry import spec_of
+
+    hub_server.host(tiny_spec.repo_id, published_tiny[0])
+    monkeypatch.setenv("HF_ENDPOINT", hub_server.endpoint)
+    model = load("tiny", cache_dir=tmp_path / "cache")
+    assert spec_of(model) is tiny_spec
+    assert spec_of(load(published_tiny[0])) is None  # a folder without a spec: callers fall back to CT-FM's
+
+
+def test_a_saved_spec_round_trips_and_drives_embedding(tmp_path: Path, sample_nifti):
+    import ctfm
+    from ctfm.hub.registry import attach_spec, spec_of
+    from ctfm.transforms.preprocess import CTPreprocessing
+
+    spec = ModelSpec(
+        "mine", "", "SegResEncoder", {}, "", CTPreprocessing(spacing=(4.0, 2.0, 2.0), body_threshold_hu=-300.0),
+        embedding_dim=64, patch_size=(8, 32, 32),
+    )  # fmt: skip
+    folder = save_pretrained(attach_spec(ct_fm_encoder(init_filters=4), spec), tmp_path / "mine")
+    assert json.loads((folder / "config.json").read_text())["ctfm"]["patch_size"] == [8, 32, 32]
+    loaded = spec_of(load(folder))
+    assert loaded is not None and loaded.input_spec() == spec.input_spec()
+    model = load(folder)
+    patches = ctfm.embed(model, sample_nifti, reduce=None)
+    assert patches.patch_size == (8, 32, 32)
+    explicit = ctfm.embed(model, sample_nifti, reduce=None, patch_size=(8, 32, 32), preprocess=spec.preprocessing)
+    canonical = ctfm.embed(model, sample_nifti, reduce=None, patch_size=(8, 32, 32), preprocess=CTPreprocessing())
+    assert torch.equal(patches.embeddings, explicit.embeddings)
+    assert patches.embeddings.shape != canonical.embeddings.shape  # 4 x 2 x 2 mm, not 3 x 1 x 1 mm, tiles
+
+
+def test_a_damaged_spec_is_named_by_key(tmp_path: Path):
+    folder = save_pretrained(ct_fm_encoder(init_filters=4), tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    config["ctfm"] = {"patch_size": "big"}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"model.safetensors: ctfm::patch_size must be a list of 3 numbers"):
+        load(folder)
