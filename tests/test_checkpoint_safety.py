@@ -256,3 +256,20 @@ def test_a_pickled_prototypes_file_or_query_vector_runs_nothing(tmp_path):
     with pytest.raises(CTFMError, match="q.npy: cannot be read as a .npy query vector"):
         load_query_vector(tmp_path / "q.npy")
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_broken_query_record_or_class_list_is_one_error_naming_the_file(tmp_path):
+    from ctfm.analysis.query_vectors import load_query_vector
+    from ctfm.segmentation import load_segmenter
+
+    np.save(tmp_path / "q.npy", np.ones(4, np.float32))
+    (tmp_path / "q.npy.json").write_text("{not json")
+    with pytest.raises(CTFMError, match="q.npy.json: cannot be read as a query record"):
+        load_query_vector(tmp_path / "q.npy")
+    (tmp_path / "q.npy.json").write_text('["_target_", "os.system"]')
+    with pytest.raises(CTFMError, match="q.npy.json: a query record is a JSON object, got list"):
+        load_query_vector(tmp_path / "q.npy")
+    folder = ctfm.save_pretrained(ctfm.nn.ct_fm_segresnet(init_filters=4, out_channels=2), tmp_path / "model")
+    (folder / "classes.json").write_text('{"_target_": "os.system"}')
+    with pytest.raises(CTFMError, match="classes.json: class names must be a JSON list of strings"):
+        load_segmenter(folder)
