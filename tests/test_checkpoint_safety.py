@@ -273,3 +273,13 @@ def test_a_broken_query_record_or_class_list_is_one_error_naming_the_file(tmp_pa
     (folder / "classes.json").write_text('{"_target_": "os.system"}')
     with pytest.raises(CTFMError, match="classes.json: class names must be a JSON list of strings"):
         load_segmenter(folder)
+
+
+def test_a_config_nested_beyond_reason_is_refused():
+    expression = "$" + "(" * 5000 + "1" + ")" * 5000
+    nested: dict = {"_target_": "ctfm.nn.ct_fm_encoder"}
+    for _ in range(5000):
+        nested = {"x": nested}
+    for value in (expression, nested):
+        with pytest.raises(ModelLoadError, match="^c.ckpt: model::network "):
+            rebuild({"model": {"network": value}}, "model::network", source="c.ckpt")

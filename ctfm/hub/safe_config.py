@@ -102,12 +102,12 @@ def rebuild(
     ``known`` gives values for key paths that are taken as they are instead of being built (e.g. class names the
     checkpoint stores beside its config). Raises :class:`ModelLoadError` (``<source>: <key path> ...``).
     """
-    return _Rebuilder(config, source, dict(known or {}), frozenset(NETWORK_TARGETS + extra_targets)).node(key)
+    return _Rebuilder(config, source, dict(known or {}), frozenset(NETWORK_TARGETS + extra_targets)).top(key)
 
 
 def plain(config: Mapping[str, Any], key: str, *, source: str) -> Any:
     """The stored node at ``key`` as data (e.g. ``vars``): references followed, no target built."""
-    return _Rebuilder(config, source, {}, frozenset()).node(key)
+    return _Rebuilder(config, source, {}, frozenset()).top(key)
 
 
 class _Rebuilder:
@@ -118,6 +118,13 @@ class _Rebuilder:
 
     def refuse(self, path: str, problem: str) -> ModelLoadError:
         return ModelLoadError(f"{self.source}: {path} {problem}")
+
+    def top(self, key: str) -> Any:
+        """:meth:`node`, with a config nested beyond Python's recursion limit refused like any other."""
+        try:
+            return self.node(key)
+        except RecursionError:
+            raise self.refuse(key, "is nested too deeply to be a network config") from None
 
     def node(self, key: str) -> Any:
         """The node at ``key``, built once (a network referenced twice is one module, as in sparkwheel)."""
