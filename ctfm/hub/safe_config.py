@@ -117,7 +117,8 @@ class _Rebuilder:
         self.active: list[str] = []
 
     def refuse(self, path: str, problem: str) -> ModelLoadError:
-        return ModelLoadError(f"{self.source}: {path} {problem}")
+        printable = path.encode("unicode_escape").decode()  # a key with a line break stays on the one line
+        return ModelLoadError(f"{self.source}: {printable} {problem}")
 
     def top(self, key: str) -> Any:
         """:meth:`node`, with a config nested beyond Python's recursion limit refused like any other."""
