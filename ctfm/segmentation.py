@@ -69,7 +69,7 @@ def load_segmenter(model: str | Path | nn.Module | Segmenter, device: str | torc
     names: Sequence[str] | None = spec.classes if spec is not None else None
     folder = Path(str(model)) if isinstance(model, (str, Path)) else None
     if names is None and folder is not None and (folder / CLASSES_FILE).is_file():
-        names = json.loads((folder / CLASSES_FILE).read_text())
+        names = _read_class_names(folder / CLASSES_FILE)
     if names is None and out_channels == 118:
         from ctfm.data.classes import TOTALSEGMENTATOR_CLASSES
 
@@ -79,6 +79,17 @@ def load_segmenter(model: str | Path | nn.Module | Segmenter, device: str | torc
         raise CTFMError(f"{model}: {len(names)} class names for {out_channels} output channels")
     preprocessing = spec.preprocessing if spec is not None else CARD_PREPROCESSING
     return Segmenter(network.to(device).eval(), names, preprocessing)
+
+
+def _read_class_names(path: Path) -> list[str]:
+    """The names in a model folder's ``classes.json`` (a JSON list of strings, background first)."""
+    try:
+        names = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CTFMError(f"{path}: cannot be read as a JSON list of class names: {err}") from None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise CTFMError(f"{path}: class names must be a JSON list of strings, background first")
+    return names
 
 
 @torch.no_grad()

@@ -40,10 +40,10 @@ def test_a_checkpoint_without_an_exportable_network_names_what_it_looked_for(tmp
     config = {
         "model": {
             "_target_": "torch.nn.Identity",
-            "network": {"_target_": "torch.nn.Linear", "in_features": 2, "out_features": 2},
+            "network": {"_target_": "ctfm.nn.ProjectionHead", "in_features": 2, "out_features": 2},
         }
     }
-    path = _checkpoint(tmp_path / "linear.ckpt", config, {"network.weight": torch.zeros(2, 2)})
+    path = _checkpoint(tmp_path / "head.ckpt", config, {"network.weight": torch.zeros(2, 2)})
     assert main(["export", str(path), str(tmp_path / "out")]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "Traceback" not in error

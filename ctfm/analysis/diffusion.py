@@ -49,6 +49,8 @@ def sample_to_folder(
         window = check_window(*window)
     if n < 1:
         raise CTFMError(f"--n must be at least 1, got {n}")
+    if steps < 1:
+        raise CTFMError(f"--steps must be at least 1, got {steps}")
     network, variables = load_denoiser(checkpoint, spatial_dims=spatial_dims, ema=ema)
     size = list(size or variables.get("image_size") or [])
     if len(size) != network.spatial_dims:

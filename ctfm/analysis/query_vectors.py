@@ -83,10 +83,21 @@ def load_query_vector(path: str | Path) -> QueryVector:
     if vector.ndim != 1 or not np.all(np.isfinite(vector)):
         raise CTFMError(f"{path}: a query vector must be one finite vector, got shape {tuple(vector.shape)}")
     sidecar = sidecar_of(path)
-    settings = json.loads(sidecar.read_text()) if sidecar.exists() else None
+    settings = _read_sidecar(sidecar) if sidecar.exists() else None
     if settings is None:
         logger.warning("%s: no %s beside it, so only its width can be checked", path, sidecar.name)
     return QueryVector(vector, str(path), settings)
+
+
+def _read_sidecar(sidecar: Path) -> dict[str, Any]:
+    """The settings record beside a saved vector: JSON data, read as such and nothing more."""
+    try:
+        settings = json.loads(sidecar.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CTFMError(f"{sidecar}: cannot be read as a query record: {err}") from None
+    if not isinstance(settings, dict):
+        raise CTFMError(f"{sidecar}: a query record is a JSON object, got {type(settings).__name__}")
+    return settings
 
 
 def patch_query(table: str | Path, scan: str, patch: int) -> QueryVector:

@@ -56,8 +56,9 @@ class TargetCache:
 
     def __init__(self, model: nn.Module, preprocess: CTPreprocessing, patch_size: Sequence[int], overlap: float,
                  folder: str | Path | None = None, batch_size: int = 4,
-                 max_volume_bytes: int = VOLUME_CACHE_BYTES):  # fmt: skip
+                 max_volume_bytes: int = VOLUME_CACHE_BYTES, model_name: str = ""):  # fmt: skip
         self.model, self.overlap, self.batch_size = model, overlap, batch_size
+        self.model_name = model_name  # the registry name or path the model came from, recorded in saved queries
         self.patch_size = tuple(int(p) for p in patch_size)
         self.preprocess = CTPreprocessing(**{**asdict(preprocess), "min_size": self.patch_size})
         self.folder = Path(folder) if folder else None
@@ -76,7 +77,7 @@ class TargetCache:
 
     def query_settings(self) -> dict:
         """What a query vector must have been made with to be compared with these windows."""
-        return query_settings(self.model_sha256, self.patch_size, self.preprocess)
+        return query_settings(self.model_sha256, self.patch_size, self.preprocess, self.model_name)
 
     def key(self, path: Path) -> str:
         stat = path.stat()
@@ -106,7 +107,7 @@ class TargetCache:
             return self.memory[key]
         disk = self.folder / f"{key}.npz" if self.folder else None
         if disk is not None and disk.exists():
-            with np.load(disk) as stored:
+            with np.load(disk, allow_pickle=False) as stored:
                 patches = PatchEmbeddings(*(torch.from_numpy(stored[n]) for n in ("e", "v", "m")), self.patch_size)
         else:
             patches = embed_patches(

@@ -70,7 +70,11 @@ def run(args: argparse.Namespace) -> int:
         raise CTFMError("no target scans to search")
     model = load(args.model, device=args.device)
     preprocess = CTPreprocessing(spacing=None) if args.native_spacing else CTPreprocessing()
-    cache = TargetCache(model, preprocess, args.patch_size, args.overlap, folder=Path(args.out) / "cache")
+    # A saved query records the model as given: a registry name, else the folder or file it was loaded from.
+    model_name = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+    cache = TargetCache(
+        model, preprocess, args.patch_size, args.overlap, folder=Path(args.out) / "cache", model_name=model_name
+    )
     if args.point is not None:
         query = point_query(args.source, args.point, model, cache, args.lps)
         if args.save_query:

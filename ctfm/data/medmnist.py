@@ -19,7 +19,7 @@ def read_medmnist3d(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]
     """
     path = Path(path)
     try:
-        archive = np.load(path)
+        archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise CTFMError(f"{path}: cannot read as a MedMNIST .npz ({err})") from None
     out = {}

@@ -111,34 +111,35 @@ class DDPMPretraining(CTFMModule):
         return config
 
 
+#: The recipe ``vars`` that :func:`load_denoiser` reads back (as data) for sampling.
+_SAMPLING_VARS = ("image_size", "spacing")
+
+
 def load_denoiser(
     checkpoint: str | Path, spatial_dims: int | None = None, ema: bool = False
 ) -> tuple[WindowConditionedUNet, dict[str, Any]]:
     """The denoiser of a pretraining checkpoint (its EMA weights with ``ema``) and the recipe's ``vars``.
 
-    The network is rebuilt from the config lighter saved in the checkpoint; a checkpoint of another dimension than
-    ``spatial_dims``, or whose weights do not fit its own config, is refused with one line before anything runs.
+    The network is rebuilt from the config lighter saved in the checkpoint, read as data
+    (:func:`ctfm.hub.safe_config.rebuild`); a checkpoint of another dimension than ``spatial_dims``, whose weights do
+    not fit its own config or hold NaN or inf, is refused with one line before anything runs. Of ``vars`` only those
+    sampling needs (image_size, spacing) are returned.
     """
-    from sparkwheel import Config
-
     from ctfm.export import read_checkpoint
+    from ctfm.hub.loading import refuse_nonfinite
+    from ctfm.hub.safe_config import has_key, plain, rebuild, stored_config
 
     state = read_checkpoint(checkpoint)
-    try:
-        config = state["hyper_parameters"]["config"]
-    except KeyError:
-        raise CTFMError(
-            f"{checkpoint}: has no lighter config in hyper_parameters; was it written by `lighter fit`?"
-        ) from None
-    parser = Config().update(config)
-    network = parser.resolve("model::network") if "model::network" in parser else None
+    config = stored_config(state, str(checkpoint))
+    network = rebuild(config, "model::network", source=str(checkpoint)) if has_key(config, "model::network") else None
     if not isinstance(network, WindowConditionedUNet):
         raise CTFMError(f"{checkpoint}: model::network is not a diffusion denoiser (ctfm.nn.diffusion)")
     prefix = "ema_network.module." if ema else "network."
-    weights = {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
+    weights = {k[len(prefix) :]: v for k, v in (state.get("state_dict") or {}).items() if k.startswith(prefix)}
     if not weights:
         hint = " (trained without vars::ema_decay)" if ema else ""
         raise CTFMError(f"{checkpoint}: no weights under {prefix!r}{hint}")
+    refuse_nonfinite(weights, source=str(checkpoint))
     stored_dims = weights["unet.conv_in.conv.weight"].ndim - 2
     if spatial_dims is not None and stored_dims != spatial_dims:
         raise CTFMError(f"{checkpoint}: holds a {stored_dims}D denoiser, but spatial_dims is {spatial_dims}")
@@ -151,4 +152,9 @@ def load_denoiser(
         raise CTFMError(
             f"{checkpoint}: weights do not match the network: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
-    return network.eval(), dict(parser.get("vars") or {})
+    variables = {
+        name: plain(config, f"vars::{name}", source=str(checkpoint))
+        for name in _SAMPLING_VARS
+        if has_key(config, f"vars::{name}")
+    }
+    return network.eval(), {name: value for name, value in variables.items() if value is not None}

@@ -30,6 +30,8 @@ from ctfm.tasks.finetune import FineTuneModule
 
 #: The published sliding-window overlap of every CT-FM segmentation setting.
 SW_OVERLAP = 0.625
+#: The checkpoint entry holding the output channel names, so ``ctfm export`` names them without the training data.
+CLASS_NAMES_CHECKPOINT_KEY = "class_names"
 
 
 def deep_supervision_dice_ce() -> DeepSupervisionLoss:
@@ -112,6 +114,10 @@ class SegmentationModule(FineTuneModule):
         self.dice = {stage: DiceMetric(include_background=False, reduction="none") for stage in ("val", "test")}
         self.surface_distance = surface_distance
         self.case_rows: list[dict[str, Any]] = []
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[CLASS_NAMES_CHECKPOINT_KEY] = list(self.class_names)
 
     def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         outputs = self.network(batch["image"])

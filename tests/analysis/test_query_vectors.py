@@ -105,3 +105,23 @@ def test_cli_semantic_search_needs_one_kind_of_query(small_scan, tmp_path, capsy
 
     assert main(["semantic-search", str(small_scan), "--out", str(tmp_path)]) == 1
     assert "give either SOURCE --point X Y Z or --query-embedding" in capsys.readouterr().err
+
+
+def test_a_saved_query_records_its_model_by_path_and_fingerprint(encoder, small_scan, tmp_path, capsys):
+    from ctfm.cli import main
+    from ctfm.embedding_table import model_fingerprint
+    from ctfm.hub import save_pretrained
+
+    model = save_pretrained(encoder, tmp_path / "model")
+    centre = nib.affines.apply_affine(nib.load(small_scan).affine, np.array(nib.load(small_scan).shape) / 2)
+    common = ["--out", str(tmp_path / "out"), "--patch-size", *map(str, PATCH)]
+    args = ["semantic-search", str(small_scan), str(small_scan), "--point", *map(str, centre)]
+    assert main([*args, "--save-query", str(tmp_path / "q.npy"), "--model", str(model), *common]) == 0
+    record = json.loads((tmp_path / "q.npy.json").read_text())
+    assert record["model"] == str(model.resolve()) and record["model_sha256"] == model_fingerprint(encoder)
+    torch.manual_seed(1)
+    other = save_pretrained(ct_fm_encoder(init_filters=4).eval(), tmp_path / "other")
+    capsys.readouterr()
+    args = ["semantic-search", str(small_scan), "--query-embedding", str(tmp_path / "q.npy"), "--model", str(other)]
+    assert main([*args, *common]) == 1
+    assert f"q.npy: made by another model ({str(model.resolve())!r})" in capsys.readouterr().err
