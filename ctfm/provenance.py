@@ -169,11 +169,29 @@ def write_provenance(
     return write_atomically(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def command_line(args: Any) -> list[str]:
-    """``["ctfm", ...]`` as the user typed it: :func:`ctfm.cli.main` keeps the arguments on the namespace."""
-    return ["ctfm", *getattr(args, "argv", [])]
-
-
-def cli_settings(args: Any) -> dict[str, Any]:
-    """A command's options from its argparse namespace, without argparse's plumbing."""
-    return {key: value for key, value in vars(args).items() if key not in {"func", "argv"}}
+def record_command(
+    where: str | os.PathLike,
+    args: Any,
+    *,
+    inputs: Sequence[str | os.PathLike] = (),
+    output_names: Sequence[str] | None = None,
+    model: Any = None,
+    preprocessing: Any = None,
+    extra_inputs: Sequence[Mapping[str, Any]] = (),
+    merge: bool = False,
+    beside_file: bool = False,
+) -> Path:
+    """What a ``ctfm`` command calls when its outputs are written: the record of ``args`` (the argparse namespace;
+    :func:`ctfm.cli.main` keeps the typed arguments on it as ``argv``) and ``model`` (a network or segmenter, named
+    by ``args.model``) into :func:`write_provenance`."""
+    settings = {key: value for key, value in vars(args).items() if key not in {"func", "argv"}}
+    record = provenance_record(
+        command=["ctfm", *getattr(args, "argv", [])],
+        inputs=inputs,
+        output_names=output_names,
+        model=None if model is None else model_record(model, getattr(args, "model", None)),
+        preprocessing=preprocessing,
+        settings=settings,
+        extra_inputs=extra_inputs,
+    )
+    return write_provenance(where, record, merge=merge, beside_file=beside_file)

@@ -20,7 +20,8 @@ EXAMPLES: dict[str, str] = {
     "probe": "ctfm probe features.parquet --label malignant --out probe",
     "search": "ctfm search scans/query.nii.gz --table embeddings.parquet -k 10 --out neighbours.csv",
     "retrieval-eval": "ctfm retrieval-eval organmnist3d.npz --model ct-fm --out retrieval",
-    "semantic-search": "ctfm semantic-search source.nii.gz --point 10 -20 35 s0001/ct.nii.gz s0002/ct.nii.gz --out search",
+    "semantic-search": "ctfm semantic-search source.nii.gz --point 10 -20 35 s0001/ct.nii.gz s0002/ct.nii.gz "
+    "--out search",
     "prototypes": "ctfm prototypes --images a.nii.gz --labels a_labels.nii.gz --classes 1=liver 2=spleen "
     "--out prototypes.pt",
     "pseudo-label": "ctfm pseudo-label s0001/ct.nii.gz s0002/ct.nii.gz --prototypes prototypes.pt --out pseudo",
