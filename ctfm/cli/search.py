@@ -37,10 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ctfm.analysis.neighbours import search_table
     from ctfm.analysis.query_vectors import read_query
-    from ctfm.errors import CTFMError
+    from ctfm.errors import UsageError
 
     if (args.query is None) == (args.query_embedding is None):
-        raise CTFMError("give either QUERY or --query-embedding")
+        raise UsageError("give either QUERY or --query-embedding")
     vector = read_query(args.query_embedding) if args.query_embedding else None
     frame = search_table(
         args.query, args.table, k=args.k, kind=args.index, model=args.model, patches=args.patches,
