@@ -12,7 +12,8 @@ Every batch command writes one beside its outputs (a command whose ``--out`` is 
       "preprocessing": {...the CTPreprocessing fields...} | null,
       "settings": {...the command's options...},
       "inputs": [
-        {"path": "s0001/ct.nii.gz", "output_name": "s0001_ct", "size_bytes": 123, "sha256": "..."},
+        {"path": "s0001/ct.nii.gz", "output_name": "s0001_ct", "size_bytes": 123,
+         "modified_utc": "2026-12-01T09:30:00Z", "sha256": "..."},
         {"path": "dicom/series1", "output_name": "series1", "series_instance_uid": "1.2.3", "files": 120},
         {"path": "missing.nii.gz", "output_name": "missing", "error": "no such file or directory"}
       ],
@@ -23,7 +24,8 @@ Every batch command writes one beside its outputs (a command whose ``--out`` is 
 same a table records. ``output_name`` is present where the command names outputs per input
 (:func:`ctfm.io.naming.output_names`). Commands that resume into the same folder (``embed``, ``prepare``, ``idc``)
 pass ``merge=True``: the earlier record's inputs are kept (this run's entry wins for a path given again) and its
-command joins ``earlier_runs``.
+command joins ``earlier_runs``; a file whose size and modification time match its earlier entry keeps that entry's
+SHA-256 instead of being read again (a resumed run over thousands of scans hashes only the new ones).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from ctfm.atomic import write_atomically
 PROVENANCE_NAME = "provenance.json"
 SCHEMA_VERSION = 1
 _CHUNK = 1 << 20
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
 def file_sha256(path: Path) -> str:
@@ -53,9 +56,12 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def describe_input(path: str | os.PathLike, output_name: str | None = None) -> dict[str, Any]:
-    """A file's path, size and SHA-256, or a DICOM folder's SeriesInstanceUID and file count; never raises, an
-    unreadable input is recorded with its ``error``."""
+def describe_input(
+    path: str | os.PathLike, output_name: str | None = None, earlier: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A file's path, size, modification time and SHA-256, or a DICOM folder's SeriesInstanceUID and file count;
+    never raises, an unreadable input is recorded with its ``error``. The SHA-256 of ``earlier`` (this path's entry
+    of an earlier record) is kept when size and modification time still match."""
     path = Path(path)
     entry: dict[str, Any] = {"path": str(path)}
     if output_name is not None:
@@ -64,8 +70,11 @@ def describe_input(path: str | os.PathLike, output_name: str | None = None) -> d
         if path.is_dir():
             entry.update(_describe_folder(path))
         elif path.is_file():
-            entry["size_bytes"] = path.stat().st_size
-            entry["sha256"] = file_sha256(path)
+            stat = path.stat()
+            entry["size_bytes"] = stat.st_size
+            entry["modified_utc"] = datetime.fromtimestamp(stat.st_mtime, timezone.utc).strftime(_TIME_FORMAT)
+            unchanged = earlier is not None and all(earlier.get(k) == entry[k] for k in ("size_bytes", "modified_utc"))
+            entry["sha256"] = earlier["sha256"] if unchanged and earlier and "sha256" in earlier else file_sha256(path)
         else:
             entry["error"] = "no such file or directory"
     except OSError as err:
@@ -125,21 +134,40 @@ def provenance_record(
     preprocessing: Any = None,
     settings: Mapping[str, Any] | None = None,
     extra_inputs: Sequence[Mapping[str, Any]] = (),
+    earlier: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The record :func:`write_provenance` writes (see the module docstring)."""
+    """The record :func:`write_provenance` writes (see the module docstring); ``earlier`` is a record written
+    before into the same place, whose file hashes are reused where the files did not change."""
     from ctfm import __version__
 
     names: Sequence[str | None] = output_names if output_names is not None else [None] * len(inputs)
+    known = {entry.get("path"): entry for entry in (earlier or {}).get("inputs", []) if isinstance(entry, dict)}
     return {
         "schema": SCHEMA_VERSION,
         "ctfm_version": __version__,
         "command": [str(part) for part in command],
-        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_utc": datetime.now(timezone.utc).strftime(_TIME_FORMAT),
         "model": None if model is None else _jsonable(model),
         "preprocessing": _jsonable(preprocessing),
         "settings": _jsonable(settings or {}),
-        "inputs": [describe_input(path, name) for path, name in zip(inputs, names)] + [dict(e) for e in extra_inputs],
+        "inputs": [describe_input(path, name, known.get(str(path))) for path, name in zip(inputs, names)]
+        + [dict(entry) for entry in extra_inputs],
     }
+
+
+def provenance_path(where: str | os.PathLike, beside_file: bool = False) -> Path:
+    """``<where>/provenance.json``, or ``<where>.provenance.json`` for a file output."""
+    where = Path(where)
+    return where.with_name(where.name + "." + PROVENANCE_NAME) if beside_file else where / PROVENANCE_NAME
+
+
+def read_provenance(path: Path) -> dict[str, Any] | None:
+    """An earlier record, or None where there is none or it cannot be read (it is then replaced)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def write_provenance(
@@ -150,15 +178,11 @@ def write_provenance(
     With ``merge`` an existing record's inputs are kept (this run's entry wins for the same path) and its command
     joins ``earlier_runs``; an unreadable earlier record is replaced.
     """
-    where = Path(where)
-    target = where.with_name(where.name + "." + PROVENANCE_NAME) if beside_file else where / PROVENANCE_NAME
+    target = provenance_path(where, beside_file)
     document = dict(record)
-    if merge and target.is_file():
-        try:
-            earlier = json.loads(target.read_text())
-        except (OSError, ValueError):
-            earlier = None
-        if isinstance(earlier, dict):
+    if merge:
+        earlier = read_provenance(target)
+        if earlier is not None:
             paths = {entry.get("path") for entry in document["inputs"]}
             kept = [entry for entry in earlier.get("inputs", []) if entry.get("path") not in paths]
             document["inputs"] = kept + list(document["inputs"])
@@ -193,5 +217,6 @@ def record_command(
         preprocessing=preprocessing,
         settings=settings,
         extra_inputs=extra_inputs,
+        earlier=read_provenance(provenance_path(where, beside_file)) if merge else None,
     )
     return write_provenance(where, record, merge=merge, beside_file=beside_file)

@@ -27,6 +27,7 @@ def test_the_record_of_a_command_with_a_model_files_and_a_dicom_series(tmp_path,
     assert record["preprocessing"] == {"spacing": [3.0, 1.0, 1.0]}
     assert record["settings"] == {"model": "tiny", "overlap": 0.5, "out": str(tmp_path / "out")}
     nifti, dicom, missing = record["inputs"]
+    assert nifti.pop("modified_utc").endswith("Z")
     assert nifti == {
         "path": str(sample_nifti), "output_name": "sample", "size_bytes": sample_nifti.stat().st_size,
         "sha256": hashlib.sha256(sample_nifti.read_bytes()).hexdigest(),
@@ -54,6 +55,26 @@ def test_a_resumed_run_keeps_the_earlier_inputs_and_commands(tmp_path):
     # Without merge (a fresh run into its own folder) the record is this run's alone.
     record = json.loads(write_provenance(tmp_path / "table", first).read_text())
     assert "earlier_runs" not in record and len(record["inputs"]) == 1
+
+
+def test_a_resumed_run_hashes_only_files_that_changed(tmp_path):
+    import os
+
+    scan = tmp_path / "a.nii.gz"
+    scan.write_bytes(b"scan")
+    args = Namespace(argv=["embed", str(scan)])
+    record_command(tmp_path / "table", args, inputs=[scan], merge=True)
+    path = tmp_path / "table" / PROVENANCE_NAME
+    record = json.loads(path.read_text())
+    record["inputs"][0]["sha256"] = "kept"  # what a second hash of the unchanged file would not give
+    path.write_text(json.dumps(record))
+    record = json.loads(record_command(tmp_path / "table", args, inputs=[scan], merge=True).read_text())
+    assert record["inputs"][0]["sha256"] == "kept"
+    scan.write_bytes(b"other")
+    os.utime(scan, (1, 1))
+    record = json.loads(record_command(tmp_path / "table", args, inputs=[scan], merge=True).read_text())
+    assert record["inputs"][0]["sha256"] == hashlib.sha256(b"other").hexdigest()
+    assert len(record["earlier_runs"]) == 2
 
 
 def test_a_file_output_gets_its_record_beside_it(tmp_path):
