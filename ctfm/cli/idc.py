@@ -40,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-fetch", action="store_true", help="never fetch tables that idc-index-data does not bundle (stay offline)"
     )
     query.add_argument("--out", help="selection CSV to write; without it only the summary is printed")
+    query.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     query.set_defaults(func=run_query)
 
     download = commands.add_parser("download", help="download the series of a selection CSV with s5cmd")
@@ -62,6 +63,10 @@ def run_query(args: argparse.Namespace) -> int:
 
     from ctfm.idc.query import query, summarize
     from ctfm.idc.selection import write_csv_atomically
+    from ctfm.outputs import refuse_overwrite
+
+    if args.out:
+        refuse_overwrite([args.out], args.overwrite)
 
     selection = query(Path(args.sql), dict(args.param), tables=dict(args.table), fetch=not args.no_fetch)
     print(f"{args.sql}: {summarize(selection)}")
