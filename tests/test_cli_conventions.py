@@ -30,7 +30,7 @@ def test_help_shows_every_default_and_an_example(path, parser):
     assert "example:\n  ctfm " + path[0] in text
     for action in parser._actions:
         default = action.default
-        if not action.option_strings or default in (None, False, [], argparse.SUPPRESS) or action.help is None:
+        if not action.option_strings or default in (None, False, [], argparse.SUPPRESS):
             continue
         shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
         assert "default" in parser._get_formatter()._expand_help(action), f"{action.dest} of {' '.join(path)}"

@@ -49,22 +49,28 @@ EPILOG = f"""example:
 {EXIT_CODES_HELP}"""
 
 
+def shown_default(action: argparse.Action) -> str | None:
+    """How help shows an option's default, or None where there is none worth saying (unset, off, a positional)."""
+    default = action.default
+    if (
+        default is None
+        or default is False
+        or default == []
+        or default is argparse.SUPPRESS
+        or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))
+    ):
+        return None
+    return " ".join(map(str, default)) if isinstance(default, (list, tuple)) else "%(default)s"
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Epilogs keep their lines; an option with a default worth saying ends its help with ``(default: ...)``."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        default = action.default
-        if (
-            "default" in text
-            or default is None
-            or default is False
-            or default == []
-            or default is argparse.SUPPRESS
-            or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))
-        ):
+        shown = shown_default(action)
+        if shown is None or "default" in text:
             return text
-        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else "%(default)s"
         return f"{text} (default: {shown})".strip()
 
 
@@ -76,6 +82,10 @@ def finish_help(parser: argparse.ArgumentParser, path: str = "") -> None:
         for name, sub in action.choices.items():
             command = f"{path} {name}".strip()
             sub.formatter_class = HelpFormatter
+            for option in sub._actions:
+                shown = shown_default(option)
+                if option.help is None and shown is not None:  # argparse prints no help line for it otherwise
+                    option.help = f"(default: {shown})"
             example = EXAMPLES.get(command)
             if example and not sub.epilog:
                 sub.epilog = f"example:\n  {example}"
