@@ -129,6 +129,9 @@ def test_cli_embeds_scans_with_a_local_model(encoder, sample_nifti, tmp_path, ca
     assert [entry["path"] for entry in record["inputs"]] == [str(sample_nifti), str(bad)]
     assert len(record["earlier_runs"]) == 1 and record["model"]["name"] == str(model_dir)
     assert main(["embed", str(bad), *args, "--out", str(tmp_path / "bad.parquet")]) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        main(["embed", str(sample_nifti), *args, "--out", str(tmp_path / "flag.parquet"), "--overlap", "1.5"])
+    assert exit_info.value.code == 2
 
 
 def test_preprocessed_metatensor_keeps_its_world_coordinates(encoder, sample_nifti):
