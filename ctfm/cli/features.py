@@ -31,15 +31,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ctfm.analysis.lesion_features import extract_lesion_features
+    from ctfm.analysis.lesion_features import extract_lesion_features, read_lesions
+    from ctfm.hub.loading import load
     from ctfm.outputs import refuse_overwrite
     from ctfm.provenance import describe_input, record_command
 
     refuse_overwrite([args.out, *([args.report] if args.report else [])], args.overwrite)
+    images = list(dict.fromkeys(read_lesions(args.csv)["image_path"].dropna()))  # the scans the rows point at
+    model = load(args.model, device=args.device)
     report = extract_lesion_features(
-        args.csv, args.out, model=args.model, crop=args.crop, batch_size=args.batch_size, device=args.device
+        args.csv, args.out, model=model, crop=args.crop, batch_size=args.batch_size, device=args.device
     )
-    record_command(args.out, args, extra_inputs=[describe_input(args.csv)], beside_file=True)
+    record_command(
+        args.out, args, inputs=images, model=model, extra_inputs=[{**describe_input(args.csv), "role": "lesion table"}],
+        beside_file=True,
+    )  # fmt: skip
     print(report.summary())
     if args.report:
         report.write_csv(args.report)

@@ -49,7 +49,13 @@ def test_features_cli_end_to_end(sample_ct, sample_nifti, tmp_path, capsys):
         assert np.allclose(vector, alone.numpy(), atol=1e-5)
     assert pd.read_csv(tmp_path / "report.csv")["status"].tolist().count("skipped") == 3
     record = json.loads((tmp_path / "features.parquet.provenance.json").read_text())
-    assert record["inputs"][0]["path"] == str(tmp_path / "lesions.csv") and record["command"][1] == "features"
+    assert [entry["path"] for entry in record["inputs"]] == [
+        str(sample_nifti),
+        str(tmp_path / "missing.nii.gz"),
+        str(tmp_path / "lesions.csv"),
+    ]
+    assert record["inputs"][1]["error"] == "no such file or directory" and record["inputs"][2]["role"] == "lesion table"
+    assert record["command"][1] == "features" and len(record["model"]["sha256"]) == 64
     # A second run into the same file: one line, nothing replaced; a CSV of only bad rows: 1; a bad flag: 2.
     again = ["features", str(tmp_path / "lesions.csv"), "--model", str(model_dir), "--out", str(out)]
     assert main(again) == 1 and "features.parquet: exists already" in capsys.readouterr().err
