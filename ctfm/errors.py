@@ -9,6 +9,10 @@ class CTFMError(Exception):
     """Base class of every error ctfm raises on purpose."""
 
 
+class UsageError(CTFMError, ValueError):
+    """A bad command line or argument value (a negative count, two options that exclude each other): exit code 2."""
+
+
 class InvalidScanError(CTFMError, ValueError):
     """A scan that cannot be used: unreadable, not CT, not 3D, non-finite, or an inconsistent series.
 

@@ -63,11 +63,15 @@ def copy_recipe(name: str, destination: str | Path, *, folder: str | Path | None
     destination = Path(destination)
     prefix = destination.as_posix().rstrip("/")
     pieces = _base_pieces(source, root)
+    targets = {path: destination / path.relative_to(root) for path in [source, *pieces]}
+    existing = [target for target in targets.values() if target.exists()]
+    if existing:  # checked before writing anything: a refused copy leaves the folder as it was
+        raise CTFMError(
+            f"{', '.join(map(str, existing))} exist{'s' if len(existing) == 1 else ''} already; nothing was copied. "
+            "Copy into an empty folder or remove them first"
+        )
     written = []
-    for path in [source, *pieces]:
-        target = destination / path.relative_to(root)
-        if target.exists():
-            raise CTFMError(f"{target} exists already; copy into an empty folder or remove it first")
+    for path, target in targets.items():
         target.parent.mkdir(parents=True, exist_ok=True)
         text = path.read_text()
         target.write_text(_rewrite_base_refs(text, lambda _: f"{prefix}/{BASE_DIRNAME}"))
@@ -105,12 +109,16 @@ def run_recipe(stage: str, inputs: Sequence[str | Path | dict[str, Any]], **stag
 
 
 def _summary(path: Path) -> str:
+    """The first sentence of the recipe's header comment, however many lines it spans."""
+    words: list[str] = []
     for line in path.read_text().splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-        if line.strip():
+        text = line.lstrip("#").strip()
+        if not line.startswith("#") or not text:
             break
-    return ""
+        words.append(text)
+    paragraph = " ".join(words)
+    sentence = re.split(r"(?<=[.!?])\s+(?=[A-Z])", paragraph, maxsplit=1)[0]
+    return sentence[:-1] + "." if sentence.endswith(":") else sentence
 
 
 def _base_pieces(recipe: Path, root: Path) -> list[Path]:

@@ -23,6 +23,17 @@ if TYPE_CHECKING:
 #: Reasons a summary lists under its first line before it says "... and K more".
 MAX_REASONS = 10
 
+#: Exit codes of every ``ctfm`` command (``ctfm --help`` and the README say the same).
+EXIT_OK = 0  #: every item done
+EXIT_FAILED = 1  #: nothing could be done, or a ctfm error stopped the run
+EXIT_USAGE = 2  #: bad arguments (argparse's own code; ctfm's usage errors use it too)
+EXIT_PARTIAL = 3  #: done, but some items were skipped or failed (named in the summary)
+EXIT_CODES_HELP = f"""exit codes:
+  {EXIT_OK}  every item done
+  {EXIT_FAILED}  nothing could be done, or an error stopped the run (one line on stderr)
+  {EXIT_USAGE}  usage error: a bad command line or flag value
+  {EXIT_PARTIAL}  done, but some items were skipped or failed (named in the summary)"""
+
 
 @dataclass(frozen=True)
 class ReportRow:
@@ -63,6 +74,14 @@ class RunReport:
     def ok(self) -> bool:
         """True when no item was skipped or failed."""
         return not self.problems
+
+    @property
+    def exit_code(self) -> int:
+        """:data:`EXIT_OK` when every item was done, :data:`EXIT_PARTIAL` when some were skipped or failed,
+        :data:`EXIT_FAILED` when none was done (an empty run included)."""
+        if not self.done:
+            return EXIT_FAILED
+        return EXIT_OK if self.ok else EXIT_PARTIAL
 
     def counts(self) -> dict[str, int]:
         """Items per status, every status of ``STATUSES`` included (zeros too), in its order."""

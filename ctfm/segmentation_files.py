@@ -1,9 +1,11 @@
 """``ctfm segment`` on many scans: label maps, per-class masks, statistics and previews on disk, bad scans reported.
 
-Per input ``<name>`` (the file name without its extension, or the DICOM folder's name) in the output folder:
+Per input ``<name>`` (:func:`ctfm.io.naming.output_names`: the file name without its extension, or the DICOM folder's
+name, prefixed with parent folders where inputs share it) in the output folder:
 ``<name>.nii.gz`` (integer labels on the input's grid) with ``<name>.json`` naming the values, ``<name>/<class>.nii.gz``
 binary masks with ``split_masks`` (as TotalSegmentator writes them), ``<name>.png`` with ``preview``; one
-``statistics.csv`` for the run (a row per input and class: volume in ml and mean HU inside the class).
+``statistics.csv`` for the run (a row per input and class: volume in ml and mean HU inside the class). A run
+that would overwrite any of these stops before it starts, unless ``overwrite``.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from tqdm.auto import tqdm
 
 from ctfm.atomic import write_atomically
 from ctfm.errors import CTFMError, InvalidScanError
-from ctfm.io.reader import output_name, read_ct
+from ctfm.io.naming import output_names
+from ctfm.io.reader import read_ct
+from ctfm.outputs import output_folder, refuse_overwrite
 from ctfm.reports import ReportRow, RunReport
-from ctfm.segmentation import OVERLAP, ROI_SIZE, load_segmenter, segment
+from ctfm.segmentation import OVERLAP, ROI_SIZE, Segmenter, load_segmenter, segment
 from ctfm.tasks.segmentation import write_label_map
 
 logger = logging.getLogger(__name__)
@@ -69,7 +73,7 @@ def segment_to_files(
     inputs: Iterable[str | Path],
     out: str | Path,
     *,
-    model: str | Path = "ct-fm-whole-body",
+    model: str | Path | Segmenter = "ct-fm-whole-body",
     roi_size: Sequence[int] = ROI_SIZE,
     overlap: float = OVERLAP,
     batch_size: int = 1,
@@ -78,18 +82,26 @@ def segment_to_files(
     split_masks: bool = False,
     largest_component: bool = True,
     preview: bool = False,
+    overwrite: bool = False,
 ) -> SegmentReport:
     """Segment each input into ``out`` (see the module docstring); a bad input is skipped and reported."""
+    inputs = list(inputs)
+    output_stems = output_names(inputs)
+    out = output_folder(out)
+    planned = [out / "statistics.csv"]
+    for name in output_stems:
+        planned += [out / f"{name}.nii.gz", out / f"{name}.json"]
+        planned += [out / name] if split_masks else []
+        planned += [out / f"{name}.png"] if preview else []
+    refuse_overwrite(planned, overwrite)
     segmenter = load_segmenter(model, device=device)
     names = segmenter.class_names
     values = list(range(1, len(names))) if classes is None else [names.index(c) for c in classes if c in names]
     if classes is not None and len(values) != len(classes):
         raise CTFMError(f"the model has no classes {[c for c in classes if c not in names]}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     report = SegmentReport(out=out)
     statistics: list[dict] = []
-    for path in tqdm(list(inputs), desc="segmenting", unit="scan"):
+    for path, name in zip(tqdm(inputs, desc="segmenting", unit="scan"), output_stems):
         try:
             hu = read_ct(path)
             labels = segment(
@@ -106,7 +118,6 @@ def segment_to_files(
             logger.warning("skipping %s", err)
             report.skipped.append((str(path), err.problem))
             continue
-        name = output_name(path)
         affine = np.asarray(hu.affine, dtype=np.float64)
         array = labels[0].numpy()
         write_label_map(array, affine, out / f"{name}.nii.gz", names)

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -117,6 +119,19 @@ def test_cli_embeds_scans_with_a_local_model(encoder, sample_nifti, tmp_path, ca
     table = pd.read_parquet(out)
     expected = embed(encoder, sample_nifti, patch_size=PATCH)
     torch.testing.assert_close(torch.tensor(table["embedding"][0], dtype=torch.float32), expected, rtol=1e-4, atol=1e-5)
+    # A re-run resumes: the scan already in the table, a broken one skipped (exit 3); the record lists both runs.
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not a scan")
+    args = ["--model", str(model_dir), "--patch-size", "8", "32", "32"]
+    assert main(["embed", str(sample_nifti), str(bad), *args, "--out", str(out)]) == 3
+    assert "0 embedded, 1 already in the table, 1 skipped" in capsys.readouterr().out
+    record = json.loads((tmp_path / "table.parquet.provenance.json").read_text())
+    assert [entry["path"] for entry in record["inputs"]] == [str(sample_nifti), str(bad)]
+    assert len(record["earlier_runs"]) == 1 and record["model"]["name"] == str(model_dir)
+    assert main(["embed", str(bad), *args, "--out", str(tmp_path / "bad.parquet")]) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        main(["embed", str(sample_nifti), *args, "--out", str(tmp_path / "flag.parquet"), "--overlap", "1.5"])
+    assert exit_info.value.code == 2
 
 
 def test_preprocessed_metatensor_keeps_its_world_coordinates(encoder, sample_nifti):

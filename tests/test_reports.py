@@ -129,3 +129,13 @@ def test_every_run_report_shares_the_base(make, headline, column, problems):
     assert list(table.columns) == [column, "status", "reason"]
     assert [tuple(row) for row in table.values.tolist()] == problems
     assert len(report.to_frame()) == len(report.rows()) == sum(report.counts().values())
+
+
+def test_exit_code_all_done_some_skipped_none_done():
+    from ctfm.reports import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
+
+    assert (EXIT_OK, EXIT_FAILED, EXIT_PARTIAL) == (0, 1, 3)
+    assert CopyReport(copied=["a"]).exit_code == 0
+    assert CopyReport(copied=["a"], lost={"b": "gone"}).exit_code == 3
+    assert CopyReport(lost={"b": "gone"}).exit_code == 1
+    assert CopyReport().exit_code == 1  # an empty run did nothing

@@ -78,7 +78,7 @@ def test_a_saved_segresnetds_segments_a_nifti_and_a_dicom_series_from_the_comman
     out = tmp_path / "out"
     argv = ["segment", str(sample_nifti), str(bad), str(sample_dicom_dir), "--model", str(tiny_model)]
     argv += ["--out", str(out), "--roi", *map(str, ROI), "--overlap", "0.25", "--batch-size", "4"]
-    assert main([*argv, "--split-masks", "--preview"]) == 0
+    assert main([*argv, "--split-masks", "--preview"]) == 3  # done, one input skipped
     printed = capsys.readouterr().out
     assert "2 segmented, 1 skipped" in printed and f"skipped {bad}: cannot be read as NIfTI" in printed
     for source, name in ((sample_nifti, "sample"), (sample_dicom_dir, "series")):
@@ -111,3 +111,45 @@ def test_a_model_without_a_decoder_or_unknown_classes_is_refused(tmp_path, sampl
         ctfm.segment(str(encoder), sample_nifti)
     with pytest.raises(CTFMError, match=r"the model has no classes \['liver'\]"):
         ctfm.segment(thresholds(), sample_nifti, roi_size=ROI, classes=["liver"])
+
+
+def test_same_named_inputs_keep_their_own_outputs_and_nothing_is_overwritten(
+    tiny_model, sample_nifti, sample_dicom_dir, tmp_path, capsys
+):
+    """The TotalSegmentator layout (s0001/ct.nii.gz, s0002/ct.nii.gz); exit codes 0, 1, 2 and the provenance."""
+    import shutil
+
+    from ctfm.cli import main
+
+    for subject in ("s0001", "s0002"):
+        (tmp_path / subject).mkdir()
+        shutil.copyfile(sample_nifti, tmp_path / subject / "ct.nii.gz")
+    out = tmp_path / "out"
+    inputs = [str(tmp_path / "s0001" / "ct.nii.gz"), str(tmp_path / "s0002" / "ct.nii.gz"), str(sample_dicom_dir)]
+    argv = ["segment", *inputs]
+    argv += ["--model", str(tiny_model), "--roi", *map(str, ROI), "--overlap", "0.25"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "3 segmented, 0 skipped" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["s0001_ct.nii.gz", "s0002_ct.nii.gz", "series.nii.gz"]
+    record = json.loads((out / "provenance.json").read_text())
+    assert record["command"][:2] == ["ctfm", "segment"] and record["model"]["name"] == str(tiny_model)
+    assert len(record["model"]["sha256"]) == 64 and record["preprocessing"]["hu_range"]
+    first, _, dicom = record["inputs"]
+    assert first["output_name"] == "s0001_ct" and first["size_bytes"] == sample_nifti.stat().st_size
+    assert len(first["sha256"]) == 64 and dicom["series_instance_uid"] and dicom["output_name"] == "series"
+    # A second run into the same folder: one line naming the file, nothing written; --overwrite replaces.
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert main([*argv, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "statistics.csv" in err and "exists already" in err and "--overwrite" in err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert main([*argv, "--out", str(out), "--overwrite"]) == 0
+    # --out is a file: one line; only bad inputs: 1; a bad flag value: 2.
+    assert main([*argv, "--out", str(sample_nifti)]) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not a nifti")
+    assert main(["segment", str(bad), "--model", str(tiny_model), "--out", str(tmp_path / "bad")]) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--out", str(tmp_path / "flag"), "--batch-size", "0"])
+    assert exit_info.value.code == 2

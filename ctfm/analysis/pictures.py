@@ -15,6 +15,7 @@ from torch import nn
 
 from ctfm.atomic import write_atomically
 from ctfm.errors import CTFMError
+from ctfm.io.naming import output_names
 from ctfm.io.reader import read_ct
 from ctfm.transforms.preprocess import CTPreprocessing
 
@@ -86,7 +87,7 @@ def pca_picture(
     maps = pca_concepts(model, volumes, patch_size=patch_size, overlap=overlap)
     return concept_pair(
         [m.volume for m in maps], [m.rgb for m in maps], Path(out) / "pca_concepts.png",
-        titles=[Path(s).name for s in scans], window=scaled_window(preprocess.hu_range),
+        titles=output_names(scans), window=scaled_window(preprocess.hu_range),
     )  # fmt: skip
 
 
@@ -128,5 +129,5 @@ def stability_picture(
     numbers = summary(similarities)
     frame = pd.DataFrame([numbers])
     write_atomically(out / "stability.csv", lambda tmp: frame.to_csv(tmp, index=False))
-    title = f"{Path(first).name} vs {Path(second).name}"
+    title = " vs ".join(output_names([first, second]))
     return numbers, similarity_histogram(similarities, out / "stability.png", title=title)

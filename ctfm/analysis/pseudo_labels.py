@@ -7,7 +7,8 @@ those above the lower one connected to them, i.e. hysteresis). A voxel takes the
 nearest prototype) when that channel passes its threshold, else the background; optionally each class keeps its
 largest connected component (MONAI). The label map is on the target's grid (shape and affine).
 
-:func:`pseudo_label` runs it over many targets: ``<out>/<name>.nii.gz`` (labels, with ``<name>.json`` naming them as
+:func:`pseudo_label` runs it over many targets (``<name>``: :func:`ctfm.io.naming.output_names`, unique per run):
+``<out>/<name>.nii.gz`` (labels, with ``<name>.json`` naming them as
 ``ctfm segment`` does), ``<name>_probabilities.nii.gz`` (the normalised maps, one volume per class, background
 first), ``<name>.png`` (overlay), ``evaluation.csv`` (Dice and average surface distance in mm per class against
 reference label maps), and the pseudo-labelled scans in the TotalSegmentator v2 layout for
@@ -35,7 +36,8 @@ from ctfm.analysis.similarity_maps import Normalisation, SimilarityMaps, prototy
 from ctfm.analysis.windows import Aggregation
 from ctfm.atomic import write_atomically
 from ctfm.errors import CTFMError, InvalidScanError
-from ctfm.io.reader import output_name
+from ctfm.io.naming import output_names
+from ctfm.outputs import output_folder, refuse_overwrite
 from ctfm.reports import ReportRow, RunReport
 from ctfm.tasks.segmentation import write_label_map
 
@@ -221,33 +223,40 @@ def pseudo_label(
     totalsegmentator_layout: str | Path | None = None,
     preview: bool = True,
     prototypes_path: str | Path = "prototypes",
+    overwrite: bool = False,
 ) -> PseudoLabelReport:
     """Label each target into ``out`` (see the module docstring); a bad target is skipped and reported.
 
     With ``reference_dir``, the label map named like each target (on its grid, same values as the prototypes'
     classes) is scored into ``out/evaluation.csv``; with ``totalsegmentator_layout``, each labelled target becomes a
-    training subject of that folder.
+    training subject of that folder. A run that would overwrite a file of ``out`` stops first, unless ``overwrite``.
     """
     cache = prototype_cache(model, prototypes, where=prototypes_path)  # refuses another model before any work
     names = prototypes.class_names
     if totalsegmentator_layout is not None:
         check_totalsegmentator_names(names)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out)
+    targets = list(targets)
+    target_names = output_names(targets)
+    planned = [out / "evaluation.csv"] if reference_dir is not None else []
+    for name in target_names:
+        planned += [out / f"{name}.nii.gz", out / f"{name}.json", out / f"{name}_probabilities.nii.gz"]
+        planned += [out / f"{name}.png"] if preview else []
+        planned += [Path(totalsegmentator_layout) / name] if totalsegmentator_layout is not None else []
+    refuse_overwrite(planned, overwrite)
     report = PseudoLabelReport(out=out)
     scores: list[dict] = []
-    for target in tqdm(list(targets), desc="pseudo-labelling", unit="scan"):
+    for target, name in zip(tqdm(targets, desc="pseudo-labelling", unit="scan"), target_names):
         try:
             maps = similarity_maps(model, target, prototypes, aggregation=aggregation, normalisation=normalisation,
                                    temperature=temperature, cache=cache)  # fmt: skip
-            reference = _reference(reference_dir, target, maps) if reference_dir is not None else None
+            reference = _reference(reference_dir, target, name, maps) if reference_dir is not None else None
         except InvalidScanError as err:
             logger.warning("skipping %s", err)
             report.skipped.append((str(target), err.problem))
             continue
         affine = np.asarray(maps.scan.affine, dtype=np.float64)
         labels = labels_from_maps(maps.maps, affine, post)
-        name = output_name(target)
         write_label_map(labels, affine, out / f"{name}.nii.gz", names)
         _write_maps(maps, affine, out / f"{name}_probabilities.nii.gz")
         if preview:
@@ -265,10 +274,10 @@ def pseudo_label(
     return report
 
 
-def _reference(folder: str | Path, target: str | Path, maps: SimilarityMaps) -> np.ndarray:
+def _reference(folder: str | Path, target: str | Path, name: str, maps: SimilarityMaps) -> np.ndarray:
     from ctfm.io.reader import read_label_map
 
-    path = Path(folder) / f"{output_name(target)}.nii.gz"
+    path = Path(folder) / f"{name}.nii.gz"
     if not path.is_file():
         raise InvalidScanError(path, f"no reference label map for {target} in {folder}")
     return np.asarray(read_label_map(path, like=maps.scan)[0]).astype(np.int64)

@@ -25,8 +25,10 @@ from ctfm.analysis.query_vectors import QueryVector, check_query
 from ctfm.analysis.windows import TargetCache, aggregate_windows, resample_to_grid, voxel_to_world, world_to_voxel
 from ctfm.atomic import write_atomically
 from ctfm.errors import CTFMError, InvalidScanError
+from ctfm.io.naming import output_names
 from ctfm.io.reader import read_ct
 from ctfm.nn.encoder import pooled_features
+from ctfm.outputs import output_folder, refuse_overwrite
 from ctfm.transforms.preprocess import CTPreprocessing
 
 #: RAS <-> LPS: negate the first two world axes.
@@ -127,6 +129,13 @@ def point_query(
     return QueryVector(vector, f"{source} @ {np.round(point_ras, 1).tolist()} mm RAS", settings)
 
 
+def search_outputs(out: str | Path, targets: Sequence[str | Path]) -> list[Path]:
+    """Every file :func:`run_semantic_search` writes into ``out`` (``<name>``: :func:`ctfm.io.naming.output_names`)."""
+    out = Path(out)
+    names = output_names(targets)
+    return [out / "matches.csv"] + [out / f"{name}_heatmap{ext}" for name in names for ext in (".nii.gz", ".png")]
+
+
 def run_semantic_search(
     source: str | Path | None,
     point: Sequence[float] | None,
@@ -141,12 +150,16 @@ def run_semantic_search(
     preprocess: CTPreprocessing = CTPreprocessing(),
     cache: TargetCache | None = None,
     query: QueryVector | None = None,
+    overwrite: bool = False,
+    skipped: list[tuple[str, str]] | None = None,
 ):
     """Search each target for the anatomy at ``point`` of ``source`` (or for ``query``, an embedded patch, with
-    ``source`` and ``point`` None); write ``out/matches.csv`` and per target a
-    heat-map NIfTI (the target's shape and affine) and a PNG. ``point`` and the csv's ``x_mm, y_mm, z_mm`` are RAS,
-    or LPS with ``lps=True``. With ``mask_dir``, the mask named like each target gives ``ocd_cm`` and
-    ``inside_mask``. A ``cache`` brings its own model settings (patch size, overlap, preprocessing) and embeddings.
+    ``source`` and ``point`` None); write ``out/matches.csv`` and per target a heat-map NIfTI (the target's shape and
+    affine) and a PNG, named as :func:`search_outputs` says (a run that would overwrite one stops first, unless
+    ``overwrite``). ``point`` and the csv's ``x_mm, y_mm, z_mm`` are RAS, or LPS with ``lps=True``. With
+    ``mask_dir``, the mask named like each target gives ``ocd_cm`` and ``inside_mask``. A ``cache`` brings its own
+    model settings (patch size, overlap, preprocessing) and embeddings. With a ``skipped`` list, an unreadable target
+    is added to it as ``(target, reason)`` and the search goes on; without, it stops the search.
     Returns the matches table."""
     import nibabel as nib
     import pandas as pd
@@ -154,7 +167,8 @@ def run_semantic_search(
     from ctfm.io.reader import read_label_map
     from ctfm.plotting import orthogonal_slices, scaled_window
 
-    out = Path(out)
+    out = output_folder(out)
+    refuse_overwrite(search_outputs(out, targets), overwrite)
     flip = LPS_FLIP if lps else np.ones(3)
     cache = cache or TargetCache(model, preprocess, patch_size, overlap)
     preprocess = cache.preprocess
@@ -165,12 +179,15 @@ def run_semantic_search(
     elif query.settings is not None:
         check_query(query, len(query.vector), cache.query_settings(), "this search's model and windows")
     query_vector = torch.from_numpy(np.asarray(query.vector, dtype=np.float32))
-    rows, names = [], set()
-    for target in targets:
-        match = search_target(query_vector, target, cache, query.name)
-        name = Path(target).name.split(".")[0]
-        name = name if name not in names else f"{name}_{len(names)}"
-        names.add(name)
+    rows = []
+    for target, name in zip(targets, output_names(targets)):
+        try:
+            match = search_target(query_vector, target, cache, query.name)
+        except InvalidScanError as err:
+            if skipped is None:
+                raise
+            skipped.append((str(target), err.problem))
+            continue
         affine = np.asarray(match.scan.affine, dtype=np.float64)
         image = nib.Nifti1Image(match.heat, affine)
         write_atomically(out / f"{name}_heatmap.nii.gz", lambda tmp, image=image: nib.save(image, str(tmp)))
@@ -192,6 +209,6 @@ def run_semantic_search(
             row["mask"] = str(mask_path)
             row["ocd_cm"], row["inside_mask"] = organ_centroid_distance(match.point_mm, mask)
         rows.append(row)
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows, columns=None if rows else ["target", "x_mm", "y_mm", "z_mm", "similarity"])
     write_atomically(out / "matches.csv", lambda tmp: table.to_csv(tmp, index=False))
     return table

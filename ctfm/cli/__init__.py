@@ -36,7 +36,14 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ctfm", description="CT foundation models: data, pretraining, embedding.")
+    from ctfm.cli.help import EPILOG, HelpFormatter, finish_help
+
+    parser = argparse.ArgumentParser(
+        prog="ctfm",
+        description="CT foundation models: data, pretraining, embedding.",
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -46,22 +53,29 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(subparsers)
+    finish_help(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    from ctfm.errors import CTFMError
+    args.argv = argv  # the command line, for provenance.json
+    from ctfm.errors import CTFMError, UsageError
+    from ctfm.reports import EXIT_FAILED, EXIT_USAGE
 
     try:
         return int(args.func(args) or 0)
+    except UsageError as err:
+        print(f"ctfm {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except CTFMError as err:
         print(f"ctfm {args.command}: error: {err}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except BrokenPipeError:  # `ctfm ... | head` closed the pipe: stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

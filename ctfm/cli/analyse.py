@@ -6,7 +6,16 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("analyse", help="zero-shot pictures: saliency, PCA concepts, t-SNE, stability")
+    from ctfm.cli.arguments import fraction
+    from ctfm.outputs import OVERWRITE_HELP
+
+    parser = subparsers.add_parser(
+        "analyse",
+        help="zero-shot pictures: saliency, PCA concepts, t-SNE, stability",
+        description="Zero-shot pictures, each written into --out under fixed names (saliency.nii.gz/.png, "
+        "pca_concepts.png, tsne.png, stability.csv/.png) with provenance.json; a run that would overwrite one stops, "
+        "unless --overwrite.",
+    )
     kinds = parser.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
 
     def with_model(sub: argparse.ArgumentParser) -> None:
@@ -20,11 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     saliency.add_argument("--window", type=int, nargs=3, default=(8, 8, 8), help="occluded window (voxels)")
     pca = kinds.add_parser("pca", help="two scans coloured by one PCA of their patch embeddings")
     pca.add_argument("scans", nargs=2)
-    pca.add_argument("--overlap", type=float, default=0.75)
+    pca.add_argument("--overlap", type=fraction, default=0.75, help="fraction of a window shared by its neighbours")
     tsne = kinds.add_parser("tsne", help="t-SNE of a table's embeddings coloured by a label column")
     tsne.add_argument("--table", required=True, help="embedding table written by `ctfm embed`")
     tsne.add_argument("--labels", required=True, help="CSV with a path column and the label column")
-    tsne.add_argument("--column", default="label")
+    tsne.add_argument("--column", default="label", help="the label column of --labels")
     stability = kinds.add_parser("stability", help="similarity of corresponding patches of two scans of a subject")
     stability.add_argument("scans", nargs=2)
     stability.add_argument(
@@ -34,16 +43,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         with_model(sub)
     for sub in (saliency, pca, tsne, stability):
         sub.add_argument("--out", required=True, help="folder for the picture (and NIfTI / CSV)")
+        sub.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.set_defaults(func=run)
+
+
+#: The files each analysis writes into --out.
+OUTPUTS = {
+    "saliency": ("saliency.nii.gz", "saliency.png"),
+    "pca": ("pca_concepts.png",),
+    "tsne": ("tsne.png",),
+    "stability": ("stability.csv", "stability.png"),
+}
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ctfm.analysis import pictures
+    from ctfm.outputs import output_folder, refuse_overwrite
+    from ctfm.provenance import describe_input, record_command
 
+    out = output_folder(args.out)
+    refuse_overwrite([out / name for name in OUTPUTS[args.analysis]], args.overwrite)
     if args.analysis == "tsne":
-        print(f"wrote {pictures.tsne_picture(args.table, args.labels, args.column, args.out)}")
+        print(f"wrote {pictures.tsne_picture(args.table, args.labels, args.column, out)}")
+        record_command(out, args, extra_inputs=[describe_input(args.table), describe_input(args.labels)])
         return 0
     from ctfm.hub import load
 
@@ -63,4 +87,5 @@ def run(args: argparse.Namespace) -> int:
             model, *args.scans, args.out, world_transform=transform, patch_size=patch
         )
         print(", ".join(f"{k} {v:.3f}" for k, v in numbers.items()) + f"; wrote {png}")
+    record_command(out, args, inputs=[args.scan] if args.analysis == "saliency" else args.scans, model=model)
     return 0

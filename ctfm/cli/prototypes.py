@@ -30,14 +30,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overlap", type=float, default=0.5, help="fraction of a window shared by its neighbours")
     parser.add_argument("--native-spacing", action="store_true", help="do not resample to 3 x 1 x 1 mm")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ctfm.analysis.prototypes import compute_prototypes
     from ctfm.hub import load
+    from ctfm.outputs import refuse_overwrite
     from ctfm.transforms.preprocess import CTPreprocessing
 
+    refuse_overwrite([args.out], args.overwrite)
     model = load(args.model, device=args.device)
     prototypes = compute_prototypes(
         model, args.images, args.labels, dict(args.classes) if args.classes else None,

@@ -6,8 +6,14 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ctfm.io.naming import NAMING_HELP
+    from ctfm.outputs import OVERWRITE_HELP
+
     parser = subparsers.add_parser(
-        "pseudo-label", help="label maps, probability maps and overlays of scans from their similarity to prototypes"
+        "pseudo-label",
+        help="label maps, probability maps and overlays of scans from their similarity to prototypes",
+        description="Label maps, probability maps and overlays of scans from their similarity to prototypes. "
+        + NAMING_HELP,
     )
     parser.add_argument("targets", nargs="+", metavar="TARGET", help="scans to label")
     parser.add_argument("--prototypes", required=True, help="file `ctfm prototypes` wrote")
@@ -22,13 +28,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--levels", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="multi-level thresholds (default: multi-Otsu per class)")  # fmt: skip
     parser.add_argument("--all-components", action="store_true", help="keep every component, not each class's largest")
-    parser.add_argument("--reference-dir", help="reference label maps named like the targets: writes evaluation.csv")
+    parser.add_argument(
+        "--reference-dir", help="reference label maps named like the targets' outputs (<name>.nii.gz): evaluation.csv"
+    )
     parser.add_argument(
         "--totalsegmentator-layout", metavar="DIR",
         help="also write the labelled targets as training subjects of a TotalSegmentator v2 folder",
     )  # fmt: skip
     parser.add_argument("--no-preview", action="store_true", help="do not write <name>.png")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.set_defaults(func=run)
 
 
@@ -36,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from ctfm.analysis.prototypes import Prototypes
     from ctfm.analysis.pseudo_labels import PostProcessing, pseudo_label
     from ctfm.hub import load
+    from ctfm.io.naming import output_names
+    from ctfm.provenance import describe_input, record_command
 
     prototypes = Prototypes.load(args.prototypes)
     model = load(args.model, device=args.device)
@@ -47,10 +58,14 @@ def run(args: argparse.Namespace) -> int:
         args.targets, prototypes, model, args.out, aggregation=args.aggregation, normalisation=args.normalisation,
         temperature=args.temperature, post=post, reference_dir=args.reference_dir,
         totalsegmentator_layout=args.totalsegmentator_layout, preview=not args.no_preview,
-        prototypes_path=args.prototypes,
+        prototypes_path=args.prototypes, overwrite=args.overwrite,
+    )  # fmt: skip
+    record_command(
+        report.out, args, inputs=args.targets, output_names=output_names(args.targets), model=model,
+        extra_inputs=[{**describe_input(args.prototypes), "role": "prototypes"}],
     )  # fmt: skip
     if report.evaluation is not None:
         means = report.evaluation.groupby("class")[["dice", "asd_mm"]].mean()
         print(means.to_string(float_format=lambda v: f"{v:.3f}"))
     print(report.summary())
-    return 0 if report.labelled else 1
+    return report.exit_code

@@ -31,16 +31,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", help="model to embed a scan query with (default: the table's; must match it)")
     parser.add_argument("--out", help="CSV of query, rank, path[, patch, x_mm, y_mm, z_mm], similarity")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ctfm.analysis.neighbours import search_table
     from ctfm.analysis.query_vectors import read_query
-    from ctfm.errors import CTFMError
+    from ctfm.errors import UsageError
 
     if (args.query is None) == (args.query_embedding is None):
-        raise CTFMError("give either QUERY or --query-embedding")
+        raise UsageError("give either QUERY or --query-embedding")
+    if args.out:
+        from ctfm.outputs import refuse_overwrite
+
+        refuse_overwrite([args.out], args.overwrite)
     vector = read_query(args.query_embedding) if args.query_embedding else None
     frame = search_table(
         args.query, args.table, k=args.k, kind=args.index, model=args.model, patches=args.patches,

@@ -26,8 +26,15 @@ class _IntermixedParser(argparse.ArgumentParser):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ctfm.cli.arguments import fraction
+    from ctfm.io.naming import NAMING_HELP
+    from ctfm.outputs import OVERWRITE_HELP
+
     parser = subparsers.add_parser(
-        "semantic-search", help="heat maps of where the anatomy at a point of one scan appears in target scans"
+        "semantic-search",
+        help="heat maps of where the anatomy at a point of one scan appears in target scans",
+        description="Heat maps of where the anatomy at a point of one scan appears in target scans: matches.csv and "
+        "<name>_heatmap.nii.gz / .png per target. " + NAMING_HELP + " Unreadable targets are skipped and named.",
     )
     parser.__class__ = _IntermixedParser
     parser.add_argument("source", help="scan holding the query point (with --query-embedding: the first target)")
@@ -45,9 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mask-dir", help="organ masks named like the targets, on their grids: adds OCD columns")
     parser.add_argument("--lps", action="store_true", help="--point and the csv are DICOM/ITK (LPS) coordinates")
     parser.add_argument("--patch-size", type=int, nargs=3, default=(24, 64, 64), metavar=("Z", "Y", "X"))
-    parser.add_argument("--overlap", type=float, default=0.5, help="fraction of a window shared by its neighbours")
+    parser.add_argument("--overlap", type=fraction, default=0.5, help="fraction of a window shared by its neighbours")
     parser.add_argument("--native-spacing", action="store_true", help="do not resample to 3 x 1 x 1 mm")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.set_defaults(func=run)
 
 
@@ -55,19 +63,25 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ctfm.analysis.query_vectors import read_query, save_query_vector
-    from ctfm.analysis.semantic_search import point_query, run_semantic_search
+    from ctfm.analysis.semantic_search import point_query, run_semantic_search, search_outputs
     from ctfm.analysis.windows import TargetCache
-    from ctfm.errors import CTFMError
+    from ctfm.errors import UsageError
     from ctfm.hub import load
+    from ctfm.io.naming import output_names
+    from ctfm.outputs import output_folder, refuse_overwrite
+    from ctfm.provenance import record_command
+    from ctfm.reports import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
     from ctfm.transforms.preprocess import CTPreprocessing
 
     if (args.point is None) == (args.query_embedding is None):
-        raise CTFMError("give either SOURCE --point X Y Z or --query-embedding")
+        raise UsageError("give either SOURCE --point X Y Z or --query-embedding")
     if args.query_embedding is not None and args.save_query:
-        raise CTFMError("--save-query saves a point's embedding; --query-embedding already is one")
+        raise UsageError("--save-query saves a point's embedding; --query-embedding already is one")
     targets = args.targets if args.point is not None else [args.source, *args.targets]
     if not targets:
-        raise CTFMError("no target scans to search")
+        raise UsageError("no target scans to search")
+    out = output_folder(args.out)
+    refuse_overwrite([*search_outputs(out, targets), *([args.save_query] if args.save_query else [])], args.overwrite)
     model = load(args.model, device=args.device)
     preprocess = CTPreprocessing(spacing=None) if args.native_spacing else CTPreprocessing()
     # A saved query records the model as given: a registry name, else the folder or file it was loaded from.
@@ -81,8 +95,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"saved the query embedding to {save_query_vector(args.save_query, query)}")
     else:
         query = read_query(args.query_embedding)
+    skipped: list[tuple[str, str]] = []
     table = run_semantic_search(
-        None, None, targets, model, args.out, lps=args.lps, mask_dir=args.mask_dir, cache=cache, query=query
-    )
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    return 0
+        None, None, targets, model, out, lps=args.lps, mask_dir=args.mask_dir, cache=cache, query=query,
+        overwrite=args.overwrite, skipped=skipped,
+    )  # fmt: skip
+    record_command(out, args, inputs=targets, output_names=output_names(targets), model=model, preprocessing=preprocess)
+    if len(table):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"{len(table)} searched, {len(skipped)} skipped; outputs in {out}")
+    for target, reason in skipped:
+        print(f"  skipped {target}: {reason}")
+    return EXIT_OK if not skipped else EXIT_PARTIAL if len(table) else EXIT_FAILED

@@ -116,12 +116,11 @@ def validate_ct_array(path: Path | str | None, array: np.ndarray, *, check_hu: b
 
 
 def output_name(path: str | Path) -> str:
-    """The name outputs about a scan take: ``scan.nii.gz`` -> ``scan``; a DICOM folder -> its name."""
-    name = Path(path).name
-    for suffix in SCAN_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    """One scan's name without its suffix; outputs of a run over many scans use
+    :func:`ctfm.io.naming.output_names`, which keeps same-named scans apart."""
+    from ctfm.io.naming import image_stem
+
+    return image_stem(path)
 
 
 def read_ct(path: str | Path, *, check_hu: bool = True) -> MetaTensor:

@@ -1,7 +1,10 @@
 """``ctfm features`` end to end: grouped by scan, batched, in the CSV's order, bad rows skipped by row number."""
 
+import json
+
 import numpy as np
 import pandas as pd
+import pytest
 import SimpleITK as sitk
 import torch
 
@@ -31,7 +34,7 @@ def test_features_cli_end_to_end(sample_ct, sample_nifti, tmp_path, capsys):
     code = main(["features", str(tmp_path / "lesions.csv"), "--model", str(model_dir), "--out", str(out),
                  "--batch-size", "2", "--report", str(tmp_path / "report.csv")])  # fmt: skip
     printed = capsys.readouterr().out
-    assert code == 0 and "3 extracted, 3 skipped" in printed
+    assert code == 3 and "3 extracted, 3 skipped" in printed  # done, some rows skipped
     assert "row 3" in printed and "missing.nii.gz" in printed
     assert "row 4" in printed and "outside the scan" in printed and "row 5" in printed
     features = pd.read_parquet(out)
@@ -45,6 +48,25 @@ def test_features_cli_end_to_end(sample_ct, sample_nifti, tmp_path, capsys):
             alone = pooled_features(model, CT_FM_CROP.normalise(crop.as_tensor())[None])[0]
         assert np.allclose(vector, alone.numpy(), atol=1e-5)
     assert pd.read_csv(tmp_path / "report.csv")["status"].tolist().count("skipped") == 3
+    record = json.loads((tmp_path / "features.parquet.provenance.json").read_text())
+    assert [entry["path"] for entry in record["inputs"]] == [
+        str(sample_nifti),
+        str(tmp_path / "missing.nii.gz"),
+        str(tmp_path / "lesions.csv"),
+    ]
+    assert record["inputs"][1]["error"] == "no such file or directory" and record["inputs"][2]["role"] == "lesion table"
+    assert record["command"][1] == "features" and len(record["model"]["sha256"]) == 64
+    # A second run into the same file: one line, nothing replaced; a CSV of only bad rows: 1; a bad flag: 2.
+    again = ["features", str(tmp_path / "lesions.csv"), "--model", str(model_dir), "--out", str(out)]
+    assert main(again) == 1 and "features.parquet: exists already" in capsys.readouterr().err
+    pd.DataFrame(rows[1:2]).to_csv(tmp_path / "bad.csv", index=False)
+    assert (
+        main(["features", str(tmp_path / "bad.csv"), "--model", str(model_dir), "--out", str(tmp_path / "b.parquet")])
+        == 1
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main([*again, "--overwrite", "--batch-size", "0"])
+    assert exit_info.value.code == 2
 
 
 def test_fmcib_crop_unclipped(sample_nifti, tmp_path):

@@ -32,6 +32,15 @@ def test_probe_cli_binary(tmp_path, capsys):
     assert [p["train_rows"] for p in results["training_fraction"]] == [10, 24, 48, 96]
     assert (tmp_path / "probe" / "roc.png").stat().st_size > 0
     assert (tmp_path / "probe" / "training_fraction.png").stat().st_size > 0
+    record = json.loads((tmp_path / "probe" / "provenance.json").read_text())
+    assert record["inputs"][0]["path"] == str(tmp_path / "features.parquet") and record["settings"]["label"] == "site"
+    # The same --out again: one line naming the file, the results kept; --overwrite re-runs.
+    args = ["probe", str(tmp_path / "features.parquet"), "--label", "site", "--out", str(tmp_path / "probe")]
+    assert (
+        main([*args, "--bootstrap", "10"]) == 1 and "probe.json (and 2 more): exists already" in capsys.readouterr().err
+    )
+    assert json.loads((tmp_path / "probe" / "probe.json").read_text()) == results
+    assert main([*args, "--bootstrap", "10", "--overwrite"]) == 0
 
 
 def test_multiclass_and_chance():

@@ -120,7 +120,7 @@ def test_cli_prototypes_then_pseudo_labels_with_evaluation_and_a_bad_target(tiny
     out = tmp_path / "out"
     args = ["pseudo-label", str(target), str(bad), "--prototypes", str(prototypes), "--model", str(model)]
     args += ["--out", str(out), "--reference-dir", str(truth.parent), "--all-components", "--sigma-mm", "4"]
-    assert main(args) == 0
+    assert main(args) == 3  # done, one target skipped
     printed = capsys.readouterr().out
     assert "1 labelled, 1 skipped" in printed and "broken.nii.gz" in printed
     scan, result = nib.load(target), nib.load(out / "target.nii.gz")
@@ -143,3 +143,43 @@ def test_cli_prototypes_then_pseudo_labels_with_evaluation_and_a_bad_target(tiny
     args = ["pseudo-label", str(target), "--prototypes", str(prototypes), "--model", str(model), "--out", str(out)]
     assert main([*args, "--totalsegmentator-layout", str(tmp_path / "ts")]) == 1
     assert "are not TotalSegmentator classes" in capsys.readouterr().err
+
+
+def test_cli_same_named_targets_keep_their_own_outputs_and_exit_codes(tiny_encoder, labelled, tmp_path, capsys):
+    import shutil
+
+    from ctfm.analysis.prototypes import compute_prototypes
+    from ctfm.cli import main
+    from ctfm.hub import save_pretrained
+    from ctfm.transforms.preprocess import CTPreprocessing
+
+    folder, reference, labels, target, truth = labelled
+    model = save_pretrained(tiny_encoder, tmp_path / "model")
+    prototypes = tmp_path / "prototypes.pt"
+    compute_prototypes(
+        tiny_encoder, [reference], [labels], CLASSES, patch_size=PATCH, preprocess=CTPreprocessing(spacing=None)
+    ).save(prototypes)
+    targets = []
+    for subject in ("s0001", "s0002"):
+        (tmp_path / subject).mkdir()
+        targets.append(str(shutil.copyfile(target, tmp_path / subject / "ct.nii.gz")))
+    out = tmp_path / "out"
+    args = ["pseudo-label", *targets, "--prototypes", str(prototypes), "--model", str(model), "--no-preview"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert "2 labelled, 0 skipped" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == [
+        "provenance.json", "s0001_ct.json", "s0001_ct.nii.gz", "s0001_ct_probabilities.nii.gz",
+        "s0002_ct.json", "s0002_ct.nii.gz", "s0002_ct_probabilities.nii.gz",
+    ]  # fmt: skip
+    record = json.loads((out / "provenance.json").read_text())
+    assert [i["output_name"] for i in record["inputs"][:2]] == ["s0001_ct", "s0002_ct"]
+    assert record["inputs"][2]["role"] == "prototypes" and len(record["model"]["sha256"]) == 64
+    assert main([*args, "--out", str(out)]) == 1
+    assert "s0001_ct.nii.gz (and 5 more): exists already" in capsys.readouterr().err
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not a scan")
+    args = ["pseudo-label", str(bad), "--prototypes", str(prototypes), "--model", str(model)]
+    assert main([*args, "--out", str(tmp_path / "bad")]) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(tmp_path / "flag"), "--threshold", "median"])
+    assert exit_info.value.code == 2

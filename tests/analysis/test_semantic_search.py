@@ -119,9 +119,9 @@ def test_bad_input_is_one_error_naming_the_file(encoder, pair, tmp_path):
     nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), scan.affine), masks / target.name)
     centre = nib.affines.apply_affine(nib.load(source).affine, np.array(nib.load(source).shape) / 2)
     with pytest.raises(InvalidScanError, match="target.nii.gz: has shape .* not on the scan's grid"):
-        run_semantic_search(source, centre, [target], encoder, tmp_path, patch_size=PATCH, mask_dir=masks)
+        run_semantic_search(source, centre, [target], encoder, tmp_path / "a", patch_size=PATCH, mask_dir=masks)
     with pytest.raises(CTFMError, match="no mask for target"):
-        run_semantic_search(source, centre, [target], encoder, tmp_path, patch_size=PATCH, mask_dir=tmp_path)
+        run_semantic_search(source, centre, [target], encoder, tmp_path / "b", patch_size=PATCH, mask_dir=tmp_path)
 
 
 def test_cli_writes_matches_and_caches_target_embeddings(encoder, pair, tmp_path, capsys):
@@ -139,6 +139,48 @@ def test_cli_writes_matches_and_caches_target_embeddings(encoder, pair, tmp_path
     assert table["similarity"].between(-1, 1.0001).all()
     assert len(list((tmp_path / "out" / "cache").glob("*.npz"))) == 2
     assert (tmp_path / "out" / "sample_heatmap.nii.gz").exists()
+
+
+def test_cli_same_named_targets_a_bad_target_and_the_exit_codes(encoder, pair, tmp_path, capsys):
+    import json
+    import shutil
+
+    from ctfm.cli import main
+    from ctfm.hub import save_pretrained
+
+    source, target = pair
+    model = save_pretrained(encoder, tmp_path / "model")
+    targets = []
+    for subject in ("s0001", "s0002"):
+        (tmp_path / subject).mkdir()
+        targets.append(str(shutil.copyfile(target, tmp_path / subject / "ct.nii.gz")))
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not a scan")
+    centre = nib.affines.apply_affine(nib.load(source).affine, np.array(nib.load(source).shape) / 2)
+    args = ["semantic-search", str(source), "--point", *map(str, centre), *targets, str(bad)]
+    args += ["--model", str(model), "--patch-size", *map(str, PATCH)]
+    out = tmp_path / "out"
+    assert main([*args, "--out", str(out)]) == 3
+    printed = capsys.readouterr().out
+    assert "2 searched, 1 skipped" in printed and f"skipped {bad}" in printed
+    assert list(pd.read_csv(out / "matches.csv")["target"]) == targets
+    for name in ("s0001_ct", "s0002_ct"):
+        assert (out / f"{name}_heatmap.nii.gz").is_file() and (out / f"{name}_heatmap.png").is_file()
+    record = json.loads((out / "provenance.json").read_text())
+    assert [i["output_name"] for i in record["inputs"]] == ["s0001_ct", "s0002_ct", "broken"]
+    assert main([*args, "--out", str(out)]) == 1
+    assert "matches.csv (and 4 more): exists already" in capsys.readouterr().err
+    assert main([*args, "--out", str(out), "--overwrite"]) == 3
+    only_bad = ["semantic-search", str(bad), "--query-embedding", str(tmp_path / "q.npy"), "--model", str(model)]
+    assert main([*args[:6], *targets, "--model", str(model), "--patch-size", *map(str, PATCH), "--out",
+                 str(tmp_path / "good")]) == 0  # fmt: skip
+    assert main([*args[:6], str(bad), "--model", str(model), "--patch-size", *map(str, PATCH), "--out",
+                 str(tmp_path / "bad")]) == 1  # fmt: skip
+    assert main([*only_bad, "--point", "0", "0", "0", "--out", str(tmp_path / "usage")]) == 2
+    assert "give either SOURCE --point X Y Z or --query-embedding" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(tmp_path / "flag"), "--overlap", "1"])
+    assert exit_info.value.code == 2
 
 
 @pytest.mark.slow

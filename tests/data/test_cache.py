@@ -1,6 +1,8 @@
 """The preprocessing cache: hits, misses, invalidation, atomic writes, bad scans, and ``ctfm prepare``."""
 
+import json
 import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -143,13 +145,21 @@ def test_prepare_command(tmp_path, capsys):
     datalist.write_text("image\nscans/s0.nii.gz\nscans/s1.nii.gz\nscans/broken.nii.gz\n")
     report = tmp_path / "report.csv"
     args = ["prepare", str(datalist), "--patch-size", *map(str, PATCH), "--report", str(report)]
-    assert main(args) == 0
+    assert main(args) == 3  # done, one scan skipped
     out = capsys.readouterr().out
     assert f"cache: {tmp_path / 'ctfm_cache'}" in out and "2 prepared, 0 already cached, 1 skipped" in out
     rows = report.read_text().splitlines()
     assert rows[0] == "image,status,reason" and rows[1].endswith(",prepared,")
     assert ",skipped,cannot be read" in rows[3]
-    assert main(args) == 0 and "0 prepared, 2 already cached, 1 skipped" in capsys.readouterr().out
+    assert main(args) == 3 and "0 prepared, 2 already cached, 1 skipped" in capsys.readouterr().out
+    record = json.loads((tmp_path / "ctfm_cache" / "provenance.json").read_text())
+    assert [Path(entry["path"]).name for entry in record["inputs"]] == ["s0.nii.gz", "s1.nii.gz", "broken.nii.gz"]
+    assert len(record["earlier_runs"]) == 1 and record["preprocessing"]["min_size"] == list(PATCH)
+    good = tmp_path / "good.csv"
+    good.write_text("image\nscans/s0.nii.gz\n")
+    assert (
+        main(["prepare", str(good), "--patch-size", *map(str, PATCH), "--cache-dir", str(tmp_path / "ctfm_cache")]) == 0
+    )
 
     only_bad = tmp_path / "bad.csv"
     only_bad.write_text("image\nscans/broken.nii.gz\n")

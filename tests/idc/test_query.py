@@ -263,6 +263,9 @@ def test_cli_query_prints_the_summary_and_writes_the_selection(tmp_path, capsys)
     assert f"{len(written):,} series" in printed and "patients" in printed
     assert set(REQUIRED_COLUMNS) <= set(written.columns)
     assert (written["instanceCount"].astype(int) > 400).all()
+    again = ["idc", "query", str(QUERIES / "collection.sql"), "--param", "collection_id=nlst", "--out", str(out)]
+    assert main(again) == 1 and "selection.csv: exists already" in capsys.readouterr().err
+    assert pd.read_csv(out, dtype=str).equals(written)
 
 
 def test_cli_query_reports_a_bad_parameter_cleanly(capsys):
