@@ -43,6 +43,8 @@ METRICS = ("balanced_accuracy", "auroc", "f1", "average_precision", "sensitivity
 RANDOM_PREFIX = "random:"
 #: Columns of the labels CSV that are not targets.
 RESERVED = ("image", "mask", "labels", "split")
+#: What a run writes besides its embedding cache (which later runs reuse).
+RESULT_FILES = ("metrics.csv", "predictions.csv", "results.md", "results.png", "benchmark.json")
 Protocol = Literal["global", "roi"]
 Mode = Literal["whole", "tiled"]
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-EXAMPLE = """example (the challenge's ROI protocol on AMOS, on a GPU):
-  ctfm benchmark probe amos_labels.csv --models ct-fm random:ct-fm student/ --protocol roi --mode whole \\
-      --device cuda --out bench/
+from ctfm.cli.arguments import positive_int
 
-labels CSV: image, optional mask (label map or TotalSegmentator folder), optional labels (mask classes, ';'),
-optional split (train / val / test; default a stratified 60/20/20), and one column per target (blank = unknown).
-"""
+LABELS_CSV = (
+    "The labels CSV: image, optional mask (a label map or a TotalSegmentator folder), optional labels (mask "
+    "classes, ';'-separated), optional split (train / val / test; default a stratified 60/20/20), and one column "
+    "per target (a blank cell: unknown for that target)."
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,45 +19,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     probe = kinds.add_parser(
         "probe",
         help="embed with every model under identical preprocessing, fit a linear probe per target, score it",
-        epilog=EXAMPLE,
-        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=32),
+        description=LABELS_CSV,
     )
-    probe.add_argument("labels", help="labels CSV (see below)")
+    probe.add_argument("labels", help="labels CSV (see the description above)")
     probe.add_argument(
         "--models", nargs="+", required=True, metavar="MODEL",
         help="names, folders or random:<model> (the same architecture with random weights: the floor)",
     )  # fmt: skip
     probe.add_argument("--out", required=True, help="output folder (metrics.csv, predictions.csv, results.md/png)")
-    probe.add_argument("--protocol", choices=("global", "roi"), default="global", help="(default: global)")
+    probe.add_argument(
+        "--protocol", choices=("global", "roi"), default="global", help="whole scan, or a region of the mask"
+    )
     probe.add_argument(
         "--mode", choices=("whole", "tiled"), default="whole",
-        help="one forward pass over the whole scan / the crop, or tiles averaged (default: whole)",
+        help="one forward pass over the whole scan / the crop, or tiles averaged",
     )  # fmt: skip
-    probe.add_argument("--targets", nargs="+", help="target columns (default: every non-reserved column)")
+    probe.add_argument(
+        "--targets", nargs="+", help="target columns; every column but image, mask, labels and split when not given"
+    )
     probe.add_argument(
         "--spacing", type=float, nargs=3, default=(1.0, 1.0, 1.0), metavar=("Z", "Y", "X"),
-        help="mm after orientation SPL (default: 1 1 1, the challenge's)",
+        help="mm after orientation SPL (the challenge: 1 1 1)",
     )  # fmt: skip
     probe.add_argument("--whole-size", type=int, nargs=3, default=(320, 320, 320), metavar=("Z", "Y", "X"),
-                       help="whole-scan input (default: 320 320 320)")  # fmt: skip
+                       help="whole-scan input")  # fmt: skip
     probe.add_argument("--crop-size", type=int, nargs=3, default=(160, 160, 160), metavar=("Z", "Y", "X"),
-                       help="ROI crop (default: 160 160 160)")  # fmt: skip
+                       help="ROI crop")  # fmt: skip
     probe.add_argument("--patch-size", type=int, nargs=3, default=(24, 128, 128), metavar=("Z", "Y", "X"),
-                       help="tiles of --mode tiled (default: 24 128 128)")  # fmt: skip
-    probe.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default: 1000)")
-    probe.add_argument("--seed", type=int, default=0, help="(default: 0)")
-    probe.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+                       help="tiles of --mode tiled")  # fmt: skip
+    probe.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples for the CIs")
+    probe.add_argument("--seed", type=int, default=0, help="seed of the split and the bootstrap")
+    probe.add_argument("--device", default="cpu", help="torch device")
+    probe.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
     probe.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from ctfm.analysis.encoder_benchmark import CHALLENGE_PREPROCESSING, BenchmarkSettings, compare_encoders
-    from ctfm.errors import CTFMError
+    from ctfm.analysis.encoder_benchmark import (
+        CHALLENGE_PREPROCESSING,
+        RESULT_FILES,
+        BenchmarkSettings,
+        compare_encoders,
+    )
+    from ctfm.outputs import output_folder, refuse_overwrite
+    from ctfm.provenance import describe_input, record_command
+    from ctfm.reports import EXIT_OK, EXIT_PARTIAL
 
-    if args.bootstrap < 1:
-        raise CTFMError(f"--bootstrap must be at least 1, got {args.bootstrap}")
+    out = output_folder(args.out)
+    refuse_overwrite([out / name for name in RESULT_FILES], args.overwrite)
     settings = BenchmarkSettings(
         protocol=args.protocol,
         mode=args.mode,
@@ -80,4 +91,5 @@ def run(args: argparse.Namespace) -> int:
     if len(result.skipped) > 10:
         print(f"  ... and {len(result.skipped) - 10} more (benchmark.json lists them all)")
     print(f"results: {args.out}/results.md, {args.out}/results.png")
-    return 3 if result.skipped else 0
+    record_command(out, args, extra_inputs=[describe_input(args.labels)], preprocessing=settings.describe())
+    return EXIT_PARTIAL if result.skipped else EXIT_OK
