@@ -71,5 +71,5 @@ class CorpusEmbedding(LighterModule):
 
     def on_predict_end(self) -> None:
         if self._writer is not None:
-            self._writer.flush()
+            self._writer.close(self.report)
         rank_zero_info(f"rank {self.global_rank}: {self.report.summary()}")
