@@ -40,6 +40,7 @@ from ctfm.atomic import write_atomically
 from ctfm.data.cache import preprocess_checked
 from ctfm.embedding import PatchEmbeddings, Reduction, embed_patches
 from ctfm.errors import CTFMError, InvalidScanError
+from ctfm.io.reader import output_name
 from ctfm.reports import ReportRow, RunReport
 from ctfm.transforms.preprocess import PATCH_SIZE, PRETRAINING_SPACING, CTPreprocessing
 
@@ -61,6 +62,8 @@ SETTING_NAMES = {
 }
 #: Hidden folder of a table where writers hold their claims on the scans they are embedding.
 CLAIMS = ".claims"
+#: Column of each scan's DICOM SeriesInstanceUID (for a DICOM folder, or a NIfTI from ``ctfm idc convert``).
+SERIES_COLUMN = "SeriesInstanceUID"
 
 
 class TableMismatchError(CTFMError, ValueError):
@@ -300,6 +303,11 @@ def embedding_matrix(frame: pd.DataFrame, column: str = "embedding") -> np.ndarr
 
 def _write_part(folder: Path, rows: list[dict[str, Any]], settings: dict[str, Any], prefix: str = "part") -> Path:
     table = pa.Table.from_pylist(rows)
+    if SERIES_COLUMN in table.column_names and pa.types.is_null(table.schema.field(SERIES_COLUMN).type):
+        # a part of NIfTIs without sidecars still types the column as text, so every part has one schema
+        table = table.set_column(
+            table.column_names.index(SERIES_COLUMN), SERIES_COLUMN, table.column(SERIES_COLUMN).cast(pa.string())
+        )
     table = table.replace_schema_metadata({METADATA_KEY: json.dumps(settings).encode()})
     name = f"{prefix}-{pd.Timestamp.now('UTC'):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
     return write_atomically(folder / name, lambda tmp: pq.write_table(table, tmp))
@@ -380,11 +388,14 @@ class TableWriter:
             (self.out / CLAIMS / f"{hashlib.sha256(path.encode()).hexdigest()[:32]}.lock").unlink(missing_ok=True)
             os.close(fd)
 
-    def add(self, path: str, result: PatchEmbeddings, reduce: Reduction, patches: bool = False) -> None:
-        """One scan's row: its reduced embedding, and with ``patches`` every patch's embedding and RAS mm centre."""
+    def add(
+        self, path: str, result: PatchEmbeddings, reduce: Reduction, patches: bool = False, series: str | None = None
+    ) -> None:
+        """One scan's row: its reduced embedding and DICOM SeriesInstanceUID (None when unknown), and with
+        ``patches`` every patch's embedding and RAS mm centre."""
         vector = result.reduce(reduce).numpy().astype(np.float32)
         self.settings.setdefault("embedding_dim", len(vector))
-        row: dict[str, Any] = {"path": path, "embedding": vector.tolist()}
+        row: dict[str, Any] = {"path": path, SERIES_COLUMN: series, "embedding": vector.tolist()}
         if patches:
             row["patch_embeddings"] = result.embeddings.numpy().astype(np.float32).tolist()
             row["patch_centers_mm"] = result.centers_mm.to(torch.float64).numpy().tolist()
@@ -455,7 +466,8 @@ def embed_to_parquet(
 ) -> EmbeddingReport:
     """Embed each scan not yet in the table ``out`` (a Parquet dataset folder) and append it, a part at a time.
 
-    Rows are ``path, embedding``; with ``patches=True`` also ``patch_embeddings`` (one vector per patch) and
+    Rows are ``path, SeriesInstanceUID, embedding`` (the UID when a DICOM folder or an ``idc convert``
+    sidecar gives it, else null); with ``patches=True`` also ``patch_embeddings`` (one vector per patch) and
     ``patch_centers_mm`` (each patch centre in RAS mm, as :class:`ctfm.embedding.PatchEmbeddings`). ``model_name``
     is what the metadata calls the model (default: ``model`` when it is a name or path, else its class name).
     A scan that fails in any way is skipped and named in the report; an interrupt (Ctrl-C) writes the scans
@@ -511,10 +523,35 @@ def embed_into(
     except BaseException:  # an interrupt: give the scan back before the run stops
         writer.release(name)
         raise
-    writer.add(name, result, writer.settings["reduction"], writer.settings["patches"])
+    writer.add(name, result, writer.settings["reduction"], writer.settings["patches"], series_uid(name))
     report.embedded_paths.append(name)
     if writer.full:
         writer.flush(report)
+
+
+def series_uid(path: str | Path) -> str | None:
+    """The scan's DICOM SeriesInstanceUID, so its row joins back to idc-index: from one header of a DICOM folder,
+    or from the JSON sidecar ``ctfm idc convert`` writes beside a NIfTI; None when neither says."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            import pydicom
+            from pydicom.errors import InvalidDicomError
+
+            for file in sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")):
+                try:
+                    uid = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]).get(
+                        "SeriesInstanceUID"
+                    )
+                except InvalidDicomError:
+                    continue
+                return str(uid) if uid else None
+            return None
+        sidecar = path.with_name(output_name(path) + ".json")
+        uid = json.loads(sidecar.read_text(encoding="utf-8")).get("SeriesInstanceUID") if sidecar.is_file() else None
+        return str(uid) if uid else None
+    except Exception:  # noqa: BLE001 -- the scan was read already; a header or sidecar we cannot read only loses the id
+        return None
 
 
 def embed_scan(

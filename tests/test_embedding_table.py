@@ -268,3 +268,19 @@ def test_rows_without_a_direction_are_left_out_and_named(encoder, scans, tmp_pat
     assert "/short.nii.gz: 3 values, not 64" in message
     hits = search_table(str(scans[0]), out, k=10, kind="exact")
     assert list(hits["path"]) == [str(scans[1])]
+
+
+def test_rows_carry_the_series_instance_uid_of_a_dicom_series_or_an_idc_sidecar(
+    encoder, scans, sample_dicom_dir, tmp_path
+):
+    import pydicom
+
+    expected = str(pydicom.dcmread(next(sample_dicom_dir.iterdir()), stop_before_pixels=True).SeriesInstanceUID)
+    converted = tmp_path / "1.2.3.4.nii.gz"  # as `ctfm idc convert` writes: <uid>.nii.gz beside <uid>.json
+    converted.write_bytes(scans[0].read_bytes())
+    (tmp_path / "1.2.3.4.json").write_text(json.dumps({"SeriesInstanceUID": "1.2.3.4", "collection_id": "x"}))
+    out = tmp_path / "embeddings.parquet"
+    embed_to_parquet([sample_dicom_dir, converted, scans[1]], out, model=encoder, patch_size=PATCH)
+    frame, _ = read_table(out)
+    uids = dict(zip(frame["path"], frame["SeriesInstanceUID"]))
+    assert uids == {str(sample_dicom_dir): expected, str(converted): "1.2.3.4", str(scans[1]): None}
