@@ -102,6 +102,13 @@ class EmbeddingReport(RunReport):
             *(ReportRow(path, "skipped", reason) for path, reason in self.skipped),
         ]
 
+    def counts(self) -> dict[str, int]:
+        """As the base, but "being embedded by another run" only when a concurrent run took some scans."""
+        counts = super().counts()
+        if not counts.get("busy"):
+            counts.pop("busy", None)
+        return counts
+
     def headline(self) -> str:
         has_table = self.embedded or self.already or self.busy
         return super().headline() + (f"; table: {self.out}" if has_table else "; no table written")
@@ -270,17 +277,18 @@ def usable_rows(frame: pd.DataFrame, where: str | Path, dim: int | None = None) 
     An all-zero or NaN vector has no direction: it would rank arbitrarily in a search and poison a probe.
     """
     vectors = frame["embedding"].to_numpy()
-    lengths = np.array([0 if v is None else len(v) for v in vectors])
+    lengths = np.fromiter((0 if v is None else len(v) for v in vectors), dtype=np.int64, count=len(vectors))
     dim = int(dim or (np.bincount(lengths).argmax() if len(lengths) else 0))
-    reasons: dict[int, str] = {i: f"{n} values, not {dim}" for i, n in enumerate(lengths) if n != dim}
+    reasons = {i: f"{n} values, not {dim}" if n else "empty" for i, n in enumerate(lengths.tolist()) if n != dim}
     rows = np.flatnonzero(lengths == dim)
-    if dim and len(rows):
-        matrix = np.stack([np.asarray(vectors[i], dtype=np.float32) for i in rows])
+    for start in range(0, len(rows) if dim else 0, 65_536):  # in chunks: no second copy of a large table
+        chunk = rows[start : start + 65_536]
+        matrix = np.stack(vectors[chunk]).astype(np.float32, copy=False)
         finite = np.isfinite(matrix)
-        for i, bad in zip(rows, (~finite).sum(axis=1)):
-            if bad:
-                reasons[int(i)] = f"{bad} non-finite values"
-        for i in rows[finite.all(axis=1) & ~matrix.any(axis=1)]:
+        not_finite = (~finite).sum(axis=1)
+        for i, bad in zip(chunk[not_finite > 0], not_finite[not_finite > 0]):
+            reasons[int(i)] = f"{bad} non-finite values"
+        for i in chunk[(not_finite == 0) & ~matrix.any(axis=1)]:
             reasons[int(i)] = "all zeros"
     if not reasons:
         return frame
