@@ -367,10 +367,13 @@ class TableWriter:
     def claim(self, path: str) -> bool:
         """Take ``path`` for this writer: False when the table has it or another writer is embedding it now."""
         folder = self.out / CLAIMS
-        folder.mkdir(parents=True, exist_ok=True)
         lock = folder / f"{hashlib.sha256(path.encode()).hexdigest()[:32]}.lock"
         while True:
-            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+            except FileNotFoundError:  # another writer removed the empty folder just now: make it again
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -448,6 +451,10 @@ class TableWriter:
         finally:
             for path in list(self._claims):
                 self.release(path)
+            try:
+                (self.out / CLAIMS).rmdir()  # only when empty: no other writer holds a claim
+            except OSError:
+                pass
 
 
 def _one_line(err: BaseException) -> str:
