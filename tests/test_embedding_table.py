@@ -1,4 +1,6 @@
+import errno
 import json
+import multiprocessing
 
 import numpy as np
 import pandas as pd
@@ -81,7 +83,7 @@ def test_appending_with_another_model_or_reduction_is_refused(encoder, scans, tm
     other = ct_fm_encoder(init_filters=4).eval()
     with pytest.raises(TableMismatchError, match="another model"):
         embed_to_parquet(scans[1:2], out, model=other, patch_size=PATCH)
-    with pytest.raises(TableMismatchError, match="reduction"):
+    with pytest.raises(TableMismatchError, match="--reduce .mean., not .max."):
         embed_to_parquet(scans[1:2], out, model=encoder, patch_size=PATCH, reduce="max")
     assert len(pd.read_parquet(out)) == 1
 
@@ -104,3 +106,181 @@ def test_an_empty_or_missing_table_is_one_clear_error(tmp_path):
     (tmp_path / "empty.parquet").mkdir()
     with pytest.raises(CTFMError, match="empty.parquet: no embedding table"):
         read_table(tmp_path / "empty.parquet")
+
+
+def test_any_failure_of_one_scan_costs_only_that_scan(encoder, scans, tmp_path, monkeypatch):
+    out = tmp_path / "embeddings.parquet"
+    real = embedding_table.embed_patches
+    failures = {2: MemoryError(), 3: OSError(errno.ENOSPC, "No space left on device")}
+    calls = []
+
+    def fails_on_some(*args, **kwargs):
+        calls.append(1)
+        if len(calls) in failures:
+            raise failures[len(calls)]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(embedding_table, "embed_patches", fails_on_some)
+    report = embed_to_parquet(scans, out, model=encoder, patch_size=PATCH)  # one part of 16: nothing lost
+    assert report.embedded_paths == [str(scans[0]), str(scans[3])]
+    assert report.skipped == [
+        (str(scans[1]), "MemoryError"),
+        (str(scans[2]), "OSError: [Errno 28] No space left on device"),
+    ]
+    assert sorted(pd.read_parquet(out)["path"]) == [str(scans[0]), str(scans[3])]
+    assert not (out / embedding_table.CLAIMS).exists()  # every claim given back, and their folder removed
+
+
+def test_a_part_that_cannot_be_written_skips_its_scans_and_the_run_goes_on(encoder, scans, tmp_path, monkeypatch):
+    out = tmp_path / "embeddings.parquet"
+    real = embedding_table._write_part
+    writes = []
+
+    def disk_full_once(*args, **kwargs):
+        writes.append(1)
+        if len(writes) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(embedding_table, "_write_part", disk_full_once)
+    report = embed_to_parquet(scans[:3], out, model=encoder, patch_size=PATCH, scans_per_part=2)
+    assert report.embedded_paths == [str(scans[2])]
+    assert [path for path, _ in report.skipped] == [str(scans[0]), str(scans[1])]
+    assert "No space left on device" in report.skipped[0][1] and str(out) in report.skipped[0][1]
+    monkeypatch.setattr(embedding_table, "_write_part", real)
+    again = embed_to_parquet(scans[:3], out, model=encoder, patch_size=PATCH)
+    assert again.embedded_paths == [str(scans[0]), str(scans[1])] and len(pd.read_parquet(out)) == 3
+
+
+def test_an_interrupt_writes_the_scans_embedded_before_it(encoder, scans, tmp_path, monkeypatch):
+    out = tmp_path / "embeddings.parquet"
+    real = embedding_table.embed_patches
+    calls = []
+
+    def interrupted_on_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(embedding_table, "embed_patches", interrupted_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        embed_to_parquet(scans, out, model=encoder, patch_size=PATCH)  # 16 scans a part: the two are pending
+    assert sorted(pd.read_parquet(out)["path"]) == [str(scans[0]), str(scans[1])]
+
+
+def test_one_scan_is_one_row_however_its_path_is_written(encoder, scans, tmp_path, monkeypatch):
+    out = tmp_path / "embeddings.parquet"
+    monkeypatch.chdir(scans[0].parent)
+    spellings = [f"./{scans[0].name}", scans[0].name, f"{scans[0].parent}//{scans[0].name}"]
+    report = embed_to_parquet(spellings, out, model=encoder, patch_size=PATCH)
+    assert report.embedded_paths == [str(scans[0])] and report.already == [str(scans[0])] * 2
+    again = embed_to_parquet([f"../{scans[0].parent.name}/{scans[0].name}"], out, model=encoder, patch_size=PATCH)
+    assert again.already == [str(scans[0])] and list(pd.read_parquet(out)["path"]) == [str(scans[0])]
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"patches": True}, "--patches False, not True"),
+        ({"native_spacing": True}, "spacing (--native-spacing) [3.0, 1.0, 1.0], not None"),
+        ({"overlap": 0.5}, "--overlap 0.0, not 0.5"),
+        ({"patch_size": (8, 32, 48)}, "--patch-size [8, 32, 32], not [8, 32, 48]"),
+    ],
+)
+def test_appending_with_other_settings_names_the_setting_and_both_values(encoder, scans, tmp_path, change, words):
+    out = tmp_path / "t.parquet"
+    embed_to_parquet(scans[:1], out, model=encoder, patch_size=PATCH)
+    options = {"patch_size": PATCH, **change}
+    with pytest.raises(TableMismatchError) as refused:
+        embed_to_parquet(scans[1:2], out, model=encoder, **options)
+    assert words in str(refused.value) and "\n" not in str(refused.value)
+    assert len(pd.read_parquet(out)) == 1
+
+
+def _embed_in_a_process(paths, out, model_dir, barrier, results):
+    from ctfm.embedding_table import embed_to_parquet
+
+    barrier.wait()
+    report = embed_to_parquet(paths, out, model=str(model_dir), patch_size=PATCH, scans_per_part=1)
+    results.put(report.embedded_paths)
+
+
+def test_two_runs_into_one_table_at_once_embed_each_scan_once(encoder, scans, tmp_path):
+    from ctfm.hub.saving import save_pretrained
+
+    model_dir = save_pretrained(encoder, tmp_path / "model")
+    out = tmp_path / "embeddings.parquet"
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    runs = [
+        context.Process(target=_embed_in_a_process, args=(order, out, model_dir, barrier, results))
+        for order in (scans, scans[::-1])
+    ]
+    for run in runs:
+        run.start()
+    embedded = [results.get(timeout=600) for _ in runs]
+    for run in runs:
+        run.join(timeout=60)
+    assert all(run.exitcode == 0 for run in runs)
+    table = pd.read_parquet(out)
+    assert sorted(table["path"]) == sorted(map(str, scans))  # each scan once
+    assert sorted(embedded[0] + embedded[1]) == sorted(map(str, scans))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random bytes"])
+def test_a_damaged_part_is_named_and_the_rest_of_the_table_is_used(encoder, scans, tmp_path, caplog, damage):
+    from ctfm.analysis.neighbours import search_table
+    from ctfm.analysis.probe import read_features
+
+    out = tmp_path / "embeddings.parquet"
+    embed_to_parquet(scans[:3], out, model=encoder, patch_size=PATCH, scans_per_part=1)
+    part = sorted(out.glob("part-*.parquet"))[1]
+    data = part.read_bytes()
+    part.write_bytes(data[: len(data) // 2] if damage == "truncated" else np.random.default_rng(0).bytes(len(data)))
+    frame, _ = read_table(out)
+    assert len(frame) == 2
+    warned = [r.getMessage() for r in caplog.records if str(part) in r.getMessage()]
+    assert len(warned) == 1 and "damaged table part skipped" in warned[0] and f"rm {part}" in warned[0]
+    hits = search_table(frame["path"][0], out, k=5, kind="exact")
+    assert len(hits) == 1 and set(hits["path"]) <= set(frame["path"])
+    assert len(read_features(out)) == 2
+    report = embed_to_parquet(scans[:3], out, model=encoder, patch_size=PATCH)  # appending reads it too
+    assert len(report.already) == 2 and len(report.embedded_paths) == 1
+
+
+def test_rows_without_a_direction_are_left_out_and_named(encoder, scans, tmp_path, caplog):
+    from ctfm.analysis.neighbours import search_table
+
+    out = tmp_path / "embeddings.parquet"
+    embed_to_parquet(scans[:2], out, model=encoder, patch_size=PATCH)
+    settings = read_settings(out)
+    bad = [
+        {"path": "/zero.nii.gz", "embedding": [0.0] * 64},
+        {"path": "/nan.nii.gz", "embedding": [float("nan")] * 64},
+        {"path": "/short.nii.gz", "embedding": [1.0] * 3},
+    ]
+    embedding_table._write_part(out, bad, settings)
+    frame, _ = read_table(out)
+    assert sorted(frame["path"]) == sorted(map(str, scans[:2]))
+    message = next(r.getMessage() for r in caplog.records if "unusable" in r.getMessage())
+    assert "/zero.nii.gz: all zeros" in message and "/nan.nii.gz: 64 non-finite" in message
+    assert "/short.nii.gz: 3 values, not 64" in message
+    hits = search_table(str(scans[0]), out, k=10, kind="exact")
+    assert list(hits["path"]) == [str(scans[1])]
+
+
+def test_rows_carry_the_series_instance_uid_of_a_dicom_series_or_an_idc_sidecar(
+    encoder, scans, sample_dicom_dir, tmp_path
+):
+    import pydicom
+
+    expected = str(pydicom.dcmread(next(sample_dicom_dir.iterdir()), stop_before_pixels=True).SeriesInstanceUID)
+    converted = tmp_path / "1.2.3.4.nii.gz"  # as `ctfm idc convert` writes: <uid>.nii.gz beside <uid>.json
+    converted.write_bytes(scans[0].read_bytes())
+    (tmp_path / "1.2.3.4.json").write_text(json.dumps({"SeriesInstanceUID": "1.2.3.4", "collection_id": "x"}))
+    out = tmp_path / "embeddings.parquet"
+    embed_to_parquet([sample_dicom_dir, converted, scans[1]], out, model=encoder, patch_size=PATCH)
+    frame, _ = read_table(out)
+    uids = dict(zip(frame["path"], frame["SeriesInstanceUID"]))
+    assert uids == {str(sample_dicom_dir): expected, str(converted): "1.2.3.4", str(scans[1]): None}

@@ -43,12 +43,17 @@ class LesionReport(RunReport):
     out: Path
     extracted: list[int] = field(default_factory=list)
     skipped: list[tuple[int, str]] = field(default_factory=list)
+    csv: Path | None = None
 
     def rows(self) -> list[ReportRow]:
         return [
-            *(ReportRow(f"row {n}", "extracted") for n in self.extracted),
-            *(ReportRow(f"row {n}", "skipped", reason) for n, reason in sorted(self.skipped)),
+            *(ReportRow(self.row_name(n), "extracted") for n in self.extracted),
+            *(ReportRow(self.row_name(n), "skipped", reason) for n, reason in sorted(self.skipped)),
         ]
+
+    def row_name(self, n: int) -> str:
+        """``lesions.csv row 3``: the CSV line, so a skipped row can be found and fixed."""
+        return f"{self.csv} row {n}" if self.csv else f"row {n}"
 
     def headline(self) -> str:
         return super().headline() + (f"; table: {self.out}" if self.extracted else "; no table written")
@@ -68,6 +73,21 @@ def read_lesions(csv: str | Path) -> pd.DataFrame:
         p if pd.isna(p) else os.path.normpath(base / Path(str(p).strip()).expanduser()) for p in table["image_path"]
     ]
     return table
+
+
+def seed_point(row: pd.Series) -> np.ndarray:
+    """The row's seed in RAS mm; a coordinate that is missing or not a number is an error naming its column."""
+    values = []
+    for column in LESION_COLUMNS[1:]:
+        value = row[column]
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise CTFMError(f"{column} {value!r} is not a number") from None
+        if not np.isfinite(number):
+            raise CTFMError(f"{column} is missing" if pd.isna(value) else f"{column} {value!r} is not finite")
+        values.append(number)
+    return to_ras(values, "LPS")
 
 
 def features_of(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -94,16 +114,16 @@ def _crops(
             if pd.isna(path):
                 raise InvalidScanError("(empty)", "no image_path")
             scan = prepare_grid(path, crop.orientation, crop.spacing)
-        except InvalidScanError as err:
+        except Exception as err:  # noqa: BLE001 -- an unusable scan (or a failure reading it) skips its rows only
+            reason = str(err) if isinstance(err, CTFMError) else f"{path}: {type(err).__name__}: {err}"
             for index in rows.index:
-                report.skipped.append((index + 2, str(err)))
+                report.skipped.append((index + 2, " ".join(reason.split())))
             bar.update(len(rows))
             continue
         for index, row in rows.iterrows():
             bar.update()
             try:
-                point = to_ras([row["coordX"], row["coordY"], row["coordZ"]], "LPS")
-                hu = scan.crop(point, crop.size, name=str(path))
+                hu = scan.crop(seed_point(row), crop.size, name=str(path))
             except (SeedOutsideScanError, CTFMError) as err:
                 report.skipped.append((index + 2, str(err)))
                 continue
@@ -140,7 +160,7 @@ def extract_lesion_features(
         crop = LESION_CROPS[key]
     model = model.to(device).eval()
     out = Path(out)
-    report = LesionReport(out=out)
+    report = LesionReport(out=out, csv=Path(csv))
     indices: list[int] = []
     vectors: list[np.ndarray] = []
     batch: list[tuple[int, torch.Tensor]] = []
@@ -165,5 +185,5 @@ def extract_lesion_features(
         write_atomically(out, lambda tmp: rows.to_parquet(tmp, index=False))
         report.extracted.extend(int(indices[i]) + 2 for i in order)
     for row, reason in report.skipped:
-        logger.warning("skipped row %d: %s", row, reason)
+        logger.warning("%s: skipped row %d: %s", csv, row, reason)
     return report

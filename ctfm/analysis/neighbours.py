@@ -23,7 +23,7 @@ from ctfm.analysis.search import (
     search_excluding,
     table_fingerprint,
 )
-from ctfm.embedding_table import embed_like_table, embedding_matrix, read_settings, read_table
+from ctfm.embedding_table import embed_like_table, embedding_matrix, read_settings, read_table, scan_key
 from ctfm.errors import CTFMError
 
 #: Above this many vectors ``kind="auto"`` uses IVF-PQ (1M x 512 float32 is 2 GB for exact search, 3 GB with its
@@ -114,9 +114,9 @@ def search_table(
         exclude = _own_row(query_vector, table, rows)
     elif patches:
         raise CTFMError(f"{query}: a patch search needs a patch as the query (--query-embedding q.npy or TABLE SCAN N)")
-    elif query is not None and str(query) in rows.paths:
-        row = rows.paths.index(str(query))
-        vector, exclude, name = rows.vectors[[row]], np.array([row]), str(query)
+    elif query is not None and (row_name := _row_of(query, rows.paths)) is not None:
+        row = rows.paths.index(row_name)
+        vector, exclude, name = rows.vectors[[row]], np.array([row]), row_name
     elif query is not None and Path(query).exists():
         loaded = None
         if model is not None:
@@ -135,6 +135,14 @@ def search_table(
         result["x_mm"], result["y_mm"], result["z_mm"] = rows.centers_mm[hits].T
     result["similarity"] = scores[0][: len(hits)].astype(float)
     return result
+
+
+def _row_of(query: str | Path, paths: list[str]) -> str | None:
+    """The table's name for ``query``: as written, or resolved as ``ctfm embed`` stores it (``./a`` is ``/abs/a``)."""
+    for name in (str(query), scan_key(query)):
+        if name in paths:
+            return name
+    return None
 
 
 def _own_row(query: QueryVector, table: str | Path, rows: SearchRows) -> np.ndarray | None:

@@ -95,13 +95,16 @@ def tsne_picture(table: str | Path, labels: str | Path, column: str, out: str | 
     """``tsne.png``: t-SNE of a table's scan embeddings coloured by ``column`` of a CSV keyed by ``path``."""
     from ctfm.analysis.tsne import tsne_map
     from ctfm.data.datalist import read_csv_table
-    from ctfm.embedding_table import embedding_matrix, read_table
+    from ctfm.embedding_table import embedding_matrix, read_table, scan_key
     from ctfm.plotting import scatter_by_label
 
     frame, _ = read_table(table, columns=["path", "embedding"])
     names = read_csv_table(labels, "label table")
     if "path" not in names or column not in names:
         raise CTFMError(f"{labels}: needs columns 'path' and {column!r} (found {list(names.columns)})")
+    stored = set(frame["path"])  # the table holds resolved paths; a relative one is the CSV's folder's
+    base = Path(labels).resolve().parent
+    names["path"] = [p if p in stored else scan_key(base / str(p)) for p in names["path"]]
     merged = frame.merge(names[["path", column]], on="path", how="inner")
     if len(merged) < 3:
         raise CTFMError(f"{labels}: only {len(merged)} of the table's paths have a {column!r}; t-SNE needs 3")

@@ -8,14 +8,18 @@ features do with fewer labels.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ctfm.errors import CTFMError
+
+logger = logging.getLogger(__name__)
 
 C_GRID = tuple(10.0**k for k in range(-4, 3))
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
@@ -30,6 +34,74 @@ class ProbeData:
     classes: list[Any]
     train: np.ndarray
     test: np.ndarray
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+def read_features(source: str | Path) -> pd.DataFrame:
+    """The table a probe reads: a ``ctfm embed`` table (damaged parts and unusable rows left out, each named), a
+    ``ctfm features`` Parquet file, or a CSV of ``feature*`` columns. Anything else is one error naming it."""
+    from ctfm.embedding_table import METADATA_KEY, read_table
+
+    source = Path(source)
+    if not source.exists():
+        raise CTFMError(f"{source}: no such features table")
+    where = f"{source}: "
+    if source.suffix.lower() in (".csv", ".tsv", ".txt") and source.is_file():
+        try:
+            table = pd.read_csv(source, sep="\t" if source.suffix.lower() == ".tsv" else ",")
+        except (OSError, ValueError) as err:
+            raise CTFMError(f"{where}cannot be read as a CSV ({' '.join(str(err).split())})") from err
+        if "embedding" in table.columns:
+            raise CTFMError(
+                f"{where}a CSV holds the 'embedding' column as text, not vectors; give the Parquet table that "
+                "`ctfm embed` or `ctfm features` wrote"
+            )
+        return table
+    import pyarrow.parquet as pq
+
+    try:
+        ctfm_table = source.is_dir() or METADATA_KEY in (pq.read_schema(source).metadata or {})
+        if ctfm_table:
+            return read_table(source)[0]
+        return pd.read_parquet(source)
+    except (OSError, ValueError) as err:
+        raise CTFMError(f"{where}cannot be read as a Parquet features table ({' '.join(str(err).split())})") from err
+
+
+def _feature_matrix(table: pd.DataFrame, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(features, usable): each row's features and whether they are a finite, non-empty vector of the common width.
+
+    ``embedding`` lists are used when present, else the ``feature*`` columns (which must be numeric).
+    """
+    if "embedding" in table.columns:
+        vectors = table["embedding"].to_numpy()
+        try:
+            rows = [np.asarray([] if v is None else v, dtype=np.float64).ravel() for v in vectors]
+        except (TypeError, ValueError) as err:
+            raise CTFMError(f"{where}the 'embedding' column does not hold numbers ({err})") from err
+        lengths = np.array([len(r) for r in rows])
+        width = int(np.bincount(lengths).argmax()) if len(lengths) else 0
+        if width == 0:
+            raise CTFMError(f"{where}every embedding is empty")
+        odd = np.flatnonzero((lengths != width) & (lengths > 0))
+        if len(odd):
+            raise CTFMError(
+                f"{where}embeddings of different widths: row {odd[0]} has {lengths[odd[0]]} values, most have {width}"
+            )
+        features = np.zeros((len(rows), width))
+        usable = lengths == width
+        for i in np.flatnonzero(usable):
+            features[i] = rows[i]
+    else:
+        columns = [c for c in table.columns if str(c).startswith("feature")]
+        if not columns:
+            raise CTFMError(f"{where}no 'embedding' column and no feature* columns to probe")
+        try:
+            features = table[columns].to_numpy(dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise CTFMError(f"{where}feature columns must hold numbers ({err})") from err
+        usable = np.ones(len(table), dtype=bool)
+    return features, usable & np.isfinite(features).all(axis=1)
 
 
 def probe_data(
@@ -44,14 +116,16 @@ def probe_data(
     where = f"{source}: " if source else ""
     if label not in table.columns:
         raise CTFMError(f"{where}no label column {label!r}; found {list(table.columns)}")
-    table = table[table[label].notna()].reset_index(drop=True)
-    if "embedding" in table.columns:
-        features = np.stack([np.asarray(v, dtype=np.float64) for v in table["embedding"]])
-    else:
-        columns = [c for c in table.columns if str(c).startswith("feature")]
-        if not columns:
-            raise CTFMError(f"{where}no 'embedding' column and no feature* columns to probe")
-        features = table[columns].to_numpy(dtype=np.float64)
+    blank = table[label].isna().to_numpy() | table[label].astype(str).str.strip().eq("").to_numpy()
+    features, usable = _feature_matrix(table, where)
+    dropped = {"blank label": int(blank.sum()), "empty or non-finite features": int((~usable & ~blank).sum())}
+    for reason, count in dropped.items():
+        if count:
+            logger.warning("%sleft out %d row(s) with %s", where, count, reason)
+    keep = usable & ~blank
+    table, features = table[keep].reset_index(drop=True), features[keep]
+    if table.empty:
+        raise CTFMError(f"{where}no row has both a label and usable features")
     classes, labels = np.unique(
         table[label].astype(str) if table[label].dtype == object else table[label], return_inverse=True
     )
@@ -73,8 +147,14 @@ def probe_data(
             if absent:
                 raise CTFMError(f"{where}no {part} rows of class {', '.join(absent)} of {label!r} in the split column")
     else:
-        train, test = train_test_split(index, test_size=test_size, stratify=labels, random_state=seed)
-    return ProbeData(features, labels, classes.tolist(), np.sort(train), np.sort(test))
+        try:
+            train, test = train_test_split(index, test_size=test_size, stratify=labels, random_state=seed)
+        except ValueError as err:
+            raise CTFMError(
+                f"{where}{len(labels)} labelled rows of {len(classes)} classes are too few to hold out {test_size:g} "
+                f"of them as a test set with every class ({err})"
+            ) from err
+    return ProbeData(features, labels, classes.tolist(), np.sort(train), np.sort(test), dropped)
 
 
 def fit_probe(features: np.ndarray, labels: np.ndarray, *, seed: int = 0, folds: int = 5) -> Any:
@@ -174,6 +254,7 @@ def run_probe(
         "classes": [str(c) for c in data.classes],
         "n_train": int(len(data.train)),
         "n_test": int(len(data.test)),
+        "dropped_rows": data.dropped,
         "n_bootstrap": n_bootstrap,
         "seed": seed,
         "C": results["C"],

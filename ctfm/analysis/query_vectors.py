@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ctfm.atomic import write_atomically
-from ctfm.embedding_table import TableMismatchError, read_table
+from ctfm.embedding_table import TableMismatchError, read_table, scan_key
 from ctfm.errors import CTFMError
 from ctfm.transforms.preprocess import CTPreprocessing
 
@@ -105,14 +105,15 @@ def patch_query(table: str | Path, scan: str, patch: int) -> QueryVector:
     frame, settings = read_table(table, columns=["path", "patch_embeddings"])
     if not settings.get("patches"):
         raise CTFMError(f"{table}: has no patch embeddings (write it with `ctfm embed --patches`)")
-    rows = frame.index[frame["path"] == str(scan)]
+    rows = frame.index[frame["path"].isin([str(scan), scan_key(scan)])]
     if len(rows) == 0:
         raise CTFMError(f"{table}: no row for scan {scan}")
     patches = frame.at[rows[0], "patch_embeddings"]
     if not 0 <= patch < len(patches):
         raise CTFMError(f"{table}: scan {scan} has patches 0..{len(patches) - 1}, not {patch}")
     vector = np.asarray(patches[patch], dtype=np.float32)
-    return QueryVector(vector, f"{scan}#{patch}", settings, (str(Path(table).resolve()), str(scan), patch))
+    name = str(frame.at[rows[0], "path"])
+    return QueryVector(vector, f"{name}#{patch}", settings, (str(Path(table).resolve()), name, patch))
 
 
 def read_query(spec: Sequence[str]) -> QueryVector:

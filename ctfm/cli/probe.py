@@ -25,11 +25,8 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    import pandas as pd
-
-    from ctfm.analysis.probe import run_probe
+    from ctfm.analysis.probe import read_features, run_probe
     from ctfm.atomic import write_atomically
-    from ctfm.errors import CTFMError
     from ctfm.outputs import output_folder, refuse_overwrite
     from ctfm.plotting import roc_curves, training_fraction_curve
     from ctfm.provenance import describe_input, record_command
@@ -37,10 +34,7 @@ def run(args: argparse.Namespace) -> int:
     out = output_folder(args.out)
     refuse_overwrite([out / name for name in ("probe.json", "roc.png", "training_fraction.png")], args.overwrite)
     source = Path(args.features)
-    try:
-        table = pd.read_csv(source) if source.suffix == ".csv" else pd.read_parquet(source)
-    except (OSError, ValueError) as err:
-        raise CTFMError(f"{source}: cannot read the features table ({err})") from err
+    table = read_features(source)
     results = run_probe(
         table,
         args.label,
@@ -55,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
     training_fraction_curve(results["training_fraction"], out / "training_fraction.png")
     record_command(out, args, extra_inputs=[describe_input(source)])
     print(f"{args.label}: {results['n_train']} train / {results['n_test']} test rows, C = {results['C']:g}")
+    for reason, count in results["dropped_rows"].items():
+        if count:
+            print(f"  left out {count} row(s) with {reason}")
     for name, metric in results["metrics"].items():
         print(f"  {name}: {metric['value']:.3f} (95% CI {metric['ci_low']:.3f}-{metric['ci_high']:.3f})")
     print(f"wrote {out / 'probe.json'}, roc.png, training_fraction.png")

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from monai.data import MetaTensor
 from tqdm.auto import tqdm
 
 from ctfm.atomic import write_atomically
@@ -44,6 +45,67 @@ logger = logging.getLogger(__name__)
 CACHE_VERSION = 1
 #: The body must span at least this fraction of a patch along every axis, or the scan is too small to pretrain on.
 MIN_BODY_FRACTION = 0.5
+#: Finer voxels than this are no CT scanner's (micro-CT aside): a header whose spacing is wrong, e.g. in metres.
+MIN_SPACING_MM = 0.05
+#: Resampling to more voxels than this (4 GB as float32) is refused before it is tried: a header with a wrong
+#: spacing or a huge field of view, which would otherwise end in a MemoryError after minutes.
+MAX_RESAMPLED_VOXELS = 1_000_000_000
+
+
+def check_geometry(source: str | Path, scan: MetaTensor, preprocessing: CTPreprocessing) -> None:
+    """Reject voxel sizes no CT has, and scans whose resampled grid would not fit in memory, before resampling."""
+    spacing = np.linalg.norm(np.asarray(scan.affine, dtype=np.float64)[:3, :3], axis=0)
+    shown = ", ".join(f"{s:g}" for s in spacing)
+    if spacing.min() < MIN_SPACING_MM:
+        raise InvalidScanError(
+            source, f"voxel spacing ({shown}) mm is finer than {MIN_SPACING_MM} mm: no CT's (a wrong header?)"
+        )
+    if preprocessing.spacing is not None:
+        extent_mm = np.asarray(scan.shape[1:], dtype=np.float64) * spacing
+        voxels = float(np.prod(extent_mm) / np.prod(preprocessing.spacing))
+        if voxels > MAX_RESAMPLED_VOXELS:
+            raise InvalidScanError(
+                source,
+                f"resampling its {tuple(scan.shape[1:])} voxels of ({shown}) mm to {preprocessing.spacing} mm would "
+                f"make {voxels:.3g} voxels (limit {MAX_RESAMPLED_VOXELS:.0e}): a wrong header spacing?",
+            )
+
+
+def check_body(
+    source: str | Path, volume: np.ndarray, preprocessing: CTPreprocessing, min_body_fraction: float = MIN_BODY_FRACTION
+) -> None:
+    """Reject scans with no body, or too little of it to cut meaningful patches from."""
+    body = volume[0] > preprocessing.body_threshold
+    extent = []
+    for axis in range(3):
+        hits = np.flatnonzero(body.any(axis=tuple(a for a in range(3) if a != axis)))
+        extent.append(int(hits[-1] - hits[0] + 1) if hits.size else 0)
+    needed = [int(np.ceil(min_body_fraction * size)) for size in preprocessing.min_size]
+    if not any(extent):
+        raise InvalidScanError(
+            source, f"no voxel above {preprocessing.body_threshold_hu} HU: nothing to crop to (empty scan)"
+        )
+    if any(e < n for e, n in zip(extent, needed)):
+        raise InvalidScanError(
+            source,
+            f"too small after cropping: the body spans {tuple(extent)} voxels (z, y, x), pretraining needs at "
+            f"least {tuple(needed)} (half a {tuple(preprocessing.min_size)} patch)",
+        )
+
+
+def preprocess_checked(
+    source: str | Path, preprocessing: CTPreprocessing, min_body_fraction: float = MIN_BODY_FRACTION
+) -> MetaTensor:
+    """Read, check and preprocess one scan: the checks ``ctfm prepare`` and ``ctfm embed`` share.
+
+    Raises InvalidScanError naming ``source`` for an unreadable file, a voxel size no CT has, a resampled grid too
+    large for memory, or too little body to cut a patch from (all air, a few voxels).
+    """
+    scan = read_ct(source, check_hu=preprocessing.check_hu)
+    check_geometry(source, scan, preprocessing)
+    volume = preprocessing(scan)
+    check_body(source, volume.numpy(), preprocessing, min_body_fraction)
+    return volume
 
 
 def default_cache_dir(datalist: str | Path | None = None) -> Path:
@@ -165,8 +227,7 @@ class PreprocessCache:
         array_path = self.array_path(key)
         array_path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            volume = self.preprocessing(read_ct(source, check_hu=self.preprocessing.check_hu))
-            self._check_body(source, volume.numpy())
+            volume = preprocess_checked(source, self.preprocessing, self.min_body_fraction)
         except InvalidScanError as err:
             _write_json(self.failure_path(key), {"source": str(source), "problem": err.problem})
             raise
@@ -187,25 +248,6 @@ class PreprocessCache:
         _write_json(array_path.with_suffix(".json"), meta)
         self.failure_path(key).unlink(missing_ok=True)
         return CachedScan(str(source), array_path)
-
-    def _check_body(self, source: str | Path, volume: np.ndarray) -> None:
-        """Reject scans with no body, or too little of it to cut meaningful patches from."""
-        body = volume[0] > self.preprocessing.body_threshold
-        extent = []
-        for axis in range(3):
-            hits = np.flatnonzero(body.any(axis=tuple(a for a in range(3) if a != axis)))
-            extent.append(int(hits[-1] - hits[0] + 1) if hits.size else 0)
-        needed = [int(np.ceil(self.min_body_fraction * size)) for size in self.preprocessing.min_size]
-        if not any(extent):
-            raise InvalidScanError(
-                source, f"no voxel above {self.preprocessing.body_threshold_hu} HU: nothing to crop to (empty scan)"
-            )
-        if any(e < n for e, n in zip(extent, needed)):
-            raise InvalidScanError(
-                source,
-                f"too small after cropping: the body spans {tuple(extent)} voxels (z, y, x), pretraining needs at "
-                f"least {tuple(needed)} (half a {tuple(self.preprocessing.min_size)} patch)",
-            )
 
     def prepare(
         self,

@@ -66,10 +66,14 @@ class CorpusEmbedding(LighterModule):
 
     def predict_step(self, batch: list[str], batch_idx: int) -> None:
         assert self._writer is not None
-        for path in batch:
-            embed_into(self._writer, self.report, self.network, path, self._preprocess, self.patches_per_forward)
+        try:
+            for path in batch:
+                embed_into(self._writer, self.report, self.network, path, self._preprocess, self.patches_per_forward)
+        except BaseException:  # Ctrl-C (Lightning calls no module hook then): write the scans embedded so far
+            self._writer.close(self.report)
+            raise
 
     def on_predict_end(self) -> None:
         if self._writer is not None:
-            self._writer.flush()
+            self._writer.close(self.report)
         rank_zero_info(f"rank {self.global_rank}: {self.report.summary()}")

@@ -86,3 +86,26 @@ def test_fmcib_crop_unclipped(sample_nifti, tmp_path):
     crop = lesion_crop(sample_nifti, point)
     assert report.ok and depth == 50 and np.isclose(mean, float(FMCIB_CROP.normalise(crop).mean()), atol=1e-5)
     assert np.isclose(top, (float(crop.max()) + 1024) / 3072, atol=1e-5)
+
+
+def test_a_bad_coordinate_or_image_is_one_line_naming_the_csv_row(sample_nifti, tmp_path, capsys):
+    torch.manual_seed(0)
+    model_dir = save_pretrained(ct_fm_encoder(init_filters=4), tmp_path / "model")
+    image = sitk.ReadImage(str(sample_nifti))
+    x, y, z = image.TransformIndexToPhysicalPoint((48, 48, 16))
+    csv = tmp_path / "lesions.csv"
+    csv.write_text(
+        "image_path,coordX,coordY,coordZ\n"
+        f"{sample_nifti},{x},{y},{z}\n"
+        f"{sample_nifti},twelve,{y},{z}\n"
+        f"{tmp_path / 'gone.nii.gz'},{x},{y},{z}\n"
+        f"{sample_nifti},{x},,{z}\n"
+    )
+    code = main(["features", str(csv), "--model", str(model_dir), "--out", str(tmp_path / "f.parquet")])
+    printed = capsys.readouterr()
+    assert code == 0 and "1 extracted, 3 skipped" in printed.out and "Traceback" not in printed.err
+    lines = printed.out.splitlines()
+    assert any(f"{csv} row 3: coordX 'twelve' is not a number" in line for line in lines)
+    assert any(f"{csv} row 4: " in line and "gone.nii.gz: no such file" in line for line in lines)
+    assert any(f"{csv} row 5: coordY is missing" in line for line in lines)
+    assert len(pd.read_parquet(tmp_path / "f.parquet")) == 1

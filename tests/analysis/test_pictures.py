@@ -58,7 +58,8 @@ def test_tsne_picture_from_a_table_and_a_label_csv(encoder, sample_nifti, tmp_pa
     table = tmp_path / "embeddings.parquet"
     embed_to_parquet(scans, table, model=encoder, patch_size=PATCH)
     labels = tmp_path / "labels.csv"
-    pd.DataFrame({"path": map(str, scans), "site": ["a", "a", "b", "b"]}).to_csv(labels, index=False)
+    relative = [scans[0].name, f"./{scans[1].name}", *map(str, scans[2:])]  # against the CSV's folder
+    pd.DataFrame({"path": relative, "site": ["a", "a", "b", "b"]}).to_csv(labels, index=False)
     assert pictures.tsne_picture(table, labels, "site", tmp_path).read_bytes()[:4] == PNG
     from ctfm.errors import CTFMError
 

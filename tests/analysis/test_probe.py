@@ -74,3 +74,41 @@ def test_a_split_column_with_a_rare_class_gives_a_curve_or_a_named_error():
     assert [p["train_rows"] for p in results["training_fraction"]] == [4, 32]  # 3 of c0, the only c1
     with pytest.raises(CTFMError, match="f.parquet: no train rows of class c1 of 'site' in the split column"):
         run_probe(rare.assign(site=np.where(rare["split"] == "train", "c0", rare["site"])), "site", source="f.parquet")
+
+
+def test_blank_labels_and_unusable_embeddings_are_left_out_and_counted(tmp_path, capsys):
+    rows = table(n=60)
+    rows.loc[[0, 1], "site"] = None
+    rows.loc[2, "site"] = " "
+    rows.at[3, "embedding"] = np.full(8, np.nan)
+    rows.at[4, "embedding"] = np.array([])
+    rows.to_parquet(tmp_path / "features.parquet")
+    code = main(["probe", str(tmp_path / "features.parquet"), "--label", "site", "--out", str(tmp_path / "probe"),
+                 "--bootstrap", "20", "--fractions", "1"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0 and "left out 3 row(s) with blank label" in printed
+    assert "left out 2 row(s) with empty or non-finite features" in printed
+    results = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert results["n_train"] + results["n_test"] == 55
+    assert results["dropped_rows"] == {"blank label": 3, "empty or non-finite features": 2}
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda t, d: t.assign(embedding=[np.ones(8 if i else 5) for i in range(len(t))]).to_parquet(d / "f.parquet"),
+         "f.parquet: embeddings of different widths: row 0 has 5 values, most have 8"),
+        (lambda t, d: t.assign(embedding=[np.array([])] * len(t)).to_parquet(d / "f.parquet"),
+         "f.parquet: every embedding is empty"),
+        (lambda t, d: t.to_csv(d / "f.csv"), "f.csv: a CSV holds the 'embedding' column as text"),
+        (lambda t, d: (d / "f.parquet").write_bytes(b"PAR1 not really"),
+         "f.parquet: cannot be read as a Parquet features table"),
+        (lambda t, d: t.head(4).to_parquet(d / "f.parquet"), "f.parquet: 4 labelled rows of 2 classes are too few"),
+    ],
+)  # fmt: skip
+def test_a_table_a_probe_cannot_use_is_one_line(tmp_path, capsys, make, words):
+    make(table(), tmp_path)
+    source = next(tmp_path.glob("f.*"))
+    code = main(["probe", str(source), "--label", "site", "--out", str(tmp_path / "probe"), "--bootstrap", "20"])
+    err = capsys.readouterr().err
+    assert code == 1 and words in err and len(err.strip().splitlines()) == 1, err
