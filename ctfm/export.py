@@ -58,8 +58,8 @@ def export_encoder(checkpoint: str | Path, out_dir: str | Path, *, config_key: s
     first), which ``ctfm segment`` reads. Refuses (naming the tensors) weights holding NaN or inf, as every save in
     ctfm does.
     """
+    from ctfm.hub.format import CLASSES_FILE
     from ctfm.hub.saving import save_pretrained
-    from ctfm.segmentation import CLASSES_FILE
 
     network, class_names = _exported(checkpoint, config_key)
     folder = save_pretrained(network, out_dir)
@@ -98,8 +98,7 @@ def _exported(path: str | Path, config_key: str | None) -> tuple[nn.Module, tupl
 def _class_names(checkpoint: dict, config: dict, source: str) -> tuple[str, ...] | None:
     """The output channel names a segmentation checkpoint holds (``SegmentationModule`` stores them beside its
     state), else those its config's ``model::class_names`` computes from data, else None."""
-    from ctfm.hub.safe_config import CLASS_NAME_TARGETS, has_key, rebuild
-    from ctfm.tasks.segmentation import CLASS_NAMES_CHECKPOINT_KEY
+    from ctfm.hub.safe_config import CLASS_NAME_TARGETS, CLASS_NAMES_CHECKPOINT_KEY, has_key, rebuild
 
     names = checkpoint.get(CLASS_NAMES_CHECKPOINT_KEY)
     if names is None and has_key(config, CLASS_NAMES_KEY):

@@ -25,6 +25,7 @@ from monai.transforms import Invertd, KeepLargestConnectedComponent
 from torch import nn
 
 from ctfm.errors import CTFMError
+from ctfm.hub.format import CLASSES_FILE
 from ctfm.transforms.dictionary import CTPreprocessingd
 from ctfm.transforms.preprocess import CTPreprocessing
 
@@ -34,7 +35,6 @@ OVERLAP = 0.625
 #: The card does not resample.
 CARD_PREPROCESSING = CTPreprocessing(spacing=None)
 #: A Hub folder may name its output channels (background first) in this file.
-CLASSES_FILE = "classes.json"
 
 
 @dataclasses.dataclass

@@ -14,13 +14,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ctfm"
 LAYERS = [
     ("ctfm.errors",),
     ("ctfm.atomic",),
-    ("ctfm.reports", "ctfm.plotting"),
+    ("ctfm.reports", "ctfm.plotting", "ctfm.outputs"),
     ("ctfm.io",),
     ("ctfm.transforms",),
     ("ctfm.data", "ctfm.nn", "ctfm.losses", "ctfm.image_quality"),
     ("ctfm.hub",),
     ("ctfm.embedding",),
     ("ctfm.embedding_table", "ctfm.export", "ctfm.idc", "ctfm.segmentation"),
+    ("ctfm.provenance",),  # names the model by its weights' fingerprint, which the table module computes
     ("ctfm.tasks", "ctfm.recipes"),
     ("ctfm.analysis", "ctfm.segmentation_files"),
     ("ctfm.ssl",),  # kept so configs naming ctfm.ssl.IntraSampleSimCLR resolve; re-exports ctfm.tasks
@@ -59,6 +60,8 @@ def imported(path: Path, name: str) -> set[str]:
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
+            if node.module == "ctfm" and {alias.name for alias in node.names} == {"__version__"}:
+                continue  # the version string is a constant of the root, which every module's import has loaded
             base = node.module or ""
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]

@@ -10,6 +10,8 @@ from ctfm.errors import ModelLoadError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: The output channels' names of a segmentation model, beside its weights (background first).
+CLASSES_FILE = "classes.json"
 #: Key in the safetensors metadata (or a hand-written ``config.json``) naming a class of
 #: :data:`ctfm.hub.registry.ARCHITECTURES`.
 ARCHITECTURE_KEY = "architecture"

@@ -20,6 +20,9 @@ from typing import Any
 
 from ctfm.errors import ModelLoadError
 
+#: Where a segmentation checkpoint keeps its output channels' names (background first).
+CLASS_NAMES_CHECKPOINT_KEY = "class_names"
+
 #: The networks a stored config may build: those ctfm's recipes put under ``model::network``, by the dotted
 #: names a config may spell them with.
 NETWORK_TARGETS: tuple[str, ...] = (

@@ -26,12 +26,12 @@ from monai.networks.utils import one_hot
 from torch import nn
 
 from ctfm.atomic import write_atomically
+from ctfm.hub.safe_config import CLASS_NAMES_CHECKPOINT_KEY
 from ctfm.tasks.finetune import FineTuneModule
 
 #: The published sliding-window overlap of every CT-FM segmentation setting.
 SW_OVERLAP = 0.625
 #: The checkpoint entry holding the output channel names, so ``ctfm export`` names them without the training data.
-CLASS_NAMES_CHECKPOINT_KEY = "class_names"
 
 
 def deep_supervision_dice_ce() -> DeepSupervisionLoss:
