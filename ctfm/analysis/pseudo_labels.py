@@ -10,8 +10,8 @@ largest connected component (MONAI). The label map is on the target's grid (shap
 :func:`pseudo_label` runs it over many targets: ``<out>/<name>.nii.gz`` (labels, with ``<name>.json`` naming them as
 ``ctfm segment`` does), ``<name>_probabilities.nii.gz`` (the normalised maps, one volume per class, background
 first), ``<name>.png`` (overlay), ``evaluation.csv`` (Dice and average surface distance in mm per class against
-reference label maps, classes matched by name to the reference's values), and the pseudo-labelled scans in the TotalSegmentator v2 layout for
-``totalsegmentator.yaml``.
+reference label maps, classes matched by name to the reference's values), and the pseudo-labelled scans in the
+TotalSegmentator v2 layout for ``totalsegmentator.yaml``.
 """
 
 from __future__ import annotations
