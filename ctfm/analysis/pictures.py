@@ -86,7 +86,9 @@ def pca_picture(
     from ctfm.plotting import concept_pair, scaled_window
 
     volumes = [preprocess(read_ct(s)) for s in scans]
-    maps = pca_concepts(model, volumes, patch_size=patch_size, overlap=overlap)
+    maps = pca_concepts(
+        model, volumes, patch_size=patch_size, overlap=overlap, body_threshold=preprocess.body_threshold
+    )
     return concept_pair(
         [m.volume for m in maps], [m.rgb for m in maps], Path(out) / "pca_concepts.png",
         titles=[Path(s).name for s in scans], window=scaled_window(preprocess.hu_range),
