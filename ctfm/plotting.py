@@ -413,8 +413,10 @@ def concept_pair(
     *,
     titles: Sequence[str] = (),
     window: tuple[float, float] = (0.0, 1.0),
+    title: str = "",
 ) -> Path:
-    """Middle axial and coronal slices of ``(z, y, x)`` volumes side by side, RGB ``(z, y, x, 3)`` (NaN clear) over."""
+    """Middle axial and coronal slices of ``(z, y, x)`` volumes side by side, RGB ``(z, y, x, 3)`` (NaN clear) over;
+    ``title`` says what the colours mean."""
     figure = Figure(figsize=(4 * len(volumes), 7))
     for column, (volume, rgb) in enumerate(zip(volumes, colours)):
         slices: tuple[Any, ...] = (np.s_[volume.shape[0] // 2], np.s_[::-1, volume.shape[1] // 2])
@@ -427,6 +429,8 @@ def concept_pair(
             axes.set_axis_off()
             if row == 0 and column < len(titles):
                 axes.set_title(titles[column])
+    if title:
+        figure.suptitle(title)
     return save_figure(figure, path)
 
 

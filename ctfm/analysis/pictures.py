@@ -92,6 +92,7 @@ def pca_picture(
     return concept_pair(
         [m.volume for m in maps], [m.rgb for m in maps], Path(out) / "pca_concepts.png",
         titles=[Path(s).name for s in scans], window=scaled_window(preprocess.hu_range),
+        title="colour = one PCA of both scans' patch embeddings (lightness PC1, a* PC2, b* PC3); air uncoloured",
     )  # fmt: skip
 
 
