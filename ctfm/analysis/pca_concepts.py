@@ -2,9 +2,9 @@
 
 Both scans' patches are projected on principal components fitted on the two together, so a colour means the same
 direction of embedding space in both pictures: the same anatomy should get the same colour. Every body voxel (above
-the preprocessing's body threshold) takes the colour of the window whose centre is nearest, so the whole body is
-painted at any overlap; air is left uncoloured. The three components (the first oriented so that air scores low)
-become CIELAB lightness and the two colour axes, converted to RGB.
+the preprocessing's body threshold, lungs included) takes the colour of the window whose centre is nearest, so the
+whole body is painted at any overlap; the air around it is left uncoloured. The three components (the first
+oriented so that air scores low) become CIELAB lightness and the two colour axes, converted to RGB.
 """
 
 from __future__ import annotations
@@ -42,9 +42,13 @@ def lab_colours(components: np.ndarray) -> np.ndarray:
 
 
 def _paint(patches: PatchEmbeddings, colours: np.ndarray, volume: np.ndarray, body_threshold: float) -> np.ndarray:
-    """``(z, y, x, 3)`` RGB: each body voxel the colour of its nearest window, NaN in air."""
+    """``(z, y, x, 3)`` RGB: each body voxel the colour of its nearest window, NaN in the air around the body. The
+    body is what lies above ``body_threshold`` with the holes of each axial slice filled, so the lungs count."""
+    from scipy.ndimage import binary_fill_holes
+
+    body = np.stack([binary_fill_holes(plane) for plane in volume > body_threshold])
     rgb = nearest_window(patches, colours, volume.shape).astype(np.float64)
-    rgb[volume <= body_threshold] = np.nan
+    rgb[~body] = np.nan
     return rgb
 
 
