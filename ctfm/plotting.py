@@ -8,7 +8,8 @@ the canonical preprocessing produces: axial slices are ``volume[z]``, coronal ``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ctfm.atomic import write_atomically
+
+logger = logging.getLogger(__name__)
 
 #: Display window (HU) for CT slices: soft tissue and lungs both readable.
 CT_DISPLAY_WINDOW = (-1000.0, 1000.0)
@@ -44,22 +47,125 @@ def loss_curve(losses: Sequence[float], path: str | Path, *, chance: float | Non
     return save_figure(figure, path)
 
 
-def orthogonal_slices(
+#: Dynamic range (max - min) below which a cosine-based map is float noise, not signal.
+NOISE_FLOOR = 1e-5
+NO_SIGNAL = "(below noise floor: no signal)"
+#: A marker drawn on slices: (legend label, (z, y, x) voxel, colour).
+Marker = tuple[str, Sequence[float], str]
+
+
+def below_noise_floor(values: np.ndarray, floor: float = NOISE_FLOOR) -> bool:
+    """Whether the finite values of a map span less than ``floor``: no picture of them can show a signal."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    return finite.size == 0 or float(finite.max() - finite.min()) < floor
+
+
+def noise_checked_title(title: str, values: np.ndarray, what: str, floor: float = NOISE_FLOOR) -> str:
+    """``title``, with :data:`NO_SIGNAL` appended and a warning logged when ``values`` lie below ``floor``."""
+    if not below_noise_floor(values, floor):
+        return title
+    finite = np.asarray(values, dtype=np.float64)
+    spread = float(np.nanmax(finite) - np.nanmin(finite)) if np.isfinite(finite).any() else 0.0
+    logger.warning("%s spans only %.2g (noise floor %.0e): the picture shows no signal", what, spread, floor)
+    return f"{title} {NO_SIGNAL}".strip()
+
+
+def heat_range(values: np.ndarray, floor: float = NOISE_FLOOR, low: float | None = None) -> tuple[float, float]:
+    """Colour scale of a heat map: its minimum (or ``low``) to its maximum, never narrower than ``floor``, so
+    float noise is drawn as the flat map it is rather than stretched into a pattern."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    bottom = float(finite.min()) if low is None and finite.size else float(low or 0.0)
+    top = float(finite.max()) if finite.size else bottom
+    return bottom, max(top, bottom + floor)
+
+
+def class_colours(values: Iterable[int]) -> dict[int, tuple[float, float, float, float]]:
+    """A distinct colour per label value (tab20 up to 20 values, else evenly spaced hues)."""
+    from matplotlib import colormaps
+
+    values = sorted(int(v) for v in values)
+    if len(values) <= 20:
+        return {value: colormaps["tab20"](index) for index, value in enumerate(values)}
+    hues = colormaps["hsv"]
+    return {value: hues(index / len(values)) for index, value in enumerate(values)}
+
+
+def _label_rgba(layer: np.ndarray, colours: dict[int, tuple[float, float, float, float]], alpha: float) -> np.ndarray:
+    rgba = np.zeros((*layer.shape, 4))
+    for value, colour in colours.items():
+        rgba[layer == value] = (*colour[:3], alpha)
+    return rgba
+
+
+def _views(shape: Sequence[int], point: Sequence[int], spacing: Sequence[float]):
+    """(name, slice, aspect, voxel -> (column, row) in the shown image) of the three orthogonal views."""
+    z, y, x = (int(p) for p in point)
+    dz, dy, dx = (float(s) for s in spacing)
+    top = shape[0] - 1
+    return [
+        ("axial", np.s_[z, :, :], dy / dx, lambda p: (p[2], p[1])),  # rows y (posterior down), columns x
+        ("coronal", np.s_[::-1, y, :], dz / dx, lambda p: (p[2], top - p[0])),  # rows z flipped: superior up
+        ("sagittal", np.s_[::-1, :, x], dz / dy, lambda p: (p[1], top - p[0])),
+    ]
+
+
+def _draw_slices(
+    figure: Figure,
+    row: int,
+    rows: int,
     volume: np.ndarray,
-    path: str | Path,
+    point: Sequence[int],
+    *,
+    overlay: np.ndarray | None = None,
+    overlay_kind: str = "labels",
+    window: tuple[float, float] = CT_DISPLAY_WINDOW,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    value_range: tuple[float, float] = (0.0, 1.0),
+    colours: dict[int, tuple[float, float, float, float]] | None = None,
+    markers: Sequence[Marker] = (),
+    label: str = "",
+) -> tuple[list[Any], Any]:
+    """One row of axial, coronal and sagittal slices through ``point``; returns its axes and the heat image."""
+    heat = None
+    axes_row = []
+    for column, (name, where, aspect, place) in enumerate(_views(volume.shape, point, spacing)):
+        axes = figure.add_subplot(rows, 3, row * 3 + column + 1)
+        axes.imshow(volume[where], cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect, interpolation="nearest")
+        if overlay is not None:
+            layer = np.asarray(overlay)[where]
+            if overlay_kind == "labels":
+                colours = colours or class_colours(np.unique(overlay)[np.unique(overlay) > 0])
+                axes.imshow(_label_rgba(layer.astype(np.int64), colours, 0.5), aspect=aspect, interpolation="nearest")
+            else:
+                heat = axes.imshow(layer, cmap="inferno", vmin=value_range[0], vmax=value_range[1], alpha=0.55,
+                                   aspect=aspect, interpolation="nearest")  # fmt: skip
+        for text, voxel, colour in markers:
+            column_index, row_index = place(voxel)
+            axes.plot(column_index, row_index, marker="+", markersize=14, markeredgewidth=2, color=colour,
+                      label=text if column == 0 else None)  # fmt: skip
+        axes.set_title(f"{label} {name}".strip(), fontsize=9)
+        axes.set_axis_off()
+        axes_row.append(axes)
+    return axes_row, heat
+
+
+def slices_figure(
+    volume: np.ndarray,
     *,
     point: Sequence[int] | None = None,
     overlay: np.ndarray | None = None,
     overlay_kind: str = "labels",
     window: tuple[float, float] = CT_DISPLAY_WINDOW,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    value_range: tuple[float, float] = (0.0, 1.0),
+    colorbar_label: str = "",
+    class_names: Sequence[str] | None = None,
+    markers: Sequence[Marker] = (),
     title: str = "",
-) -> Path:
-    """Axial, coronal and sagittal slices of a ``(z, y, x)`` volume through ``point`` (default: the centre).
-
-    ``overlay`` on the same grid is drawn over the CT: integer labels in distinct colours (``overlay_kind="labels"``,
-    0 transparent) or a heat map in [0, 1] (``"heat"``). ``spacing`` (z, y, x mm) keeps anatomy in proportion.
-    """
+) -> Figure:
+    """The figure :func:`orthogonal_slices` writes (see there)."""
     volume = np.asarray(volume, dtype=np.float32)
     if volume.ndim != 3:
         raise ValueError(f"expected a (z, y, x) volume, got shape {volume.shape}")
@@ -67,31 +173,46 @@ def orthogonal_slices(
         raise ValueError(f"overlay shape {np.shape(overlay)} differs from the volume's {volume.shape}")
     if overlay_kind not in ("labels", "heat"):
         raise ValueError(f"overlay_kind must be 'labels' or 'heat', got {overlay_kind!r}")
-    z, y, x = (s // 2 for s in volume.shape) if point is None else (int(p) for p in point)
-    dz, dy, dx = (float(s) for s in spacing)
-    views: list[tuple[str, tuple[Any, ...], float]] = [
-        ("axial", np.s_[z, :, :], dy / dx),  # rows y (posterior down), columns x
-        ("coronal", np.s_[::-1, y, :], dz / dx),  # rows z flipped: superior up
-        ("sagittal", np.s_[::-1, :, x], dz / dy),
-    ]
-    figure = Figure(figsize=(12, 4.2))
-    for index, (name, where, aspect) in enumerate(views, start=1):
-        axes = figure.add_subplot(1, 3, index)
-        axes.imshow(volume[where], cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect, interpolation="nearest")
-        if overlay is not None:
-            layer = np.asarray(overlay)[where]
-            if overlay_kind == "labels":
-                masked = np.ma.masked_equal(layer.astype(np.int64), 0)
-                axes.imshow(
-                    masked % 20, cmap="tab20", vmin=0, vmax=19, alpha=0.5, aspect=aspect, interpolation="nearest"
-                )
-            else:
-                axes.imshow(layer, cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.5, aspect=aspect)
-        axes.set_title(name)
-        axes.set_axis_off()
+    if overlay_kind == "heat" and overlay is not None and not colorbar_label:
+        raise ValueError("a heat overlay needs the colorbar_label that says its scale")
+    centre = [s // 2 for s in volume.shape] if point is None else [int(p) for p in point]
+    figure = Figure(figsize=(13 if overlay_kind == "heat" else 12, 4.4))
+    colours = None
+    if overlay is not None and overlay_kind == "labels":
+        present = np.unique(np.asarray(overlay).astype(np.int64))
+        colours = class_colours(present[present > 0])
+    axes, heat = _draw_slices(figure, 0, 1, volume, centre, overlay=overlay, overlay_kind=overlay_kind, window=window,
+                              spacing=spacing, value_range=value_range, colours=colours, markers=markers)  # fmt: skip
+    if heat is not None:
+        figure.colorbar(heat, ax=axes, label=colorbar_label, shrink=0.8)
+    handles = _label_handles(colours, class_names) if colours is not None and class_names is not None else []
+    handles += [h for h in axes[0].get_legend_handles_labels()[0]]
+    if handles:
+        figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=9, frameon=False)
     if title:
         figure.suptitle(title)
-    return save_figure(figure, path)
+    return figure
+
+
+def _label_handles(colours: dict[int, tuple[float, float, float, float]], class_names: Sequence[str]) -> list[Any]:
+    """Legend patches naming each coloured label value (its value where the names have none)."""
+    from matplotlib.patches import Patch
+
+    return [
+        Patch(color=colour, label=class_names[value] if value < len(class_names) else f"label {value}")
+        for value, colour in colours.items()
+    ]
+
+
+def orthogonal_slices(volume: np.ndarray, path: str | Path, **options: Any) -> Path:
+    """Axial, coronal and sagittal slices of a ``(z, y, x)`` volume through ``point`` (default: the centre).
+
+    ``overlay`` on the same grid is drawn over the CT: integer labels in distinct colours (``overlay_kind="labels"``,
+    0 transparent; with ``class_names`` a legend names each) or a heat map (``"heat"``) over ``value_range`` with a
+    colour bar labelled ``colorbar_label`` (its units). ``markers`` are crosses at voxels, in the legend.
+    ``spacing`` (z, y, x mm) keeps anatomy in proportion. Options are those of :func:`slices_figure`.
+    """
+    return save_figure(slices_figure(volume, **options), path)
 
 
 # ---- diffusion
@@ -128,62 +249,92 @@ def image_grid(
 # ---- segmentation
 
 
-def segmentation_preview(
+def segmentation_figure(
     volume: np.ndarray,
     labels: np.ndarray,
-    path: str | Path,
-    *,
-    spacing: Sequence[float] = (1.0, 1.0, 1.0),
-    title: str = "",
-) -> Path:
-    """Orthogonal slices of a ``(z, y, x)`` CT with its label map coloured over it, through the labels' centre."""
-    labelled = np.argwhere(np.asarray(labels) > 0)
-    point = labelled.mean(axis=0).round().astype(int) if len(labelled) else None
-    return orthogonal_slices(volume, path, point=point, overlay=labels, spacing=spacing, title=title)
-
-
-def pseudo_label_overlay(
-    volume: np.ndarray,
-    labels: np.ndarray,
-    heat: np.ndarray,
-    path: str | Path,
     *,
     class_names: Sequence[str],
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     title: str = "",
-) -> Path:
-    """Two rows through the labels' centre of a ``(z, y, x)`` CT: pseudo-labels (legend: ``class_names``,
-    background first) and the strongest class similarity map in [0, 1]."""
-    from matplotlib import colormaps
-    from matplotlib.patches import Patch
+) -> Figure:
+    """Orthogonal slices of a ``(z, y, x)`` CT with its label map coloured over it, through the labels' centre, and
+    a legend naming the colour of every class present (``class_names[value]``)."""
+    labelled = np.argwhere(np.asarray(labels) > 0)
+    point = labelled.mean(axis=0).round().astype(int) if len(labelled) else None
+    return slices_figure(volume, point=point, overlay=labels, spacing=spacing, class_names=class_names, title=title)
 
+
+def segmentation_preview(volume: np.ndarray, labels: np.ndarray, path: str | Path, **options: Any) -> Path:
+    """:func:`segmentation_figure` written to ``path``."""
+    return save_figure(segmentation_figure(volume, labels, **options), path)
+
+
+def pseudo_label_figure(
+    volume: np.ndarray,
+    labels: np.ndarray,
+    heat: np.ndarray,
+    *,
+    class_names: Sequence[str],
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    title: str = "",
+) -> Figure:
+    """Two rows through the labels' centre of a ``(z, y, x)`` CT: pseudo-labels (legend: ``class_names``,
+    background first) and the strongest normalised class map in [0, 1], with its colour bar."""
     volume, labels, heat = np.asarray(volume, np.float32), np.asarray(labels), np.asarray(heat, np.float32)
     labelled = np.argwhere(labels > 0)
-    z, y, x = labelled.mean(axis=0).round().astype(int) if len(labelled) else [s // 2 for s in volume.shape]
-    dz, dy, dx = (float(s) for s in spacing)
-    views = [(np.s_[z, :, :], dy / dx), (np.s_[::-1, y, :], dz / dx), (np.s_[::-1, :, x], dz / dy)]
-    colours = colormaps["tab10"]
-    figure = Figure(figsize=(10, 6.4))
-    for row, (kind, overlay) in enumerate((("labels", labels), ("heat", heat))):
-        for column, (where, aspect) in enumerate(views):
-            axes = figure.add_subplot(2, 3, row * 3 + column + 1)
-            axes.imshow(volume[where], cmap="gray", vmin=CT_DISPLAY_WINDOW[0], vmax=CT_DISPLAY_WINDOW[1],
-                        aspect=aspect, interpolation="nearest")  # fmt: skip
-            layer = overlay[where]
-            if kind == "labels":
-                masked = np.ma.masked_equal(layer.astype(np.int64), 0)
-                axes.imshow(masked % 10, cmap="tab10", vmin=0, vmax=9, alpha=0.55, aspect=aspect,
-                            interpolation="nearest")  # fmt: skip
-            else:
-                axes.imshow(layer, cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.55, aspect=aspect)
-            axes.set_axis_off()
-            if column == 0:
-                axes.set_title("pseudo-labels" if kind == "labels" else "best class similarity", fontsize=9)
-    handles = [Patch(color=colours(value % 10), label=name) for value, name in enumerate(class_names) if value]
-    figure.legend(handles=handles, loc="lower center", ncol=max(len(handles), 1), fontsize=9, frameon=False)
+    point = labelled.mean(axis=0).round().astype(int) if len(labelled) else [s // 2 for s in volume.shape]
+    colours = class_colours(range(1, len(class_names)))
+    figure = Figure(figsize=(11, 7))
+    _draw_slices(figure, 0, 2, volume, point, overlay=labels, spacing=spacing, colours=colours, label="pseudo-labels")
+    axes, image = _draw_slices(figure, 1, 2, volume, point, overlay=heat, overlay_kind="heat", spacing=spacing,
+                               label="best class map")  # fmt: skip
+    figure.colorbar(image, ax=axes, label="normalised class similarity (0-1)", shrink=0.8)
+    handles = _label_handles(colours, class_names)
+    figure.legend(handles=handles, loc="lower center", ncol=max(min(len(handles), 6), 1), fontsize=9, frameon=False)
     if title:
         figure.suptitle(title)
-    return save_figure(figure, path)
+    return figure
+
+
+def pseudo_label_overlay(
+    volume: np.ndarray, labels: np.ndarray, heat: np.ndarray, path: str | Path, **options: Any
+) -> Path:
+    """:func:`pseudo_label_figure` written to ``path``."""
+    return save_figure(pseudo_label_figure(volume, labels, heat, **options), path)
+
+
+def semantic_search_figure(
+    target: np.ndarray,
+    heat: np.ndarray,
+    match_voxel: Sequence[int],
+    *,
+    value_range: tuple[float, float],
+    source: np.ndarray | None = None,
+    query_voxel: Sequence[int] | None = None,
+    window: tuple[float, float] = CT_DISPLAY_WINDOW,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    source_spacing: Sequence[float] | None = None,
+    title: str = "",
+) -> Figure:
+    """The query's slices in its source (when given), then the target's slices through the match with the cosine
+    heat map over ``value_range`` and its colour bar; both points marked."""
+    rows = 1 if source is None or query_voxel is None else 2
+    figure = Figure(figsize=(13, 4.4 * rows))
+    handles = []
+    if source is not None and query_voxel is not None:
+        first, _ = _draw_slices(figure, 0, 2, np.asarray(source, np.float32), query_voxel, window=window,
+                                spacing=source_spacing or spacing, markers=[("query", query_voxel, "cyan")],
+                                label="source")  # fmt: skip
+        handles += first[0].get_legend_handles_labels()[0]
+    axes, image = _draw_slices(figure, rows - 1, rows, np.asarray(target, np.float32), match_voxel, overlay=heat,
+                               overlay_kind="heat", window=window, spacing=spacing, value_range=value_range,
+                               markers=[("best match", match_voxel, "lime")], label="target")  # fmt: skip
+    figure.colorbar(image, ax=axes, label="cosine similarity to the query", shrink=0.8)
+    handles += axes[0].get_legend_handles_labels()[0]
+    figure.legend(handles=handles, loc="lower center", ncol=2, fontsize=9, frameon=False)
+    if title:
+        figure.suptitle(title)
+    return figure
 
 
 # ---- classification
@@ -262,8 +413,10 @@ def concept_pair(
     *,
     titles: Sequence[str] = (),
     window: tuple[float, float] = (0.0, 1.0),
+    title: str = "",
 ) -> Path:
-    """Middle axial and coronal slices of ``(z, y, x)`` volumes side by side, RGB ``(z, y, x, 3)`` (NaN clear) over."""
+    """Middle axial and coronal slices of ``(z, y, x)`` volumes side by side, RGB ``(z, y, x, 3)`` (NaN clear) over;
+    ``title`` says what the colours mean."""
     figure = Figure(figsize=(4 * len(volumes), 7))
     for column, (volume, rgb) in enumerate(zip(volumes, colours)):
         slices: tuple[Any, ...] = (np.s_[volume.shape[0] // 2], np.s_[::-1, volume.shape[1] // 2])
@@ -276,6 +429,8 @@ def concept_pair(
             axes.set_axis_off()
             if row == 0 and column < len(titles):
                 axes.set_title(titles[column])
+    if title:
+        figure.suptitle(title)
     return save_figure(figure, path)
 
 

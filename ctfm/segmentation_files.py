@@ -127,7 +127,7 @@ def segment_to_files(
                     array == value, affine, out / name / f"{names[value]}.nii.gz", ("background", names[value])
                 )
         if preview:
-            _preview(hu, labels, out / f"{name}.png", title=name)
+            _preview(hu, labels, out / f"{name}.png", names, title=name)
         statistics += [{"image": str(path), **row} for row in class_statistics(labels, hu, names, values)]
         report.segmented.append(str(path))
     if statistics:
@@ -136,8 +136,9 @@ def segment_to_files(
     return report
 
 
-def _preview(hu, labels, path: Path, title: str) -> None:
-    """Three orthogonal slices through the labelled region's centre, labels coloured over the CT."""
+def _preview(hu, labels, path: Path, class_names: Sequence[str], title: str) -> None:
+    """Three orthogonal slices through the labelled region's centre, labels coloured over the CT, classes named in
+    a legend."""
     from monai.transforms import Orientation
 
     from ctfm.plotting import segmentation_preview
@@ -146,4 +147,4 @@ def _preview(hu, labels, path: Path, title: str) -> None:
     orient = Orientation(axcodes="SPL", labels=RAS_LABELS)
     volume, overlay = orient(hu)[0].numpy(), orient(labels.float())[0].numpy().astype(np.int64)
     spacing = tuple(float(s) for s in orient(hu).pixdim)
-    segmentation_preview(volume, overlay, path, spacing=spacing, title=title)
+    segmentation_preview(volume, overlay, path, class_names=class_names, spacing=spacing, title=title)

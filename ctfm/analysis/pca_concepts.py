@@ -1,9 +1,10 @@
 """PCA concept maps: dense patch embeddings of two scans in one 3-component PCA, shown as colours.
 
 Both scans' patches are projected on principal components fitted on the two together, so a colour means the same
-direction of embedding space in both pictures: the same anatomy should get the same colour. Background windows
-(the low side of the first component, oriented so that air scores low) are left uncoloured; the three components
-become CIELAB lightness and the two colour axes, converted to RGB.
+direction of embedding space in both pictures: the same anatomy should get the same colour. Every body voxel (above
+the preprocessing's body threshold, lungs included) takes the colour of the window whose centre is nearest, so the
+whole body is painted at any overlap; the air around it is left uncoloured. The three components (the first
+oriented so that air scores low) become CIELAB lightness and the two colour axes, converted to RGB.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from monai.data import MetaTensor
 from sklearn.decomposition import PCA
 from torch import nn
 
+from ctfm.analysis.windows import nearest_window
 from ctfm.embedding import PatchEmbeddings, embed_patches
+from ctfm.transforms.preprocess import CTPreprocessing
 
 
 @dataclass
@@ -38,20 +41,14 @@ def lab_colours(components: np.ndarray) -> np.ndarray:
     return lab2rgb(lab[None])[0]
 
 
-def _paint(patches: PatchEmbeddings, colours: np.ndarray, keep: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    total = np.zeros((*shape, 3))
-    count = np.zeros(shape)
-    size = np.array(patches.patch_size)
-    step = np.maximum(1, size // 4)  # paint each window's central part, so overlapping windows stay distinct
-    for centre, colour, kept in zip(patches.centers_voxel.numpy(), colours, keep):
-        if not kept:
-            continue
-        low = np.round(centre - (step - 1) / 2).astype(int)
-        region = tuple(slice(max(0, a), a + s) for a, s in zip(low, step))
-        total[region] += colour
-        count[region] += 1
-    rgb = np.full((*shape, 3), np.nan)
-    rgb[count > 0] = total[count > 0] / count[count > 0][:, None]
+def _paint(patches: PatchEmbeddings, colours: np.ndarray, volume: np.ndarray, body_threshold: float) -> np.ndarray:
+    """``(z, y, x, 3)`` RGB: each body voxel the colour of its nearest window, NaN in the air around the body. The
+    body is what lies above ``body_threshold`` with the holes of each axial slice filled, so the lungs count."""
+    from scipy.ndimage import binary_fill_holes
+
+    body = np.stack([binary_fill_holes(plane) for plane in volume > body_threshold])
+    rgb = nearest_window(patches, colours, volume.shape).astype(np.float64)
+    rgb[~body] = np.nan
     return rgb
 
 
@@ -62,8 +59,10 @@ def pca_concepts(
     patch_size: Sequence[int] = (24, 64, 64),
     overlap: float = 0.75,
     batch_size: int = 8,
+    body_threshold: float = CTPreprocessing().body_threshold,
 ) -> list[ConceptMap]:
-    """Concept maps of preprocessed ``(1, z, y, x)`` volumes from one PCA fitted on all their patches."""
+    """Concept maps of preprocessed ``(1, z, y, x)`` volumes from one PCA fitted on all their patches; voxels at or
+    below ``body_threshold`` (the preprocessed scale) stay uncoloured."""
     patches = [
         embed_patches(model, v, patch_size=patch_size, overlap=overlap, batch_size=batch_size, preprocess=None)
         for v in volumes
@@ -73,13 +72,12 @@ def pca_concepts(
     intensity = np.concatenate([_centre_intensity(v, p) for v, p in zip(volumes, patches)])
     if np.corrcoef(components[:, 0], intensity)[0, 1] < 0:
         components[:, 0] *= -1  # orient PC1 so air is low
-    keep = components[:, 0] > np.percentile(components[:, 0], 25)
     colours = lab_colours(components)
     maps, first = [], 0
     for volume, p in zip(volumes, patches):
         n = len(p.embeddings)
         array = np.asarray(torch.as_tensor(volume).reshape(volume.shape[-3:]))
-        maps.append(ConceptMap(array, _paint(p, colours[first : first + n], keep[first : first + n], array.shape)))
+        maps.append(ConceptMap(array, _paint(p, colours[first : first + n], array, body_threshold)))
         first += n
     return maps
 

@@ -236,7 +236,8 @@ def run_probe(
     seed: int = 0,
     source: str = "",
 ) -> dict[str, Any]:
-    """The probe's results: test metrics with CIs, chosen C, ROC points, and the training-fraction curve."""
+    """The probe's results: test metrics with CIs, chosen C, ROC points, the training-fraction curve, and the test
+    rows' ``predictions`` (a table, see :func:`test_predictions`)."""
     data = probe_data(table, label, test_size=test_size, seed=seed, source=source)
     n_classes = len(data.classes)
     curve = []
@@ -261,7 +262,21 @@ def run_probe(
         "metrics": results["metrics"],
         "roc": roc_points(data.labels[data.test], results["probabilities"], data.classes),
         "training_fraction": curve,
+        "predictions": test_predictions(table, label, data, results["probabilities"]),
     }
+
+
+def test_predictions(table: pd.DataFrame, label: str, data: ProbeData, probabilities: np.ndarray) -> pd.DataFrame:
+    """The scored test rows: ``row`` (position among the rows with a label), ``path`` when the table has one, the
+    true ``label`` and ``p_<class>`` per class: everything the test metrics are computed from."""
+    labelled = table[table[label].notna()].reset_index(drop=True)
+    frame = pd.DataFrame({"row": data.test})
+    if "path" in labelled.columns:
+        frame["path"] = labelled["path"].to_numpy()[data.test]
+    frame["label"] = [data.classes[i] for i in data.labels[data.test]]
+    for index, name in enumerate(data.classes):
+        frame[f"p_{name}"] = probabilities[:, index]
+    return frame
 
 
 def roc_points(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[Any]) -> dict[str, dict[str, list]]:

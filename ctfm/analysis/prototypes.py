@@ -50,7 +50,9 @@ class Prototypes:
 
     ``settings`` are the model fingerprint (``model_sha256``, None for vectors from elsewhere), ``preprocessing``
     (:class:`CTPreprocessing` fields), ``patch_size`` and ``overlap`` the maps must use; ``counts`` the patches
-    behind each class.
+    behind each class; ``class_values`` the label value of each class in the reference label maps they were built
+    from (background 0 first; None for vectors from elsewhere), which reference maps scored against pseudo-labels
+    are read with.
     """
 
     vectors: torch.Tensor
@@ -58,6 +60,14 @@ class Prototypes:
     class_names: tuple[str, ...]
     settings: dict[str, Any]
     counts: tuple[int, ...] = ()
+    class_values: tuple[int, ...] | None = None
+
+    def reference_values(self) -> dict[str, int] | None:
+        """``{class name: label value}`` of the reference label maps the prototypes were built from (no
+        background), or None when they were not built from label maps."""
+        if self.class_values is None:
+            return None
+        return dict(zip(self.class_names[1:], self.class_values[1:]))
 
     @property
     def dim(self) -> int:
@@ -110,6 +120,7 @@ class Prototypes:
             "class_names": list(self.class_names),
             "settings": json.dumps(_plain(self.settings)),
             "counts": list(self.counts),
+            "class_values": None if self.class_values is None else list(self.class_values),
         }
         return write_atomically(path, lambda tmp: torch.save(document, tmp))
 
@@ -118,9 +129,11 @@ class Prototypes:
         path = Path(path)
         try:
             document = torch.load(path, map_location="cpu", weights_only=True)
+            values = document.get("class_values")
             return cls(
                 document["vectors"], document["owner"], tuple(document["class_names"]),
                 json.loads(document["settings"]), tuple(document.get("counts", ())),
+                None if values is None else tuple(int(v) for v in values),
             )  # fmt: skip
         except (OSError, RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as err:
             raise CTFMError(f"{path}: not a prototypes file ({type(err).__name__}: {err})") from err
@@ -237,4 +250,5 @@ def compute_prototypes(
     rows = [_centres(group, centres, seed) for group in stacked]
     owner = torch.cat([torch.full((len(r),), i, dtype=torch.long) for i, r in enumerate(rows)])
     settings = _settings(model, cache.preprocess, cache.patch_size, overlap)
-    return Prototypes(torch.cat(rows), owner, names, settings, tuple(len(g) for g in stacked))
+    counts = tuple(len(g) for g in stacked)
+    return Prototypes(torch.cat(rows), owner, names, settings, counts, (0, *values))

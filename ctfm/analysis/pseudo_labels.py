@@ -11,8 +11,8 @@ largest connected component (MONAI). The label map is on the target's grid (shap
 ``<out>/<name>.nii.gz`` (labels, with ``<name>.json`` naming them as
 ``ctfm segment`` does), ``<name>_probabilities.nii.gz`` (the normalised maps, one volume per class, background
 first), ``<name>.png`` (overlay), ``evaluation.csv`` (Dice and average surface distance in mm per class against
-reference label maps), and the pseudo-labelled scans in the TotalSegmentator v2 layout for
-``totalsegmentator.yaml``.
+reference label maps, classes matched by name to the reference's values), and the pseudo-labelled scans in the
+TotalSegmentator v2 layout for ``totalsegmentator.yaml``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -108,18 +108,29 @@ def labels_from_maps(maps: np.ndarray, affine: np.ndarray, settings: PostProcess
     return labels
 
 
-def evaluate(labels: np.ndarray, reference: np.ndarray, affine: np.ndarray, class_names: Sequence[str]) -> list[dict]:
-    """Rows ``class, dice, asd_mm, reference_voxels, predicted_voxels`` per class (not background) of two label
-    maps on one grid; ASD is MONAI's symmetric average surface distance at the grid's spacing (NaN if either mask
-    is empty)."""
+def evaluate(
+    labels: np.ndarray,
+    reference: np.ndarray,
+    affine: np.ndarray,
+    class_names: Sequence[str],
+    reference_values: Mapping[str, int] | None = None,
+) -> list[dict]:
+    """Rows ``class, reference_value, dice, asd_mm, reference_voxels, predicted_voxels`` of two label maps on one
+    grid, compared class by class by name: pseudo-label ``i`` is ``class_names[i]``, which is reference value
+    ``reference_values[name]`` (default ``i``); only the classes ``reference_values`` names are scored. ASD is
+    MONAI's symmetric average surface distance at the grid's spacing (NaN if either mask is empty)."""
     import torch
     from monai.metrics import compute_average_surface_distance, compute_dice
 
     spacing = voxel_spacing(affine).tolist()
+    if reference_values is None:
+        reference_values = {name: value for value, name in enumerate(class_names) if value}
     rows = []
-    for value, name in enumerate(class_names[1:], start=1):
+    for value, name in enumerate(class_names):
+        if not value or name not in reference_values:
+            continue
         pred = torch.from_numpy(np.asarray(labels) == value)[None, None].float()
-        ref = torch.from_numpy(np.asarray(reference) == value)[None, None].float()
+        ref = torch.from_numpy(np.asarray(reference) == reference_values[name])[None, None].float()
         both = (pred.sum() > 0) and (ref.sum() > 0)
         dice = float(compute_dice(pred, ref, ignore_empty=False)[0, 0]) if ref.sum() or pred.sum() else 1.0
         asd = float("nan")
@@ -130,9 +141,40 @@ def evaluate(labels: np.ndarray, reference: np.ndarray, affine: np.ndarray, clas
                     pred, ref, include_background=True, symmetric=True, spacing=spacing
                 )  # one channel: the class itself
             asd = float(distance[0, 0])
-        rows.append({"class": name, "dice": dice, "asd_mm": asd, "reference_voxels": int(ref.sum()),
-                     "predicted_voxels": int(pred.sum())})  # fmt: skip
+        rows.append({"class": name, "reference_value": int(reference_values[name]), "dice": dice, "asd_mm": asd,
+                     "reference_voxels": int(ref.sum()), "predicted_voxels": int(pred.sum())})  # fmt: skip
     return rows
+
+
+def scored_classes(prototypes: Prototypes, given: Mapping[int, str] | None = None) -> dict[str, int]:
+    """``{class name: reference label value}`` the pseudo-labels are scored with: ``given`` (``{value: name}``,
+    names of the prototypes' classes), else the values the prototypes were built from."""
+    names = prototypes.class_names[1:]
+    if given:
+        unknown = [name for name in given.values() if name not in names]
+        if unknown:
+            raise CTFMError(f"reference classes {unknown} are not classes of the prototypes {list(names)}")
+        if len(set(given.values())) != len(given):
+            raise CTFMError(f"reference classes name a class twice: {dict(given)}")
+        return {name: int(value) for value, name in given.items()}
+    recorded = prototypes.reference_values()
+    if recorded is None:
+        raise CTFMError(
+            "the prototypes record no label values (they were not built from label maps): give the reference "
+            "maps' values with --reference-classes VALUE=NAME ..."
+        )
+    return recorded
+
+
+def check_reference_values(path: str | Path, present: np.ndarray, classes: Mapping[str, int]) -> None:
+    """Refuse a reference label map none of whose non-zero values is one of the scored classes' values."""
+    found = sorted(int(v) for v in present if v != 0)
+    if not set(found) & set(classes.values()):
+        wanted = " ".join(f"{value}={name}" for name, value in classes.items())
+        raise CTFMError(
+            f"{path}: reference values {found[:20]}{' ...' if len(found) > 20 else ''} match none of the classes "
+            f"({wanted}); give the reference maps' values with --reference-classes VALUE=NAME ..."
+        )
 
 
 def add_totalsegmentator_subject(
@@ -220,6 +262,7 @@ def pseudo_label(
     temperature: float = 0.01,
     post: PostProcessing = PostProcessing(),
     reference_dir: str | Path | None = None,
+    reference_classes: Mapping[int, str] | None = None,
     totalsegmentator_layout: str | Path | None = None,
     preview: bool = True,
     prototypes_path: str | Path = "prototypes",
@@ -227,17 +270,23 @@ def pseudo_label(
 ) -> PseudoLabelReport:
     """Label each target into ``out`` (see the module docstring); a bad target is skipped and reported.
 
-    With ``reference_dir``, the label map named like each target (on its grid, same values as the prototypes'
-    classes) is scored into ``out/evaluation.csv``; with ``totalsegmentator_layout``, each labelled target becomes a
-    training subject of that folder. A run that would overwrite a file of ``out`` stops first, unless ``overwrite``.
+    With ``reference_dir``, the label map named like each target (``<name>.nii.gz``, on its grid) is scored into
+    ``out/evaluation.csv`` class by class by name: a class's reference voxels are those of the value
+    ``reference_classes`` (``{value: name}``) gives it, else of the value the prototypes were built from. A
+    reference with none of those values is refused before any work; a target without a usable reference is
+    labelled and its rows say ``unscored`` with the reason. With ``totalsegmentator_layout``, each labelled target
+    becomes a training subject of that folder. A run that would overwrite a file of ``out`` stops first, unless
+    ``overwrite``.
     """
     cache = prototype_cache(model, prototypes, where=prototypes_path)  # refuses another model before any work
     names = prototypes.class_names
     if totalsegmentator_layout is not None:
         check_totalsegmentator_names(names)
-    out = output_folder(out)
     targets = list(targets)
     target_names = output_names(targets)
+    classes = scored_classes(prototypes, reference_classes) if reference_dir is not None else {}
+    unusable = _check_references(reference_dir, target_names, classes) if reference_dir is not None else {}
+    out = output_folder(out)  # created only once the references are known to fit
     planned = [out / "evaluation.csv"] if reference_dir is not None else []
     for name in target_names:
         planned += [out / f"{name}.nii.gz", out / f"{name}.json", out / f"{name}_probabilities.nii.gz"]
@@ -250,7 +299,6 @@ def pseudo_label(
         try:
             maps = similarity_maps(model, target, prototypes, aggregation=aggregation, normalisation=normalisation,
                                    temperature=temperature, cache=cache)  # fmt: skip
-            reference = _reference(reference_dir, target, name, maps) if reference_dir is not None else None
         except InvalidScanError as err:
             logger.warning("skipping %s", err)
             report.skipped.append((str(target), err.problem))
@@ -261,26 +309,69 @@ def pseudo_label(
         _write_maps(maps, affine, out / f"{name}_probabilities.nii.gz")
         if preview:
             _overlay(maps, labels, out / f"{name}.png", title=name)
-        if reference is not None:
-            scores += [{"image": str(target), **row} for row in evaluate(labels, reference, affine, names)]
+        if reference_dir is not None:
+            scores += _score(target, name, labels, affine, names, reference_dir, classes, unusable.get(name), maps)
         if totalsegmentator_layout is not None:
             add_totalsegmentator_subject(totalsegmentator_layout, name, target, labels, affine, names)
         cache.memory.clear()  # one target's windows at a time
         report.labelled.append(str(target))
     if scores:
-        report.evaluation = pd.DataFrame(scores)
+        report.evaluation = pd.DataFrame(scores, columns=EVALUATION_COLUMNS)
         frame = report.evaluation
         write_atomically(out / "evaluation.csv", lambda tmp: frame.to_csv(tmp, index=False))
     return report
 
 
-def _reference(folder: str | Path, target: str | Path, name: str, maps: SimilarityMaps) -> np.ndarray:
+#: Columns of ``evaluation.csv``: one row per target and scored class; ``status`` is ``scored`` or ``unscored``
+#: (no usable reference; ``note`` says why, and the metrics are empty).
+EVALUATION_COLUMNS = ["image", "class", "status", "reference_value", "dice", "asd_mm", "reference_voxels",
+                      "predicted_voxels", "note"]  # fmt: skip
+
+
+def _reference_path(folder: str | Path, name: str) -> Path:
+    """The reference of the target whose outputs are named ``name`` (:func:`ctfm.io.naming.output_names`)."""
+    return Path(folder) / f"{name}.nii.gz"
+
+
+def _check_references(folder: str | Path, names: Sequence[str], classes: Mapping[str, int]) -> dict[str, str]:
+    """Refuse (before any embedding) a reference map whose values match none of ``classes``; return, by output
+    name, the reason each target without a readable reference goes unscored."""
     from ctfm.io.reader import read_label_map
 
-    path = Path(folder) / f"{name}.nii.gz"
-    if not path.is_file():
-        raise InvalidScanError(path, f"no reference label map for {target} in {folder}")
-    return np.asarray(read_label_map(path, like=maps.scan)[0]).astype(np.int64)
+    unusable = {}
+    for name in names:
+        path = _reference_path(folder, name)
+        if not path.is_file():
+            unusable[name] = f"no reference label map {path}"
+            continue
+        try:
+            present = np.unique(np.asarray(read_label_map(path)[0]))
+        except InvalidScanError as err:
+            unusable[name] = f"{path}: {err.problem}"
+            continue
+        check_reference_values(path, present, classes)
+    return unusable
+
+
+def _score(
+    target: str | Path, name: str, labels: np.ndarray, affine: np.ndarray, names: Sequence[str], folder: str | Path,
+    classes: Mapping[str, int], reason: str | None, maps: SimilarityMaps,
+) -> list[dict]:  # fmt: skip
+    """``evaluation.csv`` rows of one target: scored against its reference, or ``unscored`` with the reason."""
+    from ctfm.io.reader import read_label_map
+
+    if reason is None:
+        try:
+            reference = np.asarray(read_label_map(_reference_path(folder, name), like=maps.scan)[0]).astype(np.int64)
+        except InvalidScanError as err:
+            reason = f"{err.path}: {err.problem}"
+    if reason is not None:
+        logger.warning("%s: labelled but unscored (%s)", target, reason)
+        return [{"image": str(target), "class": name, "status": "unscored", "reference_value": value,
+                 "predicted_voxels": int((labels == names.index(name)).sum()), "note": reason}
+                for name, value in classes.items()]  # fmt: skip
+    rows = evaluate(labels, reference, affine, names, classes)
+    return [{"image": str(target), "status": "scored", **row, "note": ""} for row in rows]
 
 
 def _write_maps(maps: SimilarityMaps, affine: np.ndarray, path: Path) -> None:

@@ -4,10 +4,12 @@ The query is the embedding of the patch centred at a world point (RAS mm, as :cl
 centres; LPS on request) of a source scan, or a patch embedded before (:mod:`ctfm.analysis.query_vectors`: a saved
 vector or a row of a patch table, refused when another model or other patch settings made it). Each target is
 embedded on a dense sliding window once (cached in memory and, with ``cache_dir``, on disk, so ten queries cost one
-embedding per target); the cosine similarity of every
-window to the query is averaged over the voxels each window covers and resampled onto the target's own grid. The
-best window's centre is the match; with an organ mask on the target's grid, the organ centroid distance (OCD) and
-whether the match lies inside the organ are reported as in the CT-FM paper.
+embedding per target); the cosine similarity of every window to the query is painted on the voxels nearest its
+centre (:func:`ctfm.analysis.windows.nearest_window`) and resampled onto the target's own grid, so the map's
+brightest voxels surround the best window's centre, which is the match reported in ``matches.csv`` (a mean over
+overlapping windows would favour the scan's edges, covered by fewer windows, and put the map's peak elsewhere than
+the match). With an organ mask on the target's grid, the organ
+centroid distance (OCD) and whether the match lies inside the organ are reported as in the CT-FM paper.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from monai.data import MetaTensor
 from torch import nn
 
 from ctfm.analysis.query_vectors import QueryVector, check_query
-from ctfm.analysis.windows import TargetCache, aggregate_windows, resample_to_grid, voxel_to_world, world_to_voxel
+from ctfm.analysis.windows import TargetCache, nearest_window, resample_to_grid, voxel_to_world, world_to_voxel
 from ctfm.atomic import write_atomically
 from ctfm.errors import CTFMError, InvalidScanError
 from ctfm.io.naming import output_names
@@ -100,7 +102,7 @@ def search_target(query: torch.Tensor, target: str | Path, cache: TargetCache, q
         )
     similarity = torch.nn.functional.cosine_similarity(patches.embeddings, query[None], dim=1).numpy()
     best = int(np.argmax(similarity))
-    heat_pre = aggregate_windows(patches, similarity, volume.shape[1:])
+    heat_pre = nearest_window(patches, similarity.astype(np.float32), volume.shape[1:])
     heat = resample_to_grid(heat_pre, volume.affine, scan)
     return Match(str(target), patches.centers_mm[best].numpy(), float(similarity[best]), heat, heat_pre, volume, scan)
 
@@ -155,17 +157,18 @@ def run_semantic_search(
 ):
     """Search each target for the anatomy at ``point`` of ``source`` (or for ``query``, an embedded patch, with
     ``source`` and ``point`` None); write ``out/matches.csv`` and per target a heat-map NIfTI (the target's shape and
-    affine) and a PNG, named as :func:`search_outputs` says (a run that would overwrite one stops first, unless
-    ``overwrite``). ``point`` and the csv's ``x_mm, y_mm, z_mm`` are RAS, or LPS with ``lps=True``. With
-    ``mask_dir``, the mask named like each target gives ``ocd_cm`` and ``inside_mask``. A ``cache`` brings its own
-    model settings (patch size, overlap, preprocessing) and embeddings. With a ``skipped`` list, an unreadable target
-    is added to it as ``(target, reason)`` and the search goes on; without, it stops the search.
-    Returns the matches table."""
+    affine; its peak is the reported match) and a PNG (the query marked in its source, the match in the target, the
+    heat map's cosine scale as a colour bar), named as :func:`search_outputs` says (a run that would overwrite one
+    stops first, unless ``overwrite``). ``point`` and the csv's ``x_mm, y_mm, z_mm`` are RAS, or LPS with
+    ``lps=True``. With ``mask_dir``, the mask named like each target gives ``ocd_cm`` and ``inside_mask``. A
+    ``cache`` brings its own model settings (patch size, overlap, preprocessing) and embeddings. With a ``skipped``
+    list, an unreadable target is added to it as ``(target, reason)`` and the search goes on; without, it stops the
+    search. Returns the matches table."""
     import nibabel as nib
     import pandas as pd
 
     from ctfm.io.reader import read_label_map
-    from ctfm.plotting import orthogonal_slices, scaled_window
+    from ctfm.plotting import heat_range, noise_checked_title, save_figure, scaled_window, semantic_search_figure
 
     out = output_folder(out)
     refuse_overwrite(search_outputs(out, targets), overwrite)
@@ -176,6 +179,12 @@ def run_semantic_search(
         if source is None or point is None:
             raise CTFMError("semantic search needs a source scan and a point, or an embedded query")
         query = point_query(source, point, model, cache, lps)
+    shown_source, query_voxel = None, None
+    if source is not None and point is not None:
+        source_volume = cache.load(source)[1]
+        shown_source = np.asarray(source_volume[0])
+        point_ras = np.asarray(point, dtype=np.float64) * flip
+        query_voxel = np.round(world_to_voxel(source_volume.affine, point_ras)[0]).astype(int)
     elif query.settings is not None:
         check_query(query, len(query.vector), cache.query_settings(), "this search's model and windows")
     query_vector = torch.from_numpy(np.asarray(query.vector, dtype=np.float32))
@@ -191,14 +200,15 @@ def run_semantic_search(
         affine = np.asarray(match.scan.affine, dtype=np.float64)
         image = nib.Nifti1Image(match.heat, affine)
         write_atomically(out / f"{name}_heatmap.nii.gz", lambda tmp, image=image: nib.save(image, str(tmp)))
-        spread = float(match.heat_preprocessed.max() - match.heat_preprocessed.min()) or 1.0
         best_voxel = np.round(world_to_voxel(match.volume.affine, match.point_mm)[0]).astype(int)
-        orthogonal_slices(
-            np.asarray(match.volume[0]), out / f"{name}_heatmap.png", point=best_voxel,
-            overlay=(match.heat_preprocessed - match.heat_preprocessed.min()) / spread, overlay_kind="heat",
+        title = f"{name}: best match {np.round(match.point_mm * flip, 1).tolist()} mm, cosine {match.similarity:.3f}"
+        figure = semantic_search_figure(
+            np.asarray(match.volume[0]), match.heat_preprocessed, best_voxel,
+            value_range=heat_range(match.heat_preprocessed), source=shown_source, query_voxel=query_voxel,
             window=scaled_window(preprocess.hu_range), spacing=preprocess.spacing or (1.0, 1.0, 1.0),
-            title=f"{name}: best match {np.round(match.point_mm * flip, 1).tolist()} mm, cosine {match.similarity:.3f}",
+            title=noise_checked_title(title, match.heat_preprocessed, f"heat map of {target}"),
         )  # fmt: skip
+        save_figure(figure, out / f"{name}_heatmap.png")
         x, y, z = match.point_mm * flip
         row = {"target": str(target), "x_mm": x, "y_mm": y, "z_mm": z, "similarity": match.similarity}
         if mask_dir is not None:

@@ -146,6 +146,40 @@ def aggregate_windows(
     return out[0] if values.ndim == 1 else out
 
 
+def nearest_window(patches: PatchEmbeddings, values: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Each voxel of the preprocessed volume takes the value of the window whose centre is nearest (ties: the
+    lower one), so every voxel is painted, the best window's value covers the voxels around its centre and nothing
+    beyond that window.
+
+    ``values`` is ``(windows,)`` or ``(windows, channels)``; the result ``shape`` or ``(*shape, channels)``. Windows
+    on a grid (as :func:`ctfm.embedding.patch_starts` tiles them) are resolved one axis at a time; any other set of
+    windows through a k-d tree, a slice at a time.
+    """
+    values = np.asarray(values)
+    centres = patches.centers_voxel.numpy().astype(np.float64)
+    size = np.array(patches.patch_size)
+    starts = np.round(centres - (size - 1) / 2).astype(int)
+    if _is_grid(starts):
+        corners = [np.unique(starts[:, axis]) for axis in range(3)]
+        grid = np.empty((*(len(c) for c in corners), *values.shape[1:]), dtype=values.dtype)
+        grid[tuple(np.searchsorted(corners[axis], starts[:, axis]) for axis in range(3))] = values
+        nearest = []
+        for axis in range(3):
+            middles = corners[axis] + (size[axis] - 1) / 2
+            boundaries = (middles[1:] + middles[:-1]) / 2
+            nearest.append(np.searchsorted(boundaries, np.arange(shape[axis]), side="left"))
+        return grid[np.ix_(*nearest)]
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(centres)
+    out = np.empty((*shape, *values.shape[1:]), dtype=values.dtype)
+    y, x = np.meshgrid(np.arange(shape[1]), np.arange(shape[2]), indexing="ij")
+    for z in range(shape[0]):
+        _, index = tree.query(np.stack([np.full(y.size, z), y.ravel(), x.ravel()], axis=1))
+        out[z] = values[index].reshape(*y.shape, *values.shape[1:])
+    return out
+
+
 def _is_grid(starts: np.ndarray) -> bool:
     """Whether the window corners are every combination of their per-axis values, each once."""
     combinations = np.prod([len(np.unique(starts[:, axis])) for axis in range(3)])

@@ -12,7 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("probe", help="linear probe on a features table: AUROC, balanced accuracy, mAP")
     parser.add_argument("features", help="Parquet (or CSV) from `ctfm features` or `ctfm embed`, with a label column")
     parser.add_argument("--label", required=True, help="the column to predict")
-    parser.add_argument("--out", required=True, help="folder for probe.json, roc.png and training_fraction.png")
+    parser.add_argument(
+        "--out", required=True, help="folder for probe.json, predictions.csv, roc.png, training_fraction.png"
+    )
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0], help="training fractions")
     parser.add_argument("--test-size", type=float, default=0.2, help="test fraction when there is no split column")
     parser.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples of the test rows")
@@ -44,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         source=str(source),
     )
+    predictions = results.pop("predictions")
     write_atomically(out / "probe.json", lambda tmp: tmp.write_text(json.dumps(results, indent=2)))
+    write_atomically(out / "predictions.csv", lambda tmp: predictions.to_csv(tmp, index=False))
     roc_curves(results["roc"], out / "roc.png", title=f"{args.label}: linear probe")
     training_fraction_curve(results["training_fraction"], out / "training_fraction.png")
     record_command(out, args, extra_inputs=[describe_input(source)])
@@ -54,5 +58,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"  left out {count} row(s) with {reason}")
     for name, metric in results["metrics"].items():
         print(f"  {name}: {metric['value']:.3f} (95% CI {metric['ci_low']:.3f}-{metric['ci_high']:.3f})")
-    print(f"wrote {out / 'probe.json'}, roc.png, training_fraction.png")
+    print(f"wrote {out / 'probe.json'}, predictions.csv, roc.png, training_fraction.png")
     return 0

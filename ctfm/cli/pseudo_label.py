@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ctfm.cli.prototypes import class_pair
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ctfm.io.naming import NAMING_HELP
@@ -29,8 +31,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="multi-level thresholds (default: multi-Otsu per class)")  # fmt: skip
     parser.add_argument("--all-components", action="store_true", help="keep every component, not each class's largest")
     parser.add_argument(
-        "--reference-dir", help="reference label maps named like the targets' outputs (<name>.nii.gz): evaluation.csv"
+        "--reference-dir",
+        help="reference label maps named like the targets' outputs (<name>.nii.gz), on their grids: writes "
+        "evaluation.csv "
+        "(Dice, ASD per class). Classes are compared by name: a class's reference voxels carry the label value "
+        "the prototypes were built from (`ctfm prototypes --classes`), or the one --reference-classes gives. "
+        "A reference with none of those values is refused; a target without a reference is labelled and its "
+        "rows say 'unscored'",
     )
+    parser.add_argument(
+        "--reference-classes", nargs="+", type=class_pair, metavar="VALUE=NAME",
+        help="label values of the prototypes' classes in the reference maps, e.g. 5=liver 51=heart "
+        "(default: the values the prototypes were built from)",
+    )  # fmt: skip
     parser.add_argument(
         "--totalsegmentator-layout", metavar="DIR",
         help="also write the labelled targets as training subjects of a TotalSegmentator v2 folder",
@@ -57,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     report = pseudo_label(
         args.targets, prototypes, model, args.out, aggregation=args.aggregation, normalisation=args.normalisation,
         temperature=args.temperature, post=post, reference_dir=args.reference_dir,
+        reference_classes=dict(args.reference_classes) if args.reference_classes else None,
         totalsegmentator_layout=args.totalsegmentator_layout, preview=not args.no_preview,
         prototypes_path=args.prototypes, overwrite=args.overwrite,
     )  # fmt: skip
@@ -65,7 +79,12 @@ def run(args: argparse.Namespace) -> int:
         extra_inputs=[{**describe_input(args.prototypes), "role": "prototypes"}],
     )  # fmt: skip
     if report.evaluation is not None:
-        means = report.evaluation.groupby("class")[["dice", "asd_mm"]].mean()
-        print(means.to_string(float_format=lambda v: f"{v:.3f}"))
+        scored = report.evaluation[report.evaluation["status"] == "scored"]
+        if len(scored):
+            means = scored.groupby("class", sort=False)[["dice", "asd_mm"]].mean()
+            print(means.to_string(float_format=lambda v: f"{v:.3f}"))
+        unscored = report.evaluation.loc[report.evaluation["status"] == "unscored", "image"].nunique()
+        if unscored:
+            print(f"{unscored} target(s) unscored (no usable reference): see {args.out}/evaluation.csv")
     print(report.summary())
     return report.exit_code

@@ -71,3 +71,64 @@ def test_stability_of_a_scan_with_itself_is_one(encoder, sample_nifti, tmp_path)
     numbers, png = pictures.stability_picture(encoder, sample_nifti, sample_nifti, tmp_path, patch_size=PATCH)
     assert numbers["min"] == pytest.approx(1.0, abs=1e-4) and numbers["patches"] > 1
     assert png.read_bytes()[:4] == PNG and pd.read_csv(tmp_path / "stability.csv")["mean"][0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.5])
+def test_pca_concepts_paint_every_body_voxel_at_any_overlap(encoder, sample_nifti, overlap):
+    from ctfm.analysis.pca_concepts import pca_concepts
+    from ctfm.transforms.preprocess import CTPreprocessing
+
+    preprocess = CTPreprocessing(min_size=PATCH)
+    volume = preprocess(sample_nifti)
+    (concepts,) = pca_concepts(encoder, [volume], patch_size=PATCH, overlap=overlap)
+    body = np.asarray(volume[0]) > preprocess.body_threshold
+    painted = ~np.isnan(concepts.rgb).any(axis=-1)
+    assert body.mean() > 0.2
+    assert painted[body].all()  # every body voxel
+    lungs = (np.asarray(volume[0]) < preprocess.body_threshold) & (np.arange(body.shape[2]) > 0)[None, None]
+    inside = lungs & np.maximum.accumulate(body, axis=2) & np.maximum.accumulate(body[:, :, ::-1], axis=2)[:, :, ::-1]
+    assert painted[inside].mean() > 0.95  # air enclosed by the body along the rows (the lungs) too
+    assert (~painted).mean() > 0.02  # the air around the body stays clear
+    # every displayed slice of the picture is coloured wherever it shows body
+    middle = concepts.volume.shape[0] // 2
+    assert painted[middle][body[middle]].all() and body[middle].any()
+
+
+def capture_figures(monkeypatch):
+    """Figures the plotting module would save, kept instead of written."""
+    import ctfm.plotting
+
+    figures = []
+
+    def keep(figure, path, **_):
+        figures.append(figure)
+        return path
+
+    monkeypatch.setattr(ctfm.plotting, "save_figure", keep)
+    return figures
+
+
+def colour_bar_labels(figure):
+    return [axes.get_ylabel() for axes in figure.axes if axes.get_ylabel()]
+
+
+def test_saliency_of_a_near_constant_encoder_is_reported_as_below_the_noise_floor(
+    encoder, sample_nifti, tmp_path, monkeypatch, caplog
+):
+    import copy
+
+    from ctfm.plotting import NO_SIGNAL
+
+    constant = copy.deepcopy(encoder)
+    with torch.no_grad():
+        constant.conv_init.weight.zero_()  # the input no longer reaches the embedding
+    figures = capture_figures(monkeypatch)
+    pictures.saliency_picture(constant, sample_nifti, tmp_path, patch_size=PATCH, window=(4, 8, 8))
+    assert NO_SIGNAL in figures[-1]._suptitle.get_text()
+    assert "sample.nii.gz spans only 0 (noise floor 1e-05): the picture shows no signal" in caplog.text
+    assert colour_bar_labels(figures[-1]) == ["1 - cosine (embedding change when occluded)"]
+    caplog.clear()
+    nifti, _ = pictures.saliency_picture(encoder, sample_nifti, tmp_path, patch_size=PATCH, window=(4, 8, 8))
+    assert NO_SIGNAL not in figures[-1]._suptitle.get_text() and "no signal" not in caplog.text
+    bar = next(axes for axes in figures[-1].axes if axes.get_ylabel())
+    assert bar.get_ylim()[1] == pytest.approx(nib.load(nifti).get_fdata().max(), rel=1e-4)  # the scale is the map's

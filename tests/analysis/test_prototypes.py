@@ -49,6 +49,8 @@ def test_save_and_load_round_trip(tiny_encoder, labelled, tmp_path):
     assert loaded.class_names == prototypes.class_names
     assert loaded.settings == prototypes.settings
     assert loaded.counts == prototypes.counts
+    assert loaded.class_values == prototypes.class_values == (0, *CLASSES)  # the label values they came from
+    assert loaded.reference_values() == {name: value for value, name in CLASSES.items()}
     (tmp_path / "bad.pt").write_bytes(b"not a torch file")
     with pytest.raises(CTFMError, match="bad.pt: not a prototypes file"):
         Prototypes.load(tmp_path / "bad.pt")

@@ -183,3 +183,99 @@ def test_cli_same_named_targets_keep_their_own_outputs_and_exit_codes(tiny_encod
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--out", str(tmp_path / "flag"), "--threshold", "median"])
     assert exit_info.value.code == 2
+
+
+#: TotalSegmentator's values of three classes of the synthetic sample's tissues (sample labels: liver 5, heart 8 with
+#: its blood 9, lung 3 with its vessels 4).
+TOTALSEGMENTATOR_VALUES = {5: "liver", 51: "heart", 14: "lung_lower_lobe_right"}
+
+
+def totalsegmentator_valued(labelled, folder):
+    """Reference and target label maps of the labelled sample valued as TotalSegmentator values them (no sidecar)."""
+    from labelled_sample import SHAPE, SHIFT, SPACING, shifted, to_lps_file_order
+
+    from ctfm.data.sample import generate_ct
+
+    _, reference, _, target, _ = labelled
+    tissue = generate_ct(SHAPE, SPACING, seed=7).labels.transpose(2, 1, 0)  # (z, y, x) -> file order
+    valued = np.zeros(tissue.shape, np.int16)
+    valued[tissue == 5] = 5
+    valued[np.isin(tissue, [8, 9])] = 51
+    valued[np.isin(tissue, [3, 4])] = 14
+    reference_affine = nib.load(reference).affine
+    folder.mkdir()
+    reference_labels = folder / "reference_ts.nii.gz"
+    nib.save(nib.Nifti1Image(valued, reference_affine), reference_labels)
+    target_valued, target_affine = to_lps_file_order(shifted(valued, SHIFT, 0), reference_affine)
+    truth = folder / "truth" / "target.nii.gz"
+    truth.parent.mkdir()
+    nib.save(nib.Nifti1Image(target_valued, target_affine), truth)
+    np.testing.assert_allclose(target_affine, nib.load(target).affine)
+    return reference_labels, truth
+
+
+def numpy_dice(predicted: np.ndarray, reference: np.ndarray) -> float:
+    return 2 * float((predicted & reference).sum()) / float(predicted.sum() + reference.sum())
+
+
+@pytest.mark.slow
+def test_totalsegmentator_valued_references_are_scored_class_by_class_by_name(tiny_encoder, labelled, tmp_path, capsys):
+    from ctfm.cli import main
+    from ctfm.hub import save_pretrained
+
+    _, reference, _, target, _ = labelled
+    reference_labels, truth = totalsegmentator_valued(labelled, tmp_path / "ts")
+    model = save_pretrained(tiny_encoder, tmp_path / "model")
+    prototypes = tmp_path / "prototypes.pt"
+    classes = [f"{value}={name}" for value, name in TOTALSEGMENTATOR_VALUES.items()]
+    args = ["prototypes", "--images", str(reference), "--labels", str(reference_labels), "--classes", *classes]
+    args += ["--model", str(model), "--out", str(prototypes), "--patch-size", *map(str, PATCH), "--native-spacing"]
+    assert main(args) == 0
+    # a second target with no reference: labelled, and reported unscored
+    lonely = tmp_path / "others" / "lonely.nii.gz"
+    lonely.parent.mkdir()
+    lonely.write_bytes(target.read_bytes())
+    out = tmp_path / "out"
+    args = ["pseudo-label", str(target), str(lonely), "--prototypes", str(prototypes), "--model", str(model)]
+    args += ["--out", str(out), "--reference-dir", str(truth.parent), "--sigma-mm", "4", "--all-components"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "2 labelled" in printed and "1 target(s) unscored" in printed
+    scores = pd.read_csv(out / "evaluation.csv")
+    scored = scores[scores["status"] == "scored"].set_index("class")
+    assert list(scored.index) == list(TOTALSEGMENTATOR_VALUES.values())
+    predicted = np.asarray(nib.load(out / "target.nii.gz").dataobj)
+    names = json.loads((out / "target.json").read_text())["labels"]
+    reference_map = np.asarray(nib.load(truth).dataobj)
+    for value, name in TOTALSEGMENTATOR_VALUES.items():
+        label = int(next(k for k, v in names.items() if v == name))
+        mine, theirs = predicted == label, reference_map == value
+        assert scored.loc[name, "reference_value"] == value
+        assert scored.loc[name, "reference_voxels"] == theirs.sum() > 0
+        assert scored.loc[name, "predicted_voxels"] == mine.sum()
+        assert scored.loc[name, "dice"] == pytest.approx(numpy_dice(mine, theirs), abs=1e-6)
+    assert scored["dice"].max() > 0.2  # the tiny encoder finds at least one organ
+    unscored = scores[scores["status"] == "unscored"]
+    assert list(unscored["image"].unique()) == [str(lonely)] and unscored["dice"].isna().all()
+    assert unscored["note"].str.contains("no reference label map").all()
+    assert (out / "lonely.nii.gz").is_file()
+
+    # The same reference under other values, mapped by the user.
+    renumbered = tmp_path / "renumbered"
+    renumbered.mkdir()
+    image = nib.load(truth)
+    relabelled = np.select([reference_map == 5, reference_map == 51, reference_map == 14], [1, 2, 3], 0)
+    nib.save(nib.Nifti1Image(relabelled.astype(np.int16), image.affine), renumbered / "target.nii.gz")
+    args = ["pseudo-label", str(target), "--prototypes", str(prototypes), "--model", str(model), "--sigma-mm", "4"]
+    args += ["--all-components", "--reference-dir", str(renumbered)]
+    assert main([*args, "--out", str(tmp_path / "refused")]) == 1
+    error = capsys.readouterr().err
+    assert "renumbered/target.nii.gz: reference values [1, 2, 3] match none of the classes" in error
+    assert "5=liver 51=heart 14=lung_lower_lobe_right" in error and "Traceback" not in error
+    assert not (tmp_path / "refused").exists()  # refused before any work
+    mapping = ["--reference-classes", "1=liver", "2=heart", "3=lung_lower_lobe_right"]
+    assert main([*args, "--out", str(tmp_path / "mapped"), *mapping]) == 0
+    mapped = pd.read_csv(tmp_path / "mapped" / "evaluation.csv").set_index("class")
+    np.testing.assert_allclose(mapped["dice"], scored["dice"], atol=1e-6)
+    assert main([*args, "--out", str(tmp_path / "bad"), "--reference-classes", "1=spleen"]) == 1
+    assert "reference classes ['spleen'] are not classes of the prototypes" in capsys.readouterr().err

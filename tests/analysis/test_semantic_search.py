@@ -64,12 +64,49 @@ def test_the_match_lands_where_the_shift_says_with_a_heat_map_on_the_targets_gri
     heat, scan = nib.load(tmp_path / "target_heatmap.nii.gz"), nib.load(target)
     assert heat.shape == scan.shape
     np.testing.assert_allclose(heat.affine, scan.affine, atol=1e-4)
-    # The hottest voxel of the resampled map lies within one window of the match.
-    hottest = np.unravel_index(np.argmax(heat.get_fdata()), heat.shape)
-    assert np.linalg.norm(nib.affines.apply_affine(heat.affine, hottest) - expected) < 32
+    assert_peak_inside_match(tmp_path / "target_heatmap.nii.gz", table.iloc[0])
     assert (tmp_path / "target_heatmap.png").read_bytes()[:4] == b"\x89PNG"
     assert pd.read_csv(tmp_path / "matches.csv").shape == (1, 5)
     assert cache.embedded == 1  # embedded once for the window lookup, reused by the search
+
+
+def assert_peak_inside_match(heat_map, row, spacing=(3.0, 1.0, 1.0)):
+    """The hottest voxel of a written heat map (in mm) lies inside the reported best window (PATCH voxels of the
+    preprocessed SPL grid at ``spacing``: half extents along R, A, S of x, y, z voxels)."""
+    heat = nib.load(heat_map)
+    values = heat.get_fdata()
+    hottest = nib.affines.apply_affine(heat.affine, np.unravel_index(np.argmax(values), values.shape))
+    half = np.array([PATCH[2] * spacing[2], PATCH[1] * spacing[1], PATCH[0] * spacing[0]]) / 2
+    match = row[["x_mm", "y_mm", "z_mm"]].to_numpy(dtype=float)
+    assert np.all(np.abs(hottest - match) <= half + 1e-3), (hottest, match, half)
+    assert values.max() == pytest.approx(row["similarity"], abs=1e-5)  # the map's peak is the reported cosine
+
+
+def test_the_maps_peak_is_the_reported_match_wherever_the_query_lies(encoder, pair, tmp_path):
+    """Queries near the scan's edges and corners, where few windows overlap: the table's best window holds the
+    map's brightest voxel, and the picture marks both points with a colour bar in cosine."""
+    source, target = pair
+    cache = TargetCache(encoder, CTPreprocessing(), PATCH, overlap=0.5)
+    scan = nib.load(source)
+    corners = [np.array(scan.shape) * f for f in ((0.1, 0.1, 0.2), (0.9, 0.5, 0.8), (0.5, 0.95, 0.5))]
+    for index, voxel in enumerate(corners):
+        point = nib.affines.apply_affine(scan.affine, voxel)
+        table = run_semantic_search(source, point, [target, source], encoder, tmp_path / str(index), cache=cache)
+        for name, (_, row) in zip(("target", "sample"), table.iterrows()):
+            assert_peak_inside_match(tmp_path / str(index) / f"{name}_heatmap.nii.gz", row)
+
+
+def test_the_heat_map_picture_marks_query_and_match_with_a_cosine_colour_bar():
+    from ctfm.plotting import semantic_search_figure
+
+    volume = np.random.default_rng(0).random((10, 20, 20))
+    heat = volume * 0.2 + 0.5
+    figure = semantic_search_figure(volume, heat, (5, 10, 10), value_range=(0.5, 0.7), source=volume,
+                                    query_voxel=(4, 8, 8), window=(0, 1))  # fmt: skip
+    texts = [t.get_text() for legend in figure.legends for t in legend.get_texts()]
+    assert texts == ["query", "best match"]
+    colour_bars = [axes for axes in figure.axes if axes.get_ylabel() == "cosine similarity to the query"]
+    assert len(colour_bars) == 1 and colour_bars[0].get_ylim() == pytest.approx((0.5, 0.7))
 
 
 def test_lps_points_and_matches_and_the_ocd_columns(encoder, pair, tmp_path):

@@ -63,6 +63,30 @@ def test_windows_on_a_grid_spread_axis_by_axis_as_one_at_a_time(how):
         assert spread.shape == (3, *shape)
 
 
+@pytest.mark.parametrize("overlap", [0.0, 0.5, 0.75])
+def test_nearest_window_paints_every_voxel_with_the_window_centred_nearest(overlap):
+    """Against a brute-force search over all window centres, on a grid and on an irregular set of windows; every
+    voxel is painted, and on patch_starts' grid each lies inside the window that painted it."""
+    from ctfm.analysis.windows import nearest_window
+
+    shape, size = (14, 23, 21), (4, 8, 8)
+    starts = np.array(patch_starts(shape, size, overlap))
+    values = np.random.default_rng(1).normal(size=(len(starts), 2))
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), axis=-1).reshape(-1, 3)
+    for corners in (starts, starts[:-1]):  # a grid, then one window missing (a hole no window covers)
+        centres = corners + (np.array(size) - 1) / 2
+        patches = PatchEmbeddings(torch.zeros(len(corners), 4), torch.tensor(centres), torch.tensor(centres), size)
+        painted = nearest_window(patches, values[: len(corners)], shape)
+        assert painted.shape == (*shape, 2) and np.isfinite(painted).all()
+        distance = ((grid[:, None, :] - centres[None]) ** 2).sum(axis=2)
+        best = distance.min(axis=1)
+        chosen = np.array([np.flatnonzero(np.all(values[: len(corners)] == v, axis=1))[0]
+                           for v in painted.reshape(-1, 2)])  # fmt: skip
+        np.testing.assert_allclose(distance[np.arange(len(grid)), chosen], best)  # a nearest centre (ties allowed)
+        inside = (grid >= corners[chosen]) & (grid < corners[chosen] + np.array(size))
+        assert inside.all() or len(corners) < len(starts)
+
+
 def test_volumes_are_read_once_and_the_least_recent_leaves_when_over_budget(sample_nifti, tmp_path):
     image = nib.load(sample_nifti)
     paths = []
