@@ -2,7 +2,9 @@
 
 - A step whose loss is NaN or inf is skipped (no backward, no optimizer step) and counted; ``nonfinite_patience``
   such steps in a row stop the run with an error naming the step and the scans of the batch. Under DDP the ranks
-  agree before skipping, so they never disagree on whether to step.
+  agree before skipping, so they never disagree on whether to step. The buffers (BatchNorm's running statistics)
+  are put back as they were before the skipped step: its forward pass has already folded the batch's NaN into
+  them, which would poison every later step and refuse the next checkpoint.
 - A checkpoint is never written with non-finite weights: saving one stops the run and names the tensors.
 - Logged values carry the batch size explicitly, so Lightning never guesses it from a batch of paths.
 - Under CPU autocast (``precision=bf16-mixed`` on a CPU) the training step runs in float32: oneDNN's bfloat16
@@ -51,6 +53,7 @@ class CTFMModule(LighterModule):
         self.skipped_steps = 0
         self._nonfinite_in_a_row = 0
         self._batch_size = 1
+        self._buffers_before_step: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def batch_size_of(self, batch: Any) -> int:
         """Items in ``batch``: the length of its first tensor (or list) value."""
@@ -75,6 +78,7 @@ class CTFMModule(LighterModule):
             return loss
         self.skipped_steps += 1
         self._nonfinite_in_a_row += 1
+        self._restore_buffers()
         scans = _describe(batch)
         if self._nonfinite_in_a_row >= self.nonfinite_patience:
             raise NonFiniteTrainingError(
@@ -84,6 +88,16 @@ class CTFMModule(LighterModule):
             )
         self.print(f"warning: non-finite loss at step {self.global_step} (scans: {scans}); step skipped")
         return None
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Remember every buffer (running statistics, step counters) so a skipped step can restore them."""
+        self._buffers_before_step = [(buffer, buffer.detach().clone()) for buffer in self.buffers()]
+
+    def _restore_buffers(self) -> None:
+        """Put the buffers back as :meth:`on_train_batch_start` found them."""
+        with torch.no_grad():
+            for buffer, before in self._buffers_before_step:
+                buffer.copy_(before)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         self._batch_size = self.batch_size_of(batch)
