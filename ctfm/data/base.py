@@ -233,7 +233,7 @@ class DatalistDataModule(pl.LightningDataModule):
             raise DatalistError(
                 f"{csv}: no column {', '.join(repr(c) for c in missing)}; found columns {list(table.columns)}"
             )
-        known = None if known_labels is None else {str(v) for v in known_labels}
+        known = None if known_labels is None else {_label_key(v) for v in known_labels}
         keep = []
         for index, row in table.iterrows():
             problem = None
@@ -241,8 +241,8 @@ class DatalistDataModule(pl.LightningDataModule):
                 value = row[label_column]
                 if pd.isna(value) or not str(value).strip():
                     problem = f"no {label_column!r} value"
-                elif known is not None and str(value) not in known:
-                    problem = f"{label_column} {value!r} is not one of {sorted(known)}"
+                elif known is not None and _label_key(value) not in known:
+                    problem = f"{label_column} {value!r} is not one of {sorted(known, key=str)}"
             for column in file_columns if problem is None else ():
                 if not Path(str(row[column])).exists():
                     problem = f"{column} {row[column]} does not exist"
@@ -322,6 +322,14 @@ class DatalistDataModule(pl.LightningDataModule):
         if new:
             shown = ", ".join(new[:10]) + (f" and {len(new) - 10} more" if len(new) > 10 else "")
             _warn(f"{len(new)} items skipped because they failed to load (see the warnings above): {shown}")
+
+
+def _label_key(value: Any) -> float | str:
+    """A label as it compares: ``1``, ``1.0`` and ``"1"`` alike; names stripped."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value).strip()
 
 
 @rank_zero_only
