@@ -226,7 +226,8 @@ class DatalistDataModule(pl.LightningDataModule):
 
         ``required`` (and ``file_columns``) columns must exist (else :class:`DatalistError`). A row is left out
         when a ``file_columns`` path does not exist, or, with ``label_column``, when its label is blank or not in
-        ``known_labels``. Paths must already be absolute (:func:`~ctfm.data.datalist.read_datalist` makes them so).
+        ``known_labels``. Paths must already be absolute and row ``i`` must be CSV line ``i + 2``
+        (``read_datalist(csv, keep_blank=True)`` gives both).
         """
         missing = [c for c in (*required, *file_columns) if c not in table.columns]
         if missing:
@@ -244,6 +245,9 @@ class DatalistDataModule(pl.LightningDataModule):
                 elif known is not None and _label_key(value) not in known:
                     problem = f"{label_column} {value!r} is not one of {sorted(known, key=str)}"
             for column in file_columns if problem is None else ():
+                if pd.isna(row[column]) or not str(row[column]).strip():
+                    problem = f"no {column!r} value"
+                    break
                 if not Path(str(row[column])).exists():
                     problem = f"{column} {row[column]} does not exist"
                     break

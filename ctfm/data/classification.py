@@ -17,42 +17,12 @@ import pandas as pd
 from monai.data import Dataset
 from torch.utils.data import DataLoader
 
-from ctfm.data.base import SPLITS, DatalistDataModule, DatalistError, assign_splits, csv_line, require_datalist
+from ctfm.data.base import SPLITS, DatalistDataModule, assign_splits, require_datalist
 from ctfm.data.datalist import read_datalist
 from ctfm.errors import CTFMError
 
 #: The label of a scan whose label is unknown (``lighter predict`` on unlabelled scans).
 UNKNOWN_LABEL = -1
-
-
-def read_labelled_datalist(
-    csv: str | Path,
-    label_column: str = "label",
-    *,
-    require_labels: bool = True,
-    check_files: bool = True,
-) -> pd.DataFrame:
-    """:func:`read_datalist` plus checks of the label column and of every scan's existence, naming the CSV line.
-
-    For callers that must refuse a bad row (a :class:`~ctfm.data.base.DatalistError`); the data modules skip one
-    instead (:meth:`~ctfm.data.base.DatalistDataModule.check_rows`).
-    """
-    csv = Path(csv)
-    table = read_datalist(csv)
-    if check_files:
-        missing = [(i, p) for i, p in zip(table.index, table["image"], strict=True) if not Path(p).exists()]
-        if missing:
-            index, path = missing[0]
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise DatalistError(f"{csv}: line {csv_line(index)}: scan {path} does not exist{more}")
-    if label_column not in table.columns:
-        if require_labels:
-            raise DatalistError(f"{csv}: no {label_column!r} column; found columns {list(table.columns)}")
-        return table
-    unlabelled = table.index[table[label_column].isna()]
-    if require_labels and len(unlabelled):
-        raise DatalistError(f"{csv}: line {csv_line(unlabelled[0])}: no {label_column!r} value")
-    return table
 
 
 class LabelEncoding:
@@ -112,7 +82,7 @@ class ClassificationDataModule(DatalistDataModule):
         if predict_split not in ("all", *SPLITS):
             raise ValueError(f"predict_split must be 'all' or one of {SPLITS}, got {predict_split!r}")
         self.csv = Path(datalist)
-        table = self.check_rows(read_datalist(self.csv), self.csv)
+        table = self.check_rows(read_datalist(self.csv, keep_blank=True), self.csv)
         self.labelled = label_column in table.columns
         self.encoding = LabelEncoding(table[label_column].tolist(), str(self.csv)) if self.labelled else None
         table["split"] = "test" if external_test else assign_splits(table, self.csv, seed)

@@ -172,7 +172,7 @@ class DiffusionDataModule(DatalistDataModule):
     def table(self) -> pd.DataFrame:
         """The datalist without rows whose scan is missing (each named once, with its CSV line)."""
         if self._table is None:
-            self._table = self.check_rows(read_datalist(self.datalist), self.datalist)
+            self._table = self.check_rows(read_datalist(self.datalist, keep_blank=True), self.datalist)
         return self._table
 
     def prepare_data(self) -> None:

@@ -115,7 +115,7 @@ class DiffusionAdapterData(DatalistDataModule):
         self.samples_per_scan = samples_per_scan if task == "segment" else 1
         self.steps_per_epoch = steps_per_epoch
         self.cache_rate = cache_rate
-        table = read_datalist(self.csv)
+        table = read_datalist(self.csv, keep_blank=True)
         if task == "segment" and "label" in table.columns:  # label maps resolve against the CSV's folder
             table["label"] = [p if pd.isna(p) else self._label_path(p) for p in table["label"]]
         files = ("image", "label") if task == "segment" else ("image",)

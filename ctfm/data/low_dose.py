@@ -158,7 +158,7 @@ class LowDoseDataModule(DatalistDataModule):
     def table(self) -> pd.DataFrame:
         """The datalist and its splits, without rows whose scan is missing (each named once, with its CSV line)."""
         if self._table is None:
-            table = self.check_rows(read_datalist(self.datalist), self.datalist)
+            table = self.check_rows(read_datalist(self.datalist, keep_blank=True), self.datalist)
             table["split"] = assign_splits(table, self.datalist, self.seed)
             self._table = table
         return self._table

@@ -121,7 +121,9 @@ class CTPretrainDataModule(DatalistDataModule):
         out with a warning naming their CSV line (once)."""
         if self._sources is None:
             if isinstance(self.datalist, (str, Path)):
-                self._sources = self.check_rows(read_datalist(self.datalist), self.datalist)["image"].tolist()
+                self._sources = self.check_rows(read_datalist(self.datalist, keep_blank=True), self.datalist)[
+                    "image"
+                ].tolist()
             else:
                 self._sources = [os.path.normpath(Path(p).expanduser().absolute()) for p in self.datalist]
         return self._sources
