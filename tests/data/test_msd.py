@@ -1,6 +1,7 @@
 """The Decathlon reader: dataset.json labels and the tumour label, splits, class subsets, missing files."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +131,18 @@ def test_a_label_value_outside_dataset_json_skips_the_case_at_set_up_naming_case
     assert f"{copy / 'dataset.json'}: case liver_3: {problem}; skipped" in caplog.text
     assert "liver_3" not in {c["image_id"] for split in ("train", "val", "test") for c in again.items[split]}
     module.setup("predict")  # predict reads no labels
+
+
+def test_a_corrupt_scan_is_replaced_in_training_and_left_out_of_validation(task, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(task, tmp_path / "Task03_Liver")
+    module = MSDDataModule(copy, PREPROCESSING, (16, 32, 32), num_workers=0, batch_size=1)
+    module.setup("fit")
+    val_image, train_image = module.items["val"][0]["image"], module.items["train"][0]["image"]
+    for path in (val_image, train_image):
+        Path(path).write_bytes(Path(path).read_bytes()[:300])  # truncated gzip
+    assert list(module.val_dataloader()) == [None]  # the one validation case: the step skips the batch
+    served = [path for batch in module.train_dataloader() for path in batch["image"].meta["filename_or_obj"]]
+    assert len(served) == len(module.items["train"]) and train_image not in served
+    assert sorted(module.skipped_items()) == sorted([val_image, train_image])
