@@ -295,10 +295,12 @@ class DatalistDataModule(pl.LightningDataModule):
         drop_last: bool = False,
         sampler: Sampler | None = None,
         collate: Callable[[list[Any]], Any] = collate_good,
+        persistent_workers: bool = True,
     ) -> DataLoader:
         """A DataLoader of ``dataset`` with the shared settings: bad items dropped, workers seeded per rank.
 
         Without workers the dataset (or its random transforms) is seeded here with :meth:`rank_seed`.
+        ``persistent_workers=False`` frees the workers (and what they hold) after each pass.
         """
         if not self.num_workers:
             set_rnd(dataset, seed=self.rank_seed())
@@ -311,7 +313,7 @@ class DatalistDataModule(pl.LightningDataModule):
             drop_last=drop_last,
             collate_fn=collate,
             worker_init_fn=functools.partial(_seed_worker, self.seed, self.rank()) if self.num_workers else None,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=persistent_workers and self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
 

@@ -187,10 +187,8 @@ class SegmentationDataModule(DatalistDataModule):
         items = self.items[stage]
         if not items:
             raise CTFMError(f"no subjects to {stage} on (see the warnings above for the ones skipped)")
-        dataset = Dataset(items, transform=self.transform(stage))
-        return self.loader(
-            self.skipping(stage, dataset, [item["image"] for item in items]), scans_per_batch, shuffle=train
-        )
+        dataset = self.skipping(stage, Dataset(items, transform=self.transform(stage)), [i["image"] for i in items])
+        return self.loader(dataset, scans_per_batch, shuffle=train, persistent_workers=False)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
