@@ -229,7 +229,7 @@ class DatalistDataModule(pl.LightningDataModule):
         ``known_labels``. Paths must already be absolute and row ``i`` must be CSV line ``i + 2``
         (``read_datalist(csv, keep_blank=True)`` gives both).
         """
-        missing = [c for c in (*required, *file_columns) if c not in table.columns]
+        missing = [c for c in dict.fromkeys((*required, *file_columns)) if c not in table.columns]
         if missing:
             raise DatalistError(
                 f"{csv}: no column {', '.join(repr(c) for c in missing)}; found columns {list(table.columns)}"
