@@ -104,17 +104,17 @@ class ItemSkips:
 
     def __init__(self, names: Sequence[str]):
         self.names = [str(n) for n in names]
-        self._index = {name: i for i, name in enumerate(self.names)}
+        self._index: dict[str, list[int]] = {}
+        for i, name in enumerate(self.names):  # a scan listed twice is one file: flagged everywhere at once
+            self._index.setdefault(name, []).append(i)
         self.flags = torch.zeros(len(self.names), dtype=torch.uint8).share_memory_()
         self.reasons: dict[str, str] = {}  # this process's only: the warnings name the others
 
     def mark(self, position: int, err: BaseException, problem: str) -> str:
         """Flag the item ``err`` names (an InvalidScanError's path), else the one at ``position``; its name."""
         path = getattr(_scan_error(err), "path", None)
-        index = self._index.get(str(path), position % max(1, len(self.names)))
-        name = self.names[index]
-        if not self.flags[index]:
-            self.flags[index] = 1
+        name = self.names[position % max(1, len(self.names))] if str(path) not in self._index else str(path)
+        self.flags[self._index[name]] = 1
         if name not in self.reasons:
             self.reasons[name] = problem
             shown = name if path is None or str(path) == name else f"{name} ({path})"

@@ -178,3 +178,10 @@ def test_an_evaluation_batch_whose_items_all_failed_is_skipped_by_the_task():
     assert loss is not None and torch.isfinite(loss)
     accuracy = module.val_metrics["Accuracy"]
     assert int(accuracy.tp + accuracy.fp + accuracy.tn + accuracy.fn) == 2  # the unknown label is left out
+
+
+def test_a_scan_listed_twice_is_flagged_once_and_all_bad_ends_the_search():
+    wrapped = SkipBadItems(_Flaky(3, bad={0, 1, 2}), ["a.nii.gz", "b.nii.gz", "a.nii.gz"], substitute=True)
+    with pytest.raises(CTFMError, match="none of the 3 items can be loaded"):
+        wrapped[0]
+    assert wrapped.skips.skipped() == ["a.nii.gz", "b.nii.gz", "a.nii.gz"]
