@@ -61,7 +61,7 @@ class CTFMModule(LighterModule):
     def __init_subclass__(cls, **kwargs: Any):
         super().__init_subclass__(**kwargs)
         for name in ("validation_step", "test_step", "predict_step"):
-            if name in vars(cls):
+            if callable(vars(cls).get(name)):  # not a step switched off with None
                 setattr(cls, name, _skip_empty_batch(vars(cls)[name]))
 
     def batch_size_of(self, batch: Any) -> int:
