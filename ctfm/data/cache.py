@@ -148,6 +148,14 @@ class CachedScan:
         """The uint16 ``(1, z, y, x)`` array, memory-mapped by default (nothing is read until sliced)."""
         return np.load(self.array_path, mmap_mode="r" if mmap else None, allow_pickle=False)
 
+    def read(self) -> np.ndarray:
+        """:meth:`load` (memory-mapped), with a missing, truncated or overwritten file an InvalidScanError naming the
+        source, so a training run can skip it (:class:`~ctfm.data.base.SkipBadItems`)."""
+        try:
+            return self.load(mmap=True)
+        except (OSError, ValueError, EOFError) as err:
+            raise InvalidScanError(self.source, f"its cached file {self.array_path} is unreadable: {err}") from err
+
     def metadata(self) -> dict:
         """Geometry and provenance: source, shape, spacing, affine (RAS mm), preprocessing settings."""
         return json.loads(self.meta_path.read_text())

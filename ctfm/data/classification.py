@@ -2,8 +2,8 @@
 
 A datalist is a CSV of ``image,label`` (relative paths resolve against the CSV's folder) with an optional ``split``
 column (train / val / test); without one, a seeded 8:1:1 split is drawn. Everything a user can get wrong in the
-CSV (a missing column, a missing scan, a label column with a single class) is found when the module is built,
-before any training starts, and reported with the CSV's row number.
+CSV (a missing column, a missing scan, a blank label, a label column with a single class) is found when the module
+is built, before any training starts, and reported with the CSV's line number (:mod:`ctfm.data.base`).
 """
 
 from __future__ import annotations
@@ -14,49 +14,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pytorch_lightning as pl
-from monai.data import DataLoader, Dataset
+from monai.data import Dataset
+from torch.utils.data import DataLoader
 
+from ctfm.data.base import SPLITS, DatalistDataModule, assign_splits, require_datalist
 from ctfm.data.datalist import read_datalist
 from ctfm.errors import CTFMError
 
-SPLITS = ("train", "val", "test")
-_SPLIT_ALIASES = {"training": "train", "validation": "val", "valid": "val", "testing": "test"}
-#: The default 8:1:1 split of SinoCT.
-SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 #: The label of a scan whose label is unknown (``lighter predict`` on unlabelled scans).
 UNKNOWN_LABEL = -1
-
-
-def csv_row(index: int) -> int:
-    """The 1-based line of table row ``index`` in its CSV, counting the header as line 1."""
-    return int(index) + 2
-
-
-def read_labelled_datalist(
-    csv: str | Path,
-    label_column: str = "label",
-    *,
-    require_labels: bool = True,
-    check_files: bool = True,
-) -> pd.DataFrame:
-    """:func:`read_datalist` plus checks of the label column and of every scan's existence, naming the CSV row."""
-    csv = Path(csv)
-    table = read_datalist(csv)
-    if check_files:
-        missing = [(i, p) for i, p in zip(table.index, table["image"], strict=True) if not Path(p).exists()]
-        if missing:
-            index, path = missing[0]
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise CTFMError(f"{csv}: row {csv_row(index)}: scan {path} does not exist{more}")
-    if label_column not in table.columns:
-        if require_labels:
-            raise CTFMError(f"{csv}: no {label_column!r} column; found columns {list(table.columns)}")
-        return table
-    unlabelled = table.index[table[label_column].isna()]
-    if require_labels and len(unlabelled):
-        raise CTFMError(f"{csv}: row {csv_row(unlabelled[0])}: no {label_column!r} value")
-    return table
 
 
 class LabelEncoding:
@@ -83,28 +49,13 @@ class LabelEncoding:
         return UNKNOWN_LABEL if pd.isna(value) else self._index[str(_plain(value))]
 
 
-def assign_splits(table: pd.DataFrame, csv: str | Path, seed: int = 0) -> pd.Series:
-    """The ``split`` column (aliases accepted), or a seeded 8:1:1 draw with at least one val and test scan."""
-    if "split" in table.columns:
-        splits = table["split"].astype(str).str.strip().str.lower().replace(_SPLIT_ALIASES)
-        bad = splits.index[~splits.isin(SPLITS)]
-        if len(bad):
-            raise CTFMError(
-                f"{csv}: row {csv_row(bad[0])}: split {table['split'][bad[0]]!r} is not one of {', '.join(SPLITS)}"
-            )
-        return splits
-    n = len(table)
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, round(SPLIT_FRACTIONS[1] * n)) if n >= 3 else 0
-    n_test = max(1, round(SPLIT_FRACTIONS[2] * n)) if n >= 3 else 0
-    names = np.array(["train"] * n, dtype=object)
-    names[order[:n_val]] = "val"
-    names[order[n_val : n_val + n_test]] = "test"
-    return pd.Series(names, index=table.index, name="split")
-
-
-class ClassificationDataModule(pl.LightningDataModule):
+class ClassificationDataModule(DatalistDataModule):
     """``image,label[,split]`` CSV -> batches ``{"image": (B, 1, ...), "label": (B,), "path": [B paths]}``.
+
+    Rows are checked when the module is built (:class:`~ctfm.data.base.DatalistDataModule`): a missing scan is
+    skipped with a warning naming its CSV line; a blank label leaves its row out of training and evaluation (it is
+    still scored by ``lighter predict``); a bad split value stops. A scan that fails to load during the run is
+    skipped and counted.
 
     Args:
         datalist: the CSV. Labels may be missing only for ``lighter predict``.
@@ -127,21 +78,23 @@ class ClassificationDataModule(pl.LightningDataModule):
         predict_split: str = "all",
         external_test: bool = False,
     ):
-        super().__init__()
-        if datalist is None:
-            raise CTFMError("no datalist given: set vars::datalist=path/to/labels.csv (columns image,label[,split])")
-        self.csv = Path(datalist)
-        self.table = read_labelled_datalist(self.csv, label_column, require_labels=False)
-        self.labelled = label_column in self.table.columns
-        self.encoding = LabelEncoding(self.table[label_column].tolist(), str(self.csv)) if self.labelled else None
-        self.table["split"] = "test" if external_test else assign_splits(self.table, self.csv, seed)
+        super().__init__(num_workers=num_workers, seed=seed)
+        require_datalist(datalist, "columns image,label[,split]")
         if predict_split not in ("all", *SPLITS):
             raise ValueError(f"predict_split must be 'all' or one of {SPLITS}, got {predict_split!r}")
+        self.csv = Path(datalist)
+        table = self.check_rows(read_datalist(self.csv, keep_blank=True), self.csv)
+        self.labelled = label_column in table.columns
+        self.encoding = LabelEncoding(table[label_column].tolist(), str(self.csv)) if self.labelled else None
+        table["split"] = "test" if external_test else assign_splits(table, self.csv, seed)
+        if self.labelled:  # a blank label is scored by predict but never trained or evaluated on
+            for index in table.index[table[label_column].isna()]:
+                self.skip_row(self.csv, index, f"no {label_column!r} value (kept for predict only)")
+        self.table = table
         self.label_column = label_column
         self.train_transforms = train_transforms
         self.eval_transforms = eval_transforms
         self.batch_size = batch_size
-        self.num_workers = num_workers
         self.predict_split = predict_split
 
     @property
@@ -154,8 +107,13 @@ class ClassificationDataModule(pl.LightningDataModule):
         return "" if self.encoding is None else f"classes {self.encoding.classes}"
 
     def items(self, split: str) -> list[dict[str, Any]]:
-        """The dataset items of ``split`` (``all`` for every row): image path twice (one becomes the tensor)."""
+        """The dataset items of ``split`` (``all`` for every row): image path twice (one becomes the tensor).
+
+        Rows with a blank label belong to ``all`` only.
+        """
         rows = self.table if split == "all" else self.table[self.table["split"] == split]
+        if self.labelled and split != "all":
+            rows = rows[rows[self.label_column].notna()]
         labels = rows[self.label_column] if self.labelled else [np.nan] * len(rows)
         return [
             {"image": path, "path": path, "label": self.encoding(label) if self.encoding else UNKNOWN_LABEL}
@@ -168,13 +126,9 @@ class ClassificationDataModule(pl.LightningDataModule):
             raise CTFMError(f"{self.csv}: no scans in the {split!r} split")
         if split != "all" and split != "train" and not self.labelled:
             raise CTFMError(f"{self.csv}: no {self.label_column!r} column, so the {split!r} split cannot be scored")
-        return DataLoader(
-            Dataset(items, transform=transforms),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            drop_last=shuffle and len(items) > self.batch_size,
-            persistent_workers=self.num_workers > 0,
+        dataset = self.skipping(split, Dataset(items, transform=transforms), [item["path"] for item in items])
+        return self.loader(
+            dataset, self.batch_size, shuffle=shuffle, drop_last=shuffle and len(items) > self.batch_size
         )
 
     def train_dataloader(self) -> DataLoader:

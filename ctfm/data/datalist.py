@@ -24,20 +24,27 @@ def read_csv_table(csv: str | Path, what: str, **read_csv: Any) -> pd.DataFrame:
         raise CTFMError(f"{csv}: cannot be read as a CSV {what}: {err}") from err
 
 
-def read_datalist(csv: str | Path) -> pd.DataFrame:
+def read_datalist(csv: str | Path, *, keep_blank: bool = False) -> pd.DataFrame:
     """Read a datalist CSV with an ``image`` column; relative paths become absolute, resolved against the CSV's folder.
 
     Other columns (IDs, labels, collection) are kept. A missing file, a missing column or no rows is a
-    :class:`~ctfm.errors.CTFMError` naming the CSV.
+    :class:`~ctfm.errors.CTFMError` naming the CSV. Rows with a blank ``image`` are dropped, unless ``keep_blank``
+    (their ``image`` is then None), which keeps row ``i`` of the table on line ``i + 2`` of the CSV for a caller
+    that reports bad rows by line (:class:`~ctfm.data.base.DatalistDataModule`).
     """
     csv = Path(csv)
     table = read_csv_table(csv, "datalist", dtype={"image": str})
     if "image" not in table.columns:
         raise CTFMError(f"{csv}: a datalist needs an 'image' column of scan paths; found columns {list(table.columns)}")
-    table = table.dropna(subset=["image"])
-    table = table[table["image"].str.strip() != ""]
-    if table.empty:
+    blank = table["image"].isna() | (table["image"].str.strip() == "")
+    if blank.all():
         raise CTFMError(f"{csv}: the datalist has no scans (the 'image' column is empty)")
+    if not keep_blank:
+        table = table[~blank].reset_index(drop=True)
+        blank = blank[~blank].reset_index(drop=True)
     base = csv.resolve().parent
-    table["image"] = [os.path.normpath(base / Path(p.strip()).expanduser()) for p in table["image"]]
-    return table.reset_index(drop=True)
+    table["image"] = [
+        None if empty else os.path.normpath(base / Path(p.strip()).expanduser())
+        for p, empty in zip(table["image"], blank, strict=True)
+    ]
+    return table

@@ -13,14 +13,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from monai.transforms import Randomizable
-from monai.utils import MAX_SEED
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
+from ctfm.data.base import DatalistDataModule, SkipBadItems, require_datalist
 from ctfm.data.cache import CachedScan, PreprocessCache, default_cache_dir
 from ctfm.data.datalist import read_datalist
 from ctfm.errors import CTFMError
@@ -97,7 +97,7 @@ class DiffusionDataset(Dataset, Randomizable):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         scan = self.scans[int(self.R.randint(len(self.scans)))]
-        hu = torch.from_numpy(cached_to_hu(np.asarray(self.crop(scan.load(mmap=True)))))[None, None]
+        hu = torch.from_numpy(cached_to_hu(np.asarray(self.crop(scan.read()))))[None, None]
         mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
         hu = F.interpolate(hu, size=self.image_size, mode=mode, align_corners=False)[0]
         if self.R.rand() < self.flip_prob:
@@ -115,11 +115,6 @@ class DiffusionDataset(Dataset, Randomizable):
         return item
 
 
-def _seed_worker(worker_id: int) -> None:
-    info = torch.utils.data.get_worker_info()
-    info.dataset.set_random_state(seed=info.seed % MAX_SEED)
-
-
 def check_image_size(spatial_dims: int, image_size: Sequence[int]) -> None:
     """Refuse a dimension other than 2 or 3, or an ``image_size`` of another length, when a recipe is built."""
     if spatial_dims not in (2, 3):
@@ -131,11 +126,12 @@ def check_image_size(spatial_dims: int, image_size: Sequence[int]) -> None:
         )
 
 
-class DiffusionDataModule(pl.LightningDataModule):
+class DiffusionDataModule(DatalistDataModule):
     """Datalist -> batches of windowed 2D slices (``spatial_dims=2``) or 3D patches (``spatial_dims=3``).
 
     Scans go through the canonical preprocessing cache once (:class:`~ctfm.data.cache.PreprocessCache`, at
-    ``spacing``; bad scans are skipped and reported). An epoch is ``steps_per_epoch`` batches of random items.
+    ``spacing``; bad scans are skipped and reported, :mod:`ctfm.data.base`). An epoch is ``steps_per_epoch``
+    batches of random items.
     ``text_column`` names a datalist column of captions for a denoiser with a text encoder (empty cells: no caption).
     """
 
@@ -154,9 +150,8 @@ class DiffusionDataModule(pl.LightningDataModule):
         seed: int = 0,
         text_column: str | None = None,
     ):
-        super().__init__()
-        if datalist is None:
-            raise CTFMError("no datalist given: set vars::datalist=path/to/datalist.csv (a CSV with an 'image' column)")
+        super().__init__(num_workers=num_workers, seed=seed)
+        require_datalist(datalist)
         check_image_size(spatial_dims, image_size)
         self.windows = [check_window(*w) for w in windows]
         self.datalist = datalist
@@ -164,24 +159,29 @@ class DiffusionDataModule(pl.LightningDataModule):
         self.image_size = tuple(int(s) for s in image_size)
         self.batch_size = batch_size
         self.steps_per_epoch = steps_per_epoch
-        self.num_workers = num_workers
         self.max_zoom = max_zoom
-        self.seed = seed
         self.text_column = text_column
         min_size = (1, *self.image_size) if spatial_dims == 2 else self.image_size
         self.cache = PreprocessCache(
             Path(cache_dir) if cache_dir is not None else default_cache_dir(datalist),
             CTPreprocessing(spacing=tuple(float(s) for s in spacing), min_size=min_size),
         )
-        self.train_dataset: DiffusionDataset | None = None
+        self.train_dataset: SkipBadItems | None = None
+        self._table: pd.DataFrame | None = None
+
+    def table(self) -> pd.DataFrame:
+        """The datalist without rows whose scan is missing (each named once, with its CSV line)."""
+        if self._table is None:
+            self._table = self.check_rows(read_datalist(self.datalist, keep_blank=True), self.datalist)
+        return self._table
 
     def prepare_data(self) -> None:
-        self.cache.prepare(read_datalist(self.datalist)["image"].tolist())
+        self.cache.prepare(self.table()["image"].tolist())
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
-        table = read_datalist(self.datalist)
+        table = self.table()
         sources = table["image"].tolist()
         texts = None
         if self.text_column is not None:
@@ -193,7 +193,7 @@ class DiffusionDataModule(pl.LightningDataModule):
         if not report.scans:
             raise CTFMError(f"no usable scan among the {len(sources)} of the datalist:\n{report.summary()}")
         rank_zero_info(f"diffusion data in {self.cache.root}: {len(report.scans)} usable scans; {report.summary()}")
-        self.train_dataset = DiffusionDataset(
+        dataset = DiffusionDataset(
             report.scans,
             self.spatial_dims,
             self.image_size,
@@ -202,17 +202,11 @@ class DiffusionDataModule(pl.LightningDataModule):
             max_zoom=self.max_zoom,
             texts=texts,
         )
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        self.train_dataset.set_random_state(seed=int(np.random.SeedSequence([self.seed, rank]).generate_state(1)[0]))
+        dataset.set_random_state(seed=self.rank_seed())
+        self.train_dataset = self.skipping("train", dataset, [scan.source for scan in report.scans])
 
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             self.setup("fit")
-        return DataLoader(
-            self.train_dataset,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            worker_init_fn=_seed_worker if self.num_workers else None,
-            persistent_workers=self.num_workers > 0,
-            drop_last=True,
-        )
+        assert self.train_dataset is not None
+        return self.loader(self.train_dataset, self.batch_size, drop_last=True)

@@ -20,9 +20,9 @@ from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
+import pandas as pd
 import torch
-from monai.data import CacheDataset, DataLoader, Dataset
+from monai.data import CacheDataset
 from monai.transforms import (
     CenterSpatialCropd,
     Compose,
@@ -32,12 +32,14 @@ from monai.transforms import (
     RandSpatialCropd,
     SqueezeDimd,
 )
-from torch.utils.data import RandomSampler
+from torch.utils.data import DataLoader, RandomSampler
 
-from ctfm.data.classification import LabelEncoding, assign_splits, csv_row, read_labelled_datalist
+from ctfm.data.base import DatalistDataModule, SkipBadItems, assign_splits, load_problem, require_datalist
+from ctfm.data.classification import LabelEncoding
+from ctfm.data.datalist import read_datalist
 from ctfm.data.diffusion import apply_window, check_image_size
 from ctfm.data.segmentation import LabelsBelow
-from ctfm.errors import CTFMError, InvalidScanError
+from ctfm.errors import CTFMError
 from ctfm.transforms.dictionary import CTPreprocessingd, LoadCTd
 from ctfm.transforms.preprocess import HU_RANGE, PRETRAINING_SPACING, CTPreprocessing
 from ctfm.transforms.window import check_window
@@ -64,7 +66,7 @@ class Windowd(MapTransform):
         return out
 
 
-class DiffusionAdapterData(pl.LightningDataModule):
+class DiffusionAdapterData(DatalistDataModule):
     """``image,label[,split]`` CSV -> windowed crops to train on, whole windowed scans to evaluate.
 
     Args:
@@ -96,9 +98,8 @@ class DiffusionAdapterData(pl.LightningDataModule):
         cache_rate: float = 1.0,
         seed: int = 0,
     ):
-        super().__init__()
-        if datalist is None:
-            raise CTFMError("no datalist given: set vars::datalist=path/to/labels.csv (columns image,label[,split])")
+        super().__init__(num_workers=num_workers, seed=seed)
+        require_datalist(datalist, "columns image,label[,split]")
         if task not in ("segment", "classify"):
             raise ValueError(f"task must be 'segment' or 'classify', got {task!r}")
         check_image_size(spatial_dims, image_size)
@@ -112,16 +113,18 @@ class DiffusionAdapterData(pl.LightningDataModule):
         self.num_classes = num_classes
         self.batch_size = batch_size
         self.samples_per_scan = samples_per_scan if task == "segment" else 1
-        self.num_workers = num_workers
         self.steps_per_epoch = steps_per_epoch
         self.cache_rate = cache_rate
-        self.table = read_labelled_datalist(self.csv)
+        table = read_datalist(self.csv, keep_blank=True)
+        if task == "segment" and "label" in table.columns:  # label maps resolve against the CSV's folder
+            table["label"] = [p if pd.isna(p) else self._label_path(p) for p in table["label"]]
+        files = ("image", "label") if task == "segment" else ("image",)
+        table = self.check_rows(table, self.csv, file_columns=files, label_column="label", required=("label",))
         self.encoding: LabelEncoding | None = None
-        if task == "segment":
-            self.table["label"] = [self._label_path(i, p) for i, p in zip(self.table.index, self.table["label"])]
-        else:
-            self.encoding = LabelEncoding(self.table["label"].tolist(), str(self.csv))
-        self.table["split"] = assign_splits(self.table, self.csv, seed)
+        if task == "classify":
+            self.encoding = LabelEncoding(table["label"].tolist(), str(self.csv))
+        table["split"] = assign_splits(table, self.csv, seed)
+        self.table = table
         self.crop = self.image_size if spatial_dims == 3 else (1, *self.image_size)
         settings = CTPreprocessing(spacing=tuple(float(s) for s in spacing), min_size=self.crop)
         labels = ["label"] if task == "segment" else []
@@ -129,14 +132,11 @@ class DiffusionAdapterData(pl.LightningDataModule):
         # a Compose is, and flattening one would skip its loader.
         steps = CTPreprocessingd(settings, label_keys=labels, load=False).transforms
         self.preprocess = [LoadCTd("image", labels), *steps]
-        self._datasets: dict[str, Dataset] = {}
+        self._datasets: dict[str, SkipBadItems] = {}
 
-    def _label_path(self, index: int, value: Any) -> str:
-        path = Path(str(value)).expanduser()
-        path = path if path.is_absolute() else self.csv.resolve().parent / path
-        if not path.exists():
-            raise CTFMError(f"{self.csv}: row {csv_row(index)}: label map {path} does not exist")
-        return str(path)
+    def _label_path(self, value: Any) -> str:
+        path = Path(str(value).strip()).expanduser()
+        return str(path if path.is_absolute() else self.csv.resolve().parent / path)
 
     @property
     def num_outputs(self) -> int | None:
@@ -182,20 +182,16 @@ class DiffusionAdapterData(pl.LightningDataModule):
             steps.append(CenterSpatialCropd(keys=keys, roi_size=roi))
         return Compose(steps)
 
-    def dataset(self, split: str) -> Dataset:
+    def dataset(self, split: str) -> SkipBadItems:
+        """The split's items, preprocessed once and kept in memory; a scan that fails to load is skipped."""
         if split not in self._datasets:
             items = self.items(split)
             if not items:
                 raise CTFMError(f"{self.csv}: no scans in the {split!r} split")
-            try:
-                self._datasets[split] = CacheDataset(
-                    items, transform=self.transform(split), cache_rate=self.cache_rate, progress=False
-                )
-            except Exception as err:  # noqa: BLE001 - a bad scan is named in one line; anything else is raised
-                problem = _invalid_scan(err)
-                if problem is None:
-                    raise
-                raise CTFMError(f"{self.csv}: {problem}") from err
+            cached = _SkippingCacheDataset(
+                items, transform=self.transform(split), cache_rate=self.cache_rate, progress=False
+            )
+            self._datasets[split] = self.skipping(split, cached, [item["path"] for item in items])
         return self._datasets[split]
 
     def _loader(self, split: str) -> DataLoader:
@@ -203,13 +199,7 @@ class DiffusionAdapterData(pl.LightningDataModule):
         scans_per_batch = max(1, self.batch_size // self.samples_per_scan) if train else 1
         dataset = self.dataset(split)
         sampler = RandomSampler(dataset, replacement=True, num_samples=self.steps_per_epoch * scans_per_batch)
-        return DataLoader(
-            dataset,
-            batch_size=scans_per_batch,
-            sampler=sampler if train else None,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return self.loader(dataset, scans_per_batch, sampler=sampler if train else None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
@@ -221,9 +211,26 @@ class DiffusionAdapterData(pl.LightningDataModule):
         return self._loader("test")
 
 
-def _invalid_scan(err: BaseException) -> InvalidScanError | None:
-    """The InvalidScanError behind ``err`` (MONAI wraps transform errors), or None."""
-    cause: BaseException | None = err
-    while cause is not None and not isinstance(cause, InvalidScanError):
-        cause = cause.__cause__ or cause.__context__
-    return cause
+class _LoadFailure:
+    """What :class:`_SkippingCacheDataset` caches for an item that failed to load: the error, raised when served."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+class _SkippingCacheDataset(CacheDataset):
+    """A ``CacheDataset`` whose caching keeps going past a bad scan: serving it raises its error, for SkipBadItems."""
+
+    def _load_cache_item(self, idx: int) -> Any:
+        try:
+            return super()._load_cache_item(idx)
+        except Exception as err:  # noqa: BLE001 - bad data is kept to be skipped when served; a bug is raised
+            if load_problem(err) is None:
+                raise
+            return _LoadFailure(err)
+
+    def _transform(self, index: int) -> Any:
+        cached = self._cache[index] if self._cache is not None and 0 <= index < self.cache_num else None
+        if isinstance(cached, _LoadFailure):
+            raise cached.error
+        return super()._transform(index)

@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
+from ctfm.data.base import DatalistDataModule, SkipBadItems, assign_splits, require_datalist
 from ctfm.data.cache import CachedScan, PreprocessCache, default_cache_dir
-from ctfm.data.classification import assign_splits
 from ctfm.data.datalist import read_datalist
-from ctfm.data.diffusion import _seed_worker, apply_window, cached_to_hu, check_image_size
+from ctfm.data.diffusion import apply_window, cached_to_hu, check_image_size
 from ctfm.errors import CTFMError
 from ctfm.transforms.low_dose import SimulateLowDose
 from ctfm.transforms.preprocess import PRETRAINING_SPACING, CTPreprocessing
@@ -88,7 +88,7 @@ class LowDoseDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = np.random.RandomState([self.seed, index]) if self.fixed else self.R
         scan = self.scans[index % len(self.scans)] if self.fixed else self.scans[int(rng.randint(len(self.scans)))]
-        hu = torch.from_numpy(cached_to_hu(np.asarray(self._crop(scan.load(mmap=True), rng))))[None, None]
+        hu = torch.from_numpy(cached_to_hu(np.asarray(self._crop(scan.read(), rng))))[None, None]
         mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
         hu = F.interpolate(hu, size=self.image_size, mode=mode, align_corners=False)[0]
         if not self.fixed and rng.rand() < 0.5:
@@ -103,7 +103,7 @@ class LowDoseDataset(Dataset):
         }
 
 
-class LowDoseDataModule(pl.LightningDataModule):
+class LowDoseDataModule(DatalistDataModule):
     """Datalist -> simulated full/low-dose pairs: random ones to train on, fixed held-out ones for val and test.
 
     Args:
@@ -134,9 +134,8 @@ class LowDoseDataModule(pl.LightningDataModule):
         num_workers: int = 4,
         seed: int = 0,
     ):
-        super().__init__()
-        if datalist is None:
-            raise CTFMError("no datalist given: set vars::datalist=path/to/datalist.csv (a CSV with an 'image' column)")
+        super().__init__(num_workers=num_workers, seed=seed)
+        require_datalist(datalist)
         check_image_size(spatial_dims, image_size)
         spacing = tuple(float(s) for s in spacing)
         self.simulation = {"noise": noise, "i0": i0, "sigma": sigma, "pixel_mm": spacing[-1], "views": views}
@@ -148,23 +147,29 @@ class LowDoseDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.steps_per_epoch = steps_per_epoch
         self.cases = {"val": val_cases, "test": test_cases}
-        self.num_workers = num_workers
-        self.seed = seed
         min_size = (1, *self.image_size) if spatial_dims == 2 else self.image_size
         self.cache = PreprocessCache(
             Path(cache_dir) if cache_dir is not None else default_cache_dir(datalist),
             CTPreprocessing(spacing=spacing, min_size=min_size),
         )
-        self.datasets: dict[str, LowDoseDataset] = {}
+        self.datasets: dict[str, SkipBadItems] = {}
+        self._table: pd.DataFrame | None = None
+
+    def table(self) -> pd.DataFrame:
+        """The datalist and its splits, without rows whose scan is missing (each named once, with its CSV line)."""
+        if self._table is None:
+            table = self.check_rows(read_datalist(self.datalist, keep_blank=True), self.datalist)
+            table["split"] = assign_splits(table, self.datalist, self.seed)
+            self._table = table
+        return self._table
 
     def prepare_data(self) -> None:
-        self.cache.prepare(read_datalist(self.datalist)["image"].tolist())
+        self.cache.prepare(self.table()["image"].tolist())
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        table = read_datalist(self.datalist)
-        table["split"] = assign_splits(table, self.datalist, self.seed)
+        table = self.table()
         for split in ("train", "val", "test"):
             if not (table["split"] == split).any():
                 raise CTFMError(
@@ -183,24 +188,14 @@ class LowDoseDataModule(pl.LightningDataModule):
             length = self.cases[split] if fixed else self.steps_per_epoch * self.batch_size
             seed = self.seed + {"train": 0, "val": 1, "test": 2}[split]
             simulator = SimulateLowDose(self.spatial_dims, **self.simulation)
-            self.datasets[split] = LowDoseDataset(
-                scans, simulator=simulator, length=length, fixed=fixed, seed=seed, **common
-            )
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        self.datasets["train"].set_random_state(int(np.random.SeedSequence([self.seed, rank]).generate_state(1)[0]))
+            dataset = LowDoseDataset(scans, simulator=simulator, length=length, fixed=fixed, seed=seed, **common)
+            self.datasets[split] = self.skipping(split, dataset, [scan.source for scan in scans])
+        self.datasets["train"].set_random_state(self.rank_seed())
 
     def _loader(self, split: str) -> DataLoader:
         if not self.datasets:
             self.setup()
-        train = split == "train"
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            worker_init_fn=_seed_worker if train and self.num_workers else None,
-            persistent_workers=self.num_workers > 0,
-            drop_last=train,
-        )
+        return self.loader(self.datasets[split], self.batch_size, drop_last=split == "train")
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -3,8 +3,9 @@
 The label names come from ``dataset.json`` (task 03 liver: background, liver, cancer; 08 hepatic vessel:
 background, vessel, tumour; ...), and so does the tumour label, which the per-case metrics report. Validation cases
 are a seeded fraction of ``training`` or a JSON list of case ids. Every file ``dataset.json`` names is checked when
-the module is built, so a missing one is named with the entry that points at it; every label map's values are
-checked against ``dataset.json``'s labels when the run is set up (read once, then cached by size and time).
+the module is built: an entry whose file is missing is skipped, named with its index; every label map's values are
+checked against ``dataset.json``'s labels when the run is set up (read once, then cached by size and time), and a
+case holding an undefined value is skipped, named with its file.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class MSDTask:
     tumour_label: int
     cases: list[dict[str, str]]
     test_images: list[str]
+    #: Training entries left out, as ``(where, problem)``: ``("dataset.json: training[2]", "label ...: no such file")``.
+    missing: list[tuple[str, str]]
 
 
 def _case_id(path: str) -> str:
@@ -43,7 +46,7 @@ def _case_id(path: str) -> str:
 
 
 def read_msd(data_dir: str | Path) -> MSDTask:
-    """Read ``dataset.json``; raise InvalidScanError naming it and the entry when a file it lists is missing."""
+    """Read ``dataset.json``; an entry whose file is missing is left out and listed in ``missing``."""
     data_dir = Path(data_dir)
     document_path = data_dir / "dataset.json"
     try:
@@ -59,19 +62,24 @@ def read_msd(data_dir: str | Path) -> MSDTask:
     if len(tumours) != 1:
         raise InvalidScanError(document_path, f"cannot tell the tumour label among {labels}")
     cases = []
+    missing = []
     for index, entry in enumerate(training):
         case = {}
         for key in ("image", "label"):
             path = data_dir / str(entry.get(key, "")).removeprefix("./")
             if not path.is_file():
-                raise InvalidScanError(
-                    document_path, f"training[{index}] {key} {entry.get(key)!r}: no such file {path}"
+                missing.append(
+                    (f"{document_path}: training[{index}]", f"{key} {entry.get(key)!r}: no such file {path}")
                 )
+                break
             case[key] = str(path)
-        case["image_id"] = _case_id(case["image"])
-        cases.append(case)
+        else:
+            case["image_id"] = _case_id(case["image"])
+            cases.append(case)
+    if not cases:
+        raise InvalidScanError(document_path, f"none of the {len(training)} training entries has its files")
     tests = [str(data_dir / str(p).removeprefix("./")) for p in document.get("test", [])]
-    return MSDTask(data_dir, labels, tumours[0], cases, [p for p in tests if Path(p).is_file()])
+    return MSDTask(data_dir, labels, tumours[0], cases, [p for p in tests if Path(p).is_file()], missing)
 
 
 def msd_class_names(data_dir: str | Path, classes: Sequence[str] | None = None) -> tuple[str, ...]:
@@ -115,6 +123,8 @@ class MSDDataModule(SegmentationDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else Path(data_dir) / "ctfm_cache"
         self.class_names = msd_class_names(data_dir, classes)
         super().__init__(preprocessing, patch_size, num_classes=len(self.class_names), **kwargs)
+        for where, problem in self.task.missing:
+            self.skip_entry(where, problem)
         by_name = {name: value for value, name in self.task.labels.items()}
         self.label_values = {value: 0 for value in self.task.labels}
         self.label_values.update({by_name[name]: new for new, name in enumerate(self.class_names[1:], start=1)})
@@ -137,9 +147,18 @@ class MSDDataModule(SegmentationDataModule):
         self.items["predict"] = [{"image": c["image"], "image_id": c["image_id"]} for c in val]
 
     def setup(self, stage: str | None = None) -> None:
-        """Refuse, naming the case and file, a label map holding a value ``dataset.json`` does not define."""
-        if stage != "predict":
-            check_label_values([*self.items["train"], *self.items["val"]], self.task.labels, self.cache_dir)
+        """Skip, naming the case and file, a case whose label map holds a value ``dataset.json`` does not define."""
+        if stage == "predict":
+            return
+        bad = set()
+        for case in {c["image_id"]: c for c in [*self.items["train"], *self.items["val"]]}.values():
+            try:
+                check_label_values([case], self.task.labels, self.cache_dir)
+            except InvalidScanError as err:
+                self.skip_entry(f"{self.task.data_dir / 'dataset.json'}: case {case['image_id']}", str(err))
+                bad.add(case["image_id"])
+        for split in ("train", "val", "test"):
+            self.items[split] = [c for c in self.items[split] if c["image_id"] not in bad]
 
     def label_steps(self) -> list[Any]:
         """The task's label values -> 0..K: selected classes in order, the others background."""

@@ -7,27 +7,23 @@ construction; the work starts in ``prepare_data`` / ``setup``.
 
 from __future__ import annotations
 
-import functools
-import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from monai.transforms import Randomizable
 from monai.utils import MAX_SEED
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
+from ctfm.data.base import DatalistDataModule, SkipBadItems, require_datalist
 from ctfm.data.cache import CachedScan, PrepareReport, PreprocessCache, default_cache_dir
 from ctfm.data.datalist import read_datalist
 from ctfm.errors import CTFMError
 from ctfm.transforms.preprocess import PATCH_SIZE, PRETRAINING_SPACING, CTPreprocessing
 from ctfm.transforms.views import PATCHES_PER_SCAN, ContrastiveViews
-
-logger = logging.getLogger(__name__)
 
 
 class CachedScanDataset(Dataset, Randomizable):
@@ -35,8 +31,8 @@ class CachedScanDataset(Dataset, Randomizable):
 
     ``length=None`` gives one item per scan, in order (a DistributedSampler then splits the scans across ranks).
     A ``length`` draws a random scan per item, with replacement, so an epoch can be any number of steps.
-    A cached file that fails to read is logged, counted (see :meth:`read_failures`) and replaced by another scan:
-    an item is never ``None``.
+    A cached file that fails to read raises an InvalidScanError naming its source; the data module's
+    :class:`~ctfm.data.base.SkipBadItems` logs it, counts it and serves another item instead.
     """
 
     def __init__(self, scans: Sequence[CachedScan], views: ContrastiveViews, length: int | None = None):
@@ -45,16 +41,6 @@ class CachedScanDataset(Dataset, Randomizable):
         self.scans = list(scans)
         self.views = views
         self.length = length
-        self._unreadable: set[int] = set()
-        self.count_failures_for(num_workers=0)
-
-    def count_failures_for(self, num_workers: int) -> None:
-        """Reset the failure counter: one shared-memory slot per DataLoader worker (and the main process)."""
-        self._failures = torch.zeros(num_workers + 1, dtype=torch.int64).share_memory_()
-
-    def read_failures(self) -> int:
-        """Cached scans that failed to read so far, over all DataLoader workers of this process."""
-        return int(self._failures.sum())
 
     def __len__(self) -> int:
         return len(self.scans) if self.length is None else self.length
@@ -65,46 +51,22 @@ class CachedScanDataset(Dataset, Randomizable):
         return self
 
     def randomize(self, data: object = None) -> int:  # type: ignore[override]  # returns the draw
-        """A random scan index among those still readable."""
-        if len(self._unreadable) == len(self.scans):
-            raise CTFMError(f"none of the {len(self.scans)} cached scans can be read any more; see the warnings above")
-        while (index := int(self.R.randint(len(self.scans)))) in self._unreadable:
-            pass
-        return index
+        """A random scan index."""
+        return int(self.R.randint(len(self.scans)))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
-        scan_index = index % len(self.scans) if self.length is None else self.randomize()
-        while True:
-            scan = self.scans[scan_index]
-            try:
-                volume = scan.load(mmap=True)
-            except (OSError, ValueError, EOFError) as err:  # missing, truncated or overwritten since preparation
-                self._unreadable.add(scan_index)
-                worker = torch.utils.data.get_worker_info()
-                self._failures[0 if worker is None else worker.id + 1] += 1
-                logger.warning(
-                    "cached scan %s (from %s) is unreadable, using another scan: %s", scan.array_path, scan.source, err
-                )
-                scan_index = self.randomize()
-                continue
-            return {"views": self.views(volume), "image": scan.source}
+        scan = self.scans[index % len(self.scans) if self.length is None else self.randomize()]
+        return {"views": self.views(scan.read()), "image": scan.source}
 
 
-def _seed_worker(seed: int, rank: int, worker_id: int) -> None:
-    """Give every DataLoader worker of every rank its own stream, new for each epoch's fresh workers."""
-    info = torch.utils.data.get_worker_info()
-    assert info is not None, "worker_init_fn runs in DataLoader workers only"
-    entropy = np.random.SeedSequence([seed, rank, info.seed % MAX_SEED]).generate_state(1)[0]
-    info.dataset.set_random_state(seed=int(entropy) % MAX_SEED)  # type: ignore[attr-defined]
-
-
-class CTPretrainDataModule(pl.LightningDataModule):
+class CTPretrainDataModule(DatalistDataModule):
     """Datalist -> batches ``{"views": (S, M, 2, 1, pz, py, px), "image": list of S paths}`` for pretraining.
 
     Scans are preprocessed once (``spacing``, HU window, crop to body, pad to a patch) into ``cache_dir`` by
     ``prepare_data`` (once per node under DDP) and ``setup`` (which only looks entries up when they exist); the
     default is :func:`~ctfm.data.cache.default_cache_dir`, ``ctfm_cache/`` beside a datalist CSV. Bad scans are
-    skipped, counted and reported.
+    skipped, counted and reported: a missing file by its CSV line at set-up, an unusable scan by the cache's report,
+    a cached file that fails to read during training by :class:`~ctfm.data.base.DatalistDataModule`.
     ``steps_per_epoch`` makes each epoch that many batches per device, drawing scans with replacement (the paper:
     500); ``None`` makes an epoch one pass over the scans, split across devices. ``augmentation`` replaces
     :func:`~ctfm.transforms.views.view_augmentation` (one view from one patch).
@@ -124,9 +86,8 @@ class CTPretrainDataModule(pl.LightningDataModule):
         augmentation: Callable[[torch.Tensor], torch.Tensor] | None = None,
         prepare_workers: int | None = None,
     ):
-        super().__init__()
-        if datalist is None:
-            raise CTFMError("no datalist given: set vars::datalist=path/to/datalist.csv (a CSV with an 'image' column)")
+        super().__init__(num_workers=num_workers, seed=seed)
+        require_datalist(datalist)
         for name, value in (("patch_size", patch_size), ("spacing", spacing)):
             if len(value) != 3:
                 raise ValueError(
@@ -147,20 +108,25 @@ class CTPretrainDataModule(pl.LightningDataModule):
         self.patch_size = tuple(int(p) for p in patch_size)
         self.patches_per_scan = patches_per_scan
         self.scans_per_device = scans_per_device
-        self.num_workers = num_workers
         self.steps_per_epoch = steps_per_epoch
-        self.seed = seed
         self.augmentation = augmentation
         self.prepare_workers = max(1, num_workers) if prepare_workers is None else prepare_workers
         self.report: PrepareReport | None = None
         self._announced = False
-        self.train_dataset: CachedScanDataset | None = None
+        self.train_dataset: SkipBadItems | None = None
+        self._sources: list[str] | None = None
 
     def sources(self) -> list[str]:
-        """Scan paths of the datalist (a CSV path, or the paths themselves)."""
-        if isinstance(self.datalist, (str, Path)):
-            return read_datalist(self.datalist)["image"].tolist()
-        return [os.path.normpath(Path(p).expanduser().absolute()) for p in self.datalist]
+        """Scan paths of the datalist (a CSV path, or the paths themselves); rows whose file is missing are left
+        out with a warning naming their CSV line (once)."""
+        if self._sources is None:
+            if isinstance(self.datalist, (str, Path)):
+                self._sources = self.check_rows(read_datalist(self.datalist, keep_blank=True), self.datalist)[
+                    "image"
+                ].tolist()
+            else:
+                self._sources = [os.path.normpath(Path(p).expanduser().absolute()) for p in self.datalist]
+        return self._sources
 
     def prepare_data(self) -> None:
         sources = self.sources()
@@ -176,8 +142,9 @@ class CTPretrainDataModule(pl.LightningDataModule):
         if self.report.prepared or not self._announced:
             self._announce(self.report, len(sources))
         views = ContrastiveViews(self.patch_size, self.patches_per_scan, self.augmentation)
-        self.train_dataset = CachedScanDataset(self.report.scans, views)
-        self.train_dataset.set_random_state(seed=self._seed_for(self._rank()))
+        dataset = CachedScanDataset(self.report.scans, views)
+        dataset.set_random_state(seed=self.rank_seed())
+        self.train_dataset = self.skipping("train", dataset, [scan.source for scan in self.report.scans])
 
     def _announce(self, report: PrepareReport, total: int) -> None:
         """Log the preparation summary once (on rank 0), with a warning if scans were skipped."""
@@ -186,36 +153,18 @@ class CTPretrainDataModule(pl.LightningDataModule):
             rank_zero_warn(f"{len(report.skipped)} of {total} scans skipped (see the summary above)")
         self._announced = True
 
-    def _rank(self) -> int:
-        return self.trainer.global_rank if self.trainer is not None else 0
-
-    def _seed_for(self, rank: int) -> int:
-        return int(np.random.SeedSequence([self.seed, rank]).generate_state(1)[0]) % MAX_SEED
-
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             self.setup("fit")
         assert self.train_dataset is not None
-        world = self.trainer.world_size if self.trainer is not None else 1
+        world = self.world_size()
         dataset = self.train_dataset
         if self.steps_per_epoch is not None:
-            dataset.length = self.steps_per_epoch * self.scans_per_device * world
+            dataset.dataset.length = self.steps_per_epoch * self.scans_per_device * world
         per_device = len(dataset) // world
-        dataset.count_failures_for(self.num_workers)
-        return DataLoader(
+        return self.loader(
             dataset,
-            batch_size=self.scans_per_device,
+            self.scans_per_device,
             shuffle=self.steps_per_epoch is None,
-            num_workers=self.num_workers,
             drop_last=per_device >= self.scans_per_device,
-            worker_init_fn=functools.partial(_seed_worker, self.seed, self._rank()) if self.num_workers else None,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
         )
-
-    def teardown(self, stage: str | None = None) -> None:
-        if self.train_dataset is not None and self.train_dataset.read_failures():
-            rank_zero_warn(
-                f"{self.train_dataset.read_failures()} cached scans failed to read during training "
-                "and were replaced by others (see the warnings above)"
-            )

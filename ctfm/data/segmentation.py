@@ -15,9 +15,8 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from monai.data import DataLoader, Dataset, MetaTensor
+from monai.data import Dataset, MetaTensor
 from monai.transforms import (
     Compose,
     Invertd,
@@ -29,8 +28,10 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
 )
+from torch.utils.data import DataLoader
 
 from ctfm.atomic import write_atomically
+from ctfm.data.base import DatalistDataModule
 from ctfm.errors import CTFMError, InvalidScanError
 from ctfm.transforms.dictionary import CTPreprocessingd
 from ctfm.transforms.preprocess import CTPreprocessing
@@ -135,45 +136,12 @@ def check_label_values(items: Iterable[Mapping[str, Any]], allowed: Iterable[int
         write_atomically(cache_path, lambda tmp: tmp.write_text(json.dumps(cache)))
 
 
-class SkippingDataset(Dataset):
-    """A MONAI ``Dataset`` that serves the next item in place of a subject that cannot be used.
-
-    A subject whose files fail their checks while loading (an ``InvalidScanError``, which MONAI's ``Compose`` wraps
-    in a ``RuntimeError``), such as a label value outside the selected classes, is logged with its file and problem
-    and counted in ``skipped`` (per DataLoader worker); one bad subject never ends a long run.
-    """
-
-    def __init__(self, data: Sequence[Any], transform: Any = None):
-        super().__init__(data, transform=transform)
-        self.skipped: dict[str, str] = {}
-
-    def __getitem__(self, index: Any) -> Any:
-        if not isinstance(index, int):
-            return super().__getitem__(index)
-        for attempt in range(len(self)):
-            position = (index + attempt) % len(self)
-            try:
-                return super().__getitem__(position)
-            except Exception as err:  # noqa: BLE001 - only a bad scan is skipped; anything else is raised
-                problem = _invalid_scan(err)
-                if problem is None:
-                    raise
-                if problem.path not in self.skipped:
-                    logger.warning("skipping %s", problem)
-                self.skipped[str(problem.path)] = problem.problem
-        raise CTFMError(f"none of the {len(self)} subjects can be used: {'; '.join(self.skipped.values())}")
-
-
-def _invalid_scan(err: BaseException) -> InvalidScanError | None:
-    """The InvalidScanError behind ``err`` (MONAI wraps transform errors), or None."""
-    cause: BaseException | None = err
-    while cause is not None and not isinstance(cause, InvalidScanError):
-        cause = cause.__cause__
-    return cause
-
-
-class SegmentationDataModule(pl.LightningDataModule):
+class SegmentationDataModule(DatalistDataModule):
     """Lists of item dicts per stage -> preprocessed, augmented batches; subclasses fill the lists in ``setup``.
+
+    A subject whose files fail to load (or hold a label outside the selected classes) is skipped, named and
+    counted (:class:`~ctfm.data.base.DatalistDataModule`): replaced by another in training, left out of the
+    metrics in validation and test.
 
     Args:
         preprocessing: the canonical settings (the recipes pass ``_base/preprocessing.yaml``'s).
@@ -191,13 +159,12 @@ class SegmentationDataModule(pl.LightningDataModule):
         samples_per_scan: int = 1,
         num_workers: int = 4,
     ):
-        super().__init__()
+        super().__init__(num_workers=num_workers)
         self.preprocessing = preprocessing
         self.patch_size = tuple(patch_size)
         self.num_classes = int(num_classes)
         self.batch_size = batch_size
         self.samples_per_scan = samples_per_scan
-        self.num_workers = num_workers
         self.items: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": [], "predict": []}
         self.labelled = CTPreprocessingd(preprocessing, label_keys=["label"])
         self.predict_transform = CTPreprocessingd(preprocessing)
@@ -217,13 +184,11 @@ class SegmentationDataModule(pl.LightningDataModule):
     def _loader(self, stage: str) -> DataLoader:
         train = stage == "train"
         scans_per_batch = max(1, self.batch_size // self.samples_per_scan) if train else 1
-        return DataLoader(
-            SkippingDataset(self.items[stage], transform=self.transform(stage)),
-            batch_size=scans_per_batch,
-            shuffle=train,
-            num_workers=self.num_workers,
-            persistent_workers=False,
-        )
+        items = self.items[stage]
+        if not items:
+            raise CTFMError(f"no subjects to {stage} on (see the warnings above for the ones skipped)")
+        dataset = self.skipping(stage, Dataset(items, transform=self.transform(stage)), [i["image"] for i in items])
+        return self.loader(dataset, scans_per_batch, shuffle=train, persistent_workers=False)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

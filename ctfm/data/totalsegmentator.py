@@ -3,8 +3,8 @@
 Training needs one label map per subject, not 117 binary masks, so the selected masks are merged once (label = the
 class's position among the selected classes, published order, background 0) and cached beside the dataset. The
 cache remembers the size and modification time of every mask it merged: a changed mask is merged again. Everything
-a run needs is checked when the run is set up, by file header only, so a missing or misaligned mask stops the run
-with its subject and file named instead of failing later inside a DataLoader worker.
+a run needs is checked when the run is set up, by file header only, so a subject with a missing or misaligned mask
+is skipped with its ``meta.csv`` line, subject and file named, instead of failing later inside a DataLoader worker.
 """
 
 from __future__ import annotations
@@ -197,8 +197,19 @@ class TotalSegmentatorDataModule(SegmentationDataModule):
             "val": self.dataset.split("val"),
             "test": self.dataset.split("test"),
         }
-        for subject in {s.image_id: s for split in self.splits.values() for s in split}.values():
-            check_subject(subject, self.class_names)  # at set-up, by header: names the subject and file
+        lines = {s.image_id: line for line, s in enumerate(self.dataset.subjects, start=2)}
+        for split, subjects in self.splits.items():
+            usable = []
+            for subject in subjects:
+                try:
+                    check_subject(subject, self.class_names)  # at set-up, by header: names the subject and file
+                except InvalidScanError as err:
+                    self.skip_entry(f"{self.data_dir / META_NAME}: line {lines[subject.image_id]}", str(err))
+                    continue
+                usable.append(subject)
+            self.splits[split] = usable
+        if not self.splits["train"]:
+            raise CTFMError(f"{self.data_dir}: no usable training subject (see the warnings above)")
 
     def prepare_data(self) -> None:
         for split in ("train", "val", "test"):

@@ -2,7 +2,11 @@
 
 - A step whose loss is NaN or inf is skipped (no backward, no optimizer step) and counted; ``nonfinite_patience``
   such steps in a row stop the run with an error naming the step and the scans of the batch. Under DDP the ranks
-  agree before skipping, so they never disagree on whether to step.
+  agree before skipping, so they never disagree on whether to step. The buffers (BatchNorm's running statistics)
+  are put back as they were before the skipped step: its forward pass has already folded the batch's NaN into
+  them, which would poison every later step and refuse the next checkpoint.
+- A validation, test or predict batch is None when every item of it failed to load (the data modules drop such
+  items, :mod:`ctfm.data.base`): the step is skipped, in every task.
 - A checkpoint is never written with non-finite weights: saving one stops the run and names the tensors.
 - Logged values carry the batch size explicitly, so Lightning never guesses it from a batch of paths.
 - Under CPU autocast (``precision=bf16-mixed`` on a CPU) the training step runs in float32: oneDNN's bfloat16
@@ -15,8 +19,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -51,6 +56,13 @@ class CTFMModule(LighterModule):
         self.skipped_steps = 0
         self._nonfinite_in_a_row = 0
         self._batch_size = 1
+        self._buffers_before_step: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        for name in ("validation_step", "test_step", "predict_step"):
+            if callable(vars(cls).get(name)):  # not a step switched off with None
+                setattr(cls, name, _skip_empty_batch(vars(cls)[name]))
 
     def batch_size_of(self, batch: Any) -> int:
         """Items in ``batch``: the length of its first tensor (or list) value."""
@@ -75,6 +87,7 @@ class CTFMModule(LighterModule):
             return loss
         self.skipped_steps += 1
         self._nonfinite_in_a_row += 1
+        self._restore_buffers()
         scans = _describe(batch)
         if self._nonfinite_in_a_row >= self.nonfinite_patience:
             raise NonFiniteTrainingError(
@@ -84,6 +97,16 @@ class CTFMModule(LighterModule):
             )
         self.print(f"warning: non-finite loss at step {self.global_step} (scans: {scans}); step skipped")
         return None
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Remember every buffer (running statistics, step counters) so a skipped step can restore them."""
+        self._buffers_before_step = [(buffer, buffer.detach().clone()) for buffer in self.buffers()]
+
+    def _restore_buffers(self) -> None:
+        """Put the buffers back as :meth:`on_train_batch_start` found them."""
+        with torch.no_grad():
+            for buffer, before in self._buffers_before_step:
+                buffer.copy_(before)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         self._batch_size = self.batch_size_of(batch)
@@ -112,6 +135,10 @@ class CTFMModule(LighterModule):
         if outputs is not None:  # a skipped step has nothing to log
             super().on_train_batch_end(outputs, batch, batch_idx)
 
+    def _on_batch_end(self, outputs: Any, batch_idx: int) -> None:
+        if outputs is not None:  # a skipped batch (every item failed to load) has nothing to log
+            super()._on_batch_end(outputs, batch_idx)
+
     def on_train_epoch_end(self) -> None:
         self._log("train/skipped_steps", float(self.skipped_steps), on_epoch=True)
 
@@ -134,6 +161,19 @@ class CTFMModule(LighterModule):
             sync_dist=sync_dist,
             batch_size=self._batch_size,
         )
+
+
+def _skip_empty_batch(step: Callable[..., Any]) -> Callable[..., Any]:
+    """``step``, except that a None batch (all its items failed to load) is skipped."""
+    if getattr(step, "skips_empty_batch", False):
+        return step
+
+    @functools.wraps(step)
+    def skipping(self: CTFMModule, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        return None if batch is None else step(self, batch, *args, **kwargs)
+
+    skipping.skips_empty_batch = True  # type: ignore[attr-defined]
+    return skipping
 
 
 def expect_frozen_modules_in_eval() -> None:

@@ -105,18 +105,20 @@ class ScanClassification(ClassLogits, FineTuneModule):
     def _evaluate(
         self, batch: dict[str, Any], metrics: MetricCollection | None, keep: bool
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(loss, or None when a label is unknown; probabilities); metrics updated, rows kept for the CSV."""
+        """(loss over the known labels, None when none is known; probabilities); metrics updated over the known
+        labels only, rows kept for the CSV."""
         self._batch_size = self.batch_size_of(batch)
         logits = self.logits(batch)
         labels = torch.as_tensor(batch["label"], device=logits.device)
         probabilities = self.probabilities(logits.float())
         if keep:
             self._keep(batch, probabilities, labels)
-        if not bool((labels != UNKNOWN_LABEL).all()):
+        known = labels != UNKNOWN_LABEL
+        if not bool(known.any()):
             return None, probabilities
         if metrics is not None:
-            metrics.update(probabilities, labels.long())
-        return self.loss_of(logits, labels), probabilities
+            metrics.update(probabilities[known], labels[known].long())
+        return self.loss_of(logits[known], labels[known]), probabilities
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         return self._evaluate(batch, self.val_metrics, keep=False)[0]

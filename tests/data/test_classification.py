@@ -53,13 +53,13 @@ def test_split_column_and_string_classes(scans):
 @pytest.mark.parametrize(
     ("columns", "message"),
     [
-        ({"image": ["s0.nii.gz", "missing.nii.gz"], "label": [0, 1]}, r"row 3: scan .*missing.nii.gz does not exist"),
         ({"image": ["s0.nii.gz", "s1.nii.gz"], "label": [1, 1]}, "single class"),
-        ({"image": ["s0.nii.gz", "s1.nii.gz"], "label": [0, 1], "split": ["train", "dev"]}, "row 3: split 'dev'"),
+        ({"image": ["s0.nii.gz", "s1.nii.gz"], "label": [0, 1], "split": ["train", "dev"]}, "line 3: split 'dev'"),
+        ({"path": ["s0.nii.gz"], "label": [0]}, "needs an 'image' column"),
         ({"image": ["s0.nii.gz", "s1.nii.gz"], "label": [0, None]}, None),
     ],
 )
-def test_bad_datalists_name_the_csv_and_row(scans, columns, message):
+def test_bad_datalists_name_the_csv_and_line(scans, columns, message):
     csv = write(scans, **columns)
     if message is None:  # an unknown label is allowed (predict), but not for one known class
         with pytest.raises(CTFMError, match="single class"):

@@ -1,6 +1,7 @@
 """The Decathlon reader: dataset.json labels and the tumour label, splits, class subsets, missing files."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -43,13 +44,19 @@ def test_a_class_subset_is_remapped_to_one(task):
     assert set(item["label"].unique().tolist()) == {0.0, 1.0}
 
 
-def test_a_missing_file_is_named_with_its_entry(task, tmp_path):
+def test_a_case_with_a_missing_file_is_skipped_and_named_with_its_entry(task, tmp_path, caplog):
     import shutil
 
     copy = shutil.copytree(task, tmp_path / "Task03_Liver")
     (copy / "labelsTr" / "liver_2.nii.gz").unlink()
-    with pytest.raises(InvalidScanError, match=r"dataset.json: training\[2\] label './labelsTr/liver_2.nii.gz'"):
-        read_msd(copy)
+    where, problem = read_msd(copy).missing[0]
+    assert where == f"{copy / 'dataset.json'}: training[2]"
+    assert problem.startswith("label './labelsTr/liver_2.nii.gz': no such file")
+    with caplog.at_level("WARNING", logger="ctfm.data.base"):
+        module = MSDDataModule(copy, PREPROCESSING, (16, 32, 32), num_workers=0)
+    assert f"{where}: {problem}; skipped" in caplog.text
+    cases = {c["image_id"] for split in ("train", "val") for c in module.items[split]}
+    assert cases == {"liver_0", "liver_1", "liver_3", "liver_4"}
 
 
 def test_a_label_value_outside_the_task_labels_is_named(task, tmp_path):
@@ -77,8 +84,9 @@ def test_a_subject_with_a_bad_label_is_skipped_and_named_while_the_others_load(t
 
     import nibabel as nib
     import numpy as np
+    from monai.data import Dataset
 
-    from ctfm.data.segmentation import SkippingDataset
+    from ctfm.data.base import SkipBadItems
 
     copy = shutil.copytree(task, tmp_path / "Task03_Liver")
     label = copy / "labelsTr" / "liver_0.nii.gz"
@@ -91,15 +99,17 @@ def test_a_subject_with_a_bad_label_is_skipped_and_named_while_the_others_load(t
         {"image": str(copy / "imagesTr" / f"liver_{i}.nii.gz"), "label": str(copy / "labelsTr" / f"liver_{i}.nii.gz")}
         for i in (0, 1)
     ]
-    dataset = SkippingDataset(items, transform=module.transform("val"))
-    with caplog.at_level("WARNING", logger="ctfm.data.segmentation"):
+    names = [item["image"] for item in items]
+    dataset = SkipBadItems(Dataset(items, transform=module.transform("val")), names, substitute=True)
+    with caplog.at_level("WARNING", logger="ctfm.data.base"):
         served = dataset[0]
     assert served["image"].meta["filename_or_obj"] == items[1]["image"]
-    assert dataset.skipped == {str(label): "holds label 7, outside the 2 selected classes (1..K)"}
-    assert f"skipping {label}: holds label 7" in caplog.text
+    assert dataset.skips.skipped() == [items[0]["image"]]
+    assert f"skipping {items[0]['image']} ({label}): holds label 7" in caplog.text
+    assert SkipBadItems(dataset.dataset, names, substitute=False)[0] is None  # evaluation drops it instead
 
 
-def test_a_label_value_outside_dataset_json_stops_the_run_at_set_up_naming_case_and_file(task, tmp_path):
+def test_a_label_value_outside_dataset_json_skips_the_case_at_set_up_naming_case_and_file(task, tmp_path, caplog):
     import shutil
 
     import nibabel as nib
@@ -114,7 +124,25 @@ def test_a_label_value_outside_dataset_json_stops_the_run_at_set_up_naming_case_
     values = np.asarray(image.dataobj).copy()
     values[values == 2] = 7
     nib.save(nib.Nifti1Image(values, image.affine), label)  # a changed file is read again
-    with pytest.raises(InvalidScanError) as raised:
-        MSDDataModule(copy, PREPROCESSING, (16, 32, 32), num_workers=0).setup("fit")
-    assert str(raised.value) == f"{label}: case liver_3: holds label 7, not one of the defined labels [0, 1, 2]"
+    again = MSDDataModule(copy, PREPROCESSING, (16, 32, 32), num_workers=0)
+    with caplog.at_level("WARNING", logger="ctfm.data.base"):
+        again.setup("fit")
+    problem = f"{label}: case liver_3: holds label 7, not one of the defined labels [0, 1, 2]"
+    assert f"{copy / 'dataset.json'}: case liver_3: {problem}; skipped" in caplog.text
+    assert "liver_3" not in {c["image_id"] for split in ("train", "val", "test") for c in again.items[split]}
     module.setup("predict")  # predict reads no labels
+
+
+def test_a_corrupt_scan_is_replaced_in_training_and_left_out_of_validation(task, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(task, tmp_path / "Task03_Liver")
+    module = MSDDataModule(copy, PREPROCESSING, (16, 32, 32), num_workers=0, batch_size=1)
+    module.setup("fit")
+    val_image, train_image = module.items["val"][0]["image"], module.items["train"][0]["image"]
+    for path in (val_image, train_image):
+        Path(path).write_bytes(Path(path).read_bytes()[:300])  # truncated gzip
+    assert list(module.val_dataloader()) == [None]  # the one validation case: the step skips the batch
+    served = [path for batch in module.train_dataloader() for path in batch["image"].meta["filename_or_obj"]]
+    assert len(served) == len(module.items["train"]) and train_image not in served
+    assert sorted(module.skipped_items()) == sorted([val_image, train_image])

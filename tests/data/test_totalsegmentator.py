@@ -70,21 +70,26 @@ def test_merged_map_holds_the_masks_and_is_rebuilt_when_a_mask_changes(copy, tmp
     assert not (rebuilt == 1).any() and (rebuilt == 2).any()
 
 
-def test_only_selected_masks_must_exist_and_a_missing_one_is_named_at_setup(copy):
+def test_only_selected_masks_must_exist_and_a_subject_missing_one_is_skipped_and_named_at_setup(copy, caplog):
     (copy / "s0001" / "segmentations" / "heart.nii.gz").unlink()
     TotalSegmentatorDataModule(copy, PREPROCESSING, (16, 32, 32), classes=CLASSES)  # heart is not selected
     (copy / "s0001" / "segmentations" / "liver.nii.gz").unlink()
-    with pytest.raises(InvalidScanError, match=r"s0001/segmentations/liver.nii.gz: subject s0001: file is missing"):
-        TotalSegmentatorDataModule(copy, PREPROCESSING, (16, 32, 32), classes=CLASSES)
-    with pytest.raises(InvalidScanError, match=r"s0000/segmentations/gallbladder.nii.gz: subject s0000: file is"):
-        TotalSegmentatorDataModule(copy, PREPROCESSING, (16, 32, 32))  # all 117: most are missing
+    with caplog.at_level("WARNING", logger="ctfm.data.base"):
+        module = TotalSegmentatorDataModule(copy, PREPROCESSING, (16, 32, 32), classes=CLASSES)
+    liver = copy / "s0001" / "segmentations" / "liver.nii.gz"
+    assert f"{copy / 'meta.csv'}: line 3: {liver}: subject s0001: file is missing; skipped" in caplog.text
+    assert "s0001" not in {s.image_id for split in module.splits.values() for s in split}
+    with pytest.raises(CTFMError, match="no usable training subject"):
+        TotalSegmentatorDataModule(copy, PREPROCESSING, (16, 32, 32))  # all 117: most are missing everywhere
 
 
-def test_a_mask_on_another_grid_and_a_meta_csv_without_split_are_named(copy):
+def test_a_mask_on_another_grid_and_a_meta_csv_without_split_are_named(copy, caplog):
     mask = copy / "s0002" / "segmentations" / "spleen.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.eye(4)), mask)
-    with pytest.raises(InvalidScanError, match=rf"{mask}: subject s0002: mask shape \(8, 8, 8\) differs"):
-        TotalSegmentatorDataModule(copy, PREPROCESSING, (16, 32, 32), classes=CLASSES)
+    with caplog.at_level("WARNING", logger="ctfm.data.base"):
+        module = TotalSegmentatorDataModule(copy, PREPROCESSING, (16, 32, 32), classes=CLASSES)
+    assert f"{mask}: subject s0002: mask shape (8, 8, 8) differs" in caplog.text
+    assert "s0002" not in {s.image_id for split in module.splits.values() for s in split}
     (copy / "meta.csv").write_text("image_id;age\ns0000;60\n")
     with pytest.raises(InvalidScanError, match="meta.csv: has no column split"):
         read_totalsegmentator(copy)

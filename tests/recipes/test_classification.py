@@ -1,5 +1,6 @@
 """The classification recipes: they resolve to the paper's settings, train, test and predict through lighter."""
 
+import logging
 import os
 from pathlib import Path
 
@@ -169,3 +170,56 @@ def test_classification_multiclass_with_splits(tmp_path, heads):
     assert predictions["label"].tolist() == [
         1
     ]  # "b", the second of a, b, c and predictions["image"].tolist() == [table["image"][7]]
+
+
+class _Lines(logging.Handler):
+    """Keeps the messages of one logger (lighter reroutes the root logger's, so caplog sees none)."""
+
+    def __init__(self, name):
+        super().__init__(logging.WARNING)
+        self.messages = []
+        self.logger = logging.getLogger(name)
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+    def __enter__(self):
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self)
+
+    @property
+    def text(self):
+        return "\n".join(self.messages)
+
+
+def test_bad_rows_and_a_corrupt_scan_are_skipped_named_and_counted(tmp_path, heads):
+    """A blank label, a missing scan and a corrupt scan among good rows: set-up names the lines, training and
+    validation go on over the good scans, the end of the run counts the corrupt one, and the test predictions hold
+    the good scans only."""
+    table = pd.read_csv(heads)
+    table["image"] = [str(heads.parent / p) for p in table["image"]]
+    corrupt = tmp_path / "corrupt.nii.gz"
+    corrupt.write_bytes(Path(table["image"][0]).read_bytes()[:300])  # a truncated gzip
+    bad = pd.DataFrame(
+        {"image": [table["image"][1], str(tmp_path / "gone.nii.gz"), str(corrupt)], "label": [None, 1, 0]}
+    )
+    table = pd.concat([table, bad], ignore_index=True)
+    table["split"] = ["train"] * 4 + ["val", "val", "test", "test", "train", "train", "val"]
+    csv = tmp_path / "labels.csv"
+    table.to_csv(csv, index=False)
+    recipe = [*TRIAGE, f"vars::datalist={csv}"]
+    with _Lines("ctfm.data.base") as caplog:
+        run("fit", tmp_path, *recipe)
+    assert f"{csv}: line 10: no 'label' value (kept for predict only); skipped" in caplog.text
+    assert f"{csv}: line 11: image {tmp_path / 'gone.nii.gz'} does not exist; skipped" in caplog.text
+    assert f"skipping {corrupt}: " in caplog.text
+    assert f"1 items skipped because they failed to load (see the warnings above): {corrupt}" in caplog.text
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)
+    monitored = [state for key, state in best["callbacks"].items() if "ModelCheckpoint" in key][0]
+    assert torch.isfinite(torch.as_tensor(monitored["best_model_score"]))  # validation AUROC over the two good scans
+    run("test", tmp_path, *recipe, ckpt_path=str(tmp_path / "checkpoints" / "best.ckpt"))
+    predictions = pd.read_csv(tmp_path / "predictions.csv")
+    assert sorted(predictions["image"]) == sorted(table["image"][6:8])

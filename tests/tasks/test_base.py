@@ -64,3 +64,34 @@ def test_a_checkpoint_with_non_finite_weights_is_refused(tmp_path):
         module.network.weight[0, 1] = float("inf")
     with pytest.raises(NonFiniteTrainingError, match=r"1 tensors hold NaN or inf \(network.weight\)"):
         module.on_save_checkpoint({"state_dict": module.state_dict()})
+
+
+class _Normalised(CTFMModule):
+    """Linear -> BatchNorm; records the buffers before each step. Batch ``nan_at`` holds a NaN input."""
+
+    def __init__(self, nan_at):
+        network = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+        super().__init__(network=network, optimizer=torch.optim.SGD(network.parameters(), lr=0.1))
+        self.nan_at = nan_at
+        self.buffers_seen = []
+
+    def compute_loss(self, batch):
+        self.buffers_seen.append({name: b.detach().clone() for name, b in self.network.named_buffers()})
+        x = batch["x"]
+        if len(self.buffers_seen) - 1 == self.nan_at:
+            x = x.clone()
+            x[0, 0] = float("nan")
+        return self.network(x).pow(2).mean()
+
+
+def test_a_skipped_step_leaves_batchnorm_statistics_as_they_were(tmp_path):
+    """The NaN batch's forward pass updated the running statistics; skipping the step puts them back."""
+    module = _Normalised(nan_at=2)
+    _fit(module, 5, tmp_path)
+    assert module.skipped_steps == 1
+    before, after = module.buffers_seen[2], module.buffers_seen[3]
+    assert set(before) == {"1.running_mean", "1.running_var", "1.num_batches_tracked"}
+    for name in before:
+        assert torch.isfinite(after[name].float()).all() and torch.equal(before[name], after[name]), name
+    assert not torch.equal(module.buffers_seen[3]["1.running_mean"], module.buffers_seen[4]["1.running_mean"])
+    module.on_save_checkpoint({"state_dict": module.state_dict()})  # finite, so the checkpoint is written
