@@ -1,4 +1,4 @@
-"""``ctfm recipes``: list the Lighter recipes that ship with ctfm, or copy one (with its ``_base`` pieces) to edit."""
+"""``ctfm recipes``: list the Lighter recipes that ship with ctfm, or copy one (a self-contained file) to edit."""
 
 from __future__ import annotations
 
@@ -9,22 +9,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("recipes", help="list the Lighter recipes, or copy one to edit and run")
     parser.add_argument("--from", dest="folder", help="recipes folder (default: ./lighter_configs, else ctfm's own)")
     commands = parser.add_subparsers(dest="recipes_command", metavar="ACTION")
-    copy = commands.add_parser("copy", help="copy a recipe and the _base pieces it uses into a folder")
+    copy = commands.add_parser("copy", help="copy a recipe (one self-contained file) into a folder; never overwrites")
     copy.add_argument("name", help="recipe name as listed, e.g. pretrain")
-    copy.add_argument("destination", help="folder to copy into; run `lighter fit DESTINATION/NAME.yaml` next to it")
+    copy.add_argument("destination", help="folder to copy into; prints the command that runs the copy")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ctfm.recipes import copy_recipe, list_recipes, recipes_dir
+    from ctfm.recipes import copy_recipe, list_recipes, recipe_command, recipes_dir
 
     if args.recipes_command == "copy":
         written = copy_recipe(args.name, args.destination, folder=args.folder)
         for path in written:
             print(f"wrote {path}")
-        print(f"run it from here: lighter fit {written[0]} vars::...=...")
+        print(f"run it: {recipe_command(written[0])}")
         return 0
-    print(f"recipes in {recipes_dir(args.folder)} (run with `lighter fit lighter_configs/NAME.yaml`):")
+    print(f"recipes in {recipes_dir(args.folder)} (run with `lighter fit PATH/NAME.yaml` from any folder):")
     for name, summary in list_recipes(args.folder).items():
         print(f"  {name:24s} {summary}")
     return 0
