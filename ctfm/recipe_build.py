@@ -80,6 +80,11 @@ def _split_header(comments: list[str]) -> tuple[list[str], list[str]]:
     return comments[:cut], comments[cut:]
 
 
+def _is_comment(line: str) -> bool:
+    """A blank or comment line."""
+    return not line.strip() or line.lstrip().startswith("#")
+
+
 def _indent(line: str) -> int:
     return len(line) - len(line.lstrip(" "))
 
@@ -99,8 +104,8 @@ def _parse_block(lines: list[str], indent: int) -> tuple[list[Node], list[str]]:
             raise CTFMError(f"recipe source line {line!r}: expected a key at indent {indent}")
         j = i + 1
         last_content = i
-        while j < len(lines) and (not lines[j].strip() or lines[j].lstrip().startswith("#") or _indent(lines[j]) > indent):
-            if lines[j].strip() and not lines[j].lstrip().startswith("#"):
+        while j < len(lines) and (_is_comment(lines[j]) or _indent(lines[j]) > indent):
+            if not _is_comment(lines[j]):
                 last_content = j
             j += 1
         block = lines[i + 1 : last_content + 1]
@@ -119,7 +124,7 @@ def _parse_block(lines: list[str], indent: int) -> tuple[list[Node], list[str]]:
 def _shift(lines: list[str], by: int) -> list[str]:
     if by >= 0:
         return [(" " * by + line) if line.strip() else line for line in lines]
-    return [line[-by:] if line[: -by].strip() == "" else line.lstrip() for line in lines]
+    return [line[-by:] if line[:-by].strip() == "" else line.lstrip() for line in lines]
 
 
 def _reindent(node: Node, indent: int) -> Node:

@@ -20,7 +20,7 @@ from ctfm.errors import CTFMError
 RECIPES_DIRNAME = "lighter_configs"
 BASE_DIRNAME = "_base"
 #: The first command of a recipe's header: ``#   lighter fit lighter_configs/NAME.yaml vars::...``.
-_COMMAND = re.compile(r"^#\s+lighter (?P<stage>fit|validate|test|predict) lighter_configs/(?P<name>\S+)\.yaml(?P<rest>.*)$")
+_COMMAND = re.compile(r"^#\s+lighter (?P<stage>fit|validate|test|predict) lighter_configs/\S+\.yaml(?P<rest>.*)$")
 
 
 def recipes_dir(start: str | Path | None = None) -> Path:
@@ -119,7 +119,7 @@ def _summary(path: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ctfm.recipes build [--check]``: regenerate the shipped recipes from ``_base/`` (or list stale ones)."""
+    """``python -m ctfm.recipes build [--check]``: rewrite the shipped recipes from ``_base/`` (or list stale ones)."""
     from ctfm.recipe_build import build_all
 
     args = list(sys.argv[1:] if argv is None else argv)

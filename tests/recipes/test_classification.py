@@ -53,7 +53,6 @@ def heads(tmp_path_factory):
 
 def test_head_ct_triage_is_the_paper_setting(heads):
     config = resolved(
-        RECIPES / "classification.yaml",
         RECIPES / "head_ct_triage.yaml",
         f"vars::datalist={heads}",
         "vars::weights=none",
@@ -83,7 +82,7 @@ def test_head_ct_triage_is_the_paper_setting(heads):
         assert torch.allclose(block, ((hu[0] - low) / (high - low)).clamp(0, 1), atol=1e-6)
 
 
-TRIAGE = [RECIPES / "classification.yaml", RECIPES / "head_ct_triage.yaml"]
+TRIAGE = [RECIPES / "head_ct_triage.yaml"]
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +132,6 @@ def test_cq500_reads_evaluate_a_triage_checkpoint(triage_run, heads, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     cq500 = [
-        *TRIAGE,
         RECIPES / "cq500.yaml",
         f"vars::cq500_reads={tmp_path / 'reads.csv'}",
         f"vars::cq500_images={scans}",
