@@ -242,6 +242,7 @@ def build(name: str, recipes_root: Path) -> str:
         file_nodes = _inline(file_nodes, pieces)
         nodes = fold(nodes, file_nodes, file) if nodes else file_nodes
         header = file_header if any(line.strip() for line in file_header) else header
+    nodes = _with_schema(nodes, pieces, name)
     while header and not header[-1].strip():
         header.pop()
     made_from = " + ".join(f"_base/{SOURCES_DIRNAME}/{file}" for file in RECIPES[name])
@@ -255,6 +256,22 @@ def build(name: str, recipes_root: Path) -> str:
     text = "\n".join([*header, *note, *[line for node in nodes for line in node.lines()]]) + "\n"
     dims = name.rsplit("_", 1)[-1] if name.endswith(("_2d", "_3d")) else ""
     return text.replace("{recipe}", f"lighter_configs/{name}.yaml").replace("{dims}", dims)
+
+
+def _with_schema(nodes: list[Node], pieces: _Pieces, name: str) -> list[Node]:
+    """``nodes`` with a ``vars_schema`` after ``vars``: the ``_base/vars.yaml`` entry of each of the recipe's vars."""
+    index = next((i for i, node in enumerate(nodes) if node.key == "vars"), None)
+    if index is None or nodes[index].children is None:
+        return nodes
+    specs = {spec.key: spec for spec in pieces.node("lighter_configs/_base/vars.yaml", "schema").children or []}
+    entries = []
+    for var in nodes[index].children or []:
+        if var.key not in specs:
+            raise CTFMError(f"recipe {name}: var {var.key} has no entry in _base/vars.yaml::schema")
+        entries.append(_reindent(replace(specs[var.key], comments=[]), 2))
+    comment = "# What each var may hold (from _base/vars.yaml): a run whose vars do not fit stops before it starts."
+    schema = Node("vars_schema", 0, ["", comment], "", children=entries)
+    return [*nodes[: index + 1], schema, *nodes[index + 1 :]]
 
 
 def build_all(recipes_root: Path, *, check: bool = False) -> list[Path]:

@@ -109,6 +109,107 @@ def run_recipe(stage: str, inputs: Sequence[str | Path | dict[str, Any]], **stag
     Runner().run(stage, resolved, **stage_kwargs)
 
 
+class RecipeVarsError(SystemExit):
+    """A recipe var that does not fit its recipe: the run stops before it starts, with this one line.
+
+    A ``SystemExit`` (exit code 1) rather than a ``CTFMError``: sparkwheel wraps every ``Exception`` a component
+    raises, and lighter prints that as a page of traceback, where this message would be one line of forty.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"ctfm: {message}")
+
+
+def check_vars(vars: dict[str, Any], schema: dict[str, str]) -> bool:
+    """Stop a run whose vars do not fit ``schema`` (var -> spec, see ``_base/vars.yaml``), in one line naming the var.
+
+    Recipes call it as their model's ``_disabled_`` item, which sparkwheel resolves before anything else of the
+    model: so it returns False (the model is built) when every var fits.
+    """
+    import difflib
+
+    for name, value in vars.items():
+        if name not in schema:
+            close = difflib.get_close_matches(name, list(schema), n=1)
+            hint = f"did you mean vars::{close[0]}?" if close else f"known: {', '.join(sorted(schema))}"
+            raise RecipeVarsError(
+                f"vars::{name} is not a var of this recipe ({hint}); a var of your own needs a vars_schema entry"
+            )
+        spec = schema[name]
+        if not _fits(value, spec):
+            raise RecipeVarsError(f"vars::{name}={value!r}: expected {spec}{_hint(name, value, spec)}")
+    return False
+
+
+_BOUND = re.compile(r"^(?P<type>int|float|bool|str|null|any)\s*(?:(?P<op>>=|<=|>|<)\s*(?P<bound>-?[\d.e+-]+))?$")
+_RANGE = re.compile(r"^(?P<type>int|float)\s+in\s+\[(?P<low>-?[\d.e+-]+),\s*(?P<high>-?[\d.e+-]+)\]$")
+
+
+def _alternatives(spec: str) -> list[str]:
+    """``spec`` split at the top-level `` | `` (not inside ``list[...]`` or ``choice(...)``)."""
+    parts, depth, current = [], 0, ""
+    for char in spec:
+        depth += char in "[(" and 1 or 0
+        depth -= char in "])" and 1 or 0
+        if char == "|" and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return [*parts, current.strip()]
+
+
+def _fits(value: Any, spec: str) -> bool:
+    """Whether ``value`` is one of the alternatives of ``spec``."""
+    import yaml
+
+    for alternative in _alternatives(spec):
+        if alternative.startswith("list[") and alternative.endswith("]"):
+            if isinstance(value, list) and all(_fits(item, alternative[5:-1]) for item in value):
+                return True
+            continue
+        if alternative.startswith("choice(") and alternative.endswith(")"):
+            if any(value == yaml.safe_load(c.strip()) for c in alternative[7:-1].split(",")):
+                return True
+            continue
+        match = _BOUND.match(alternative) or _RANGE.match(alternative)
+        if match is None:
+            raise CTFMError(f"vars_schema: cannot read the spec {spec!r}")
+        kind = match["type"]
+        if kind == "any":
+            return True
+        types: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+        if kind == "null":
+            if value is None:
+                return True
+            continue
+        if not isinstance(value, types[kind]) or (kind != "bool" and isinstance(value, bool)):
+            continue
+        groups = match.groupdict()
+        number = float(value) if isinstance(value, (int, float)) else 0.0
+        if groups.get("low") is not None and not float(groups["low"]) <= number <= float(groups["high"]):
+            continue
+        if groups.get("op") and not _compare(number, groups["op"], float(groups["bound"])):
+            continue
+        return True
+    return False
+
+
+def _compare(value: float, op: str, bound: float) -> bool:
+    return {">": value > bound, ">=": value >= bound, "<": value < bound, "<=": value <= bound}[op]
+
+
+def _hint(name: str, value: Any, spec: str) -> str:
+    """The usual cause of a mismatch, said once."""
+    if isinstance(value, str) and re.fullmatch(r"-?\d+(\.\d*)?[eE][-+]?\d+|-?\d+", value):
+        return f" (YAML reads {value} as text: write it with a decimal point, e.g. 1.0e-4)"
+    if "list[" in spec and not isinstance(value, list):
+        return f" (a list: replace it with a leading '=', e.g. '=vars::{name}=[...]')"
+    if "list[" in spec and isinstance(value, list):
+        return f" (a plain vars::{name}=[...] override appends to the list; '=vars::{name}=[...]' replaces it)"
+    return ""
+
+
 def _summary(path: Path) -> str:
     for line in path.read_text().splitlines():
         if line.startswith("#"):

@@ -16,7 +16,7 @@ from sparkwheel import Config
 from ctfm.cli import main
 from ctfm.recipe_build import RECIPES as SOURCES
 from ctfm.recipe_build import build_all
-from ctfm.recipes import list_recipes, recipe_command
+from ctfm.recipes import RecipeVarsError, check_vars, list_recipes, recipe_command
 
 REPOSITORY = RECIPES.resolve().parent
 CPU = ["trainer::accelerator=cpu", "trainer::devices=1", "trainer::enable_progress_bar=false"]
@@ -44,7 +44,9 @@ def test_a_generated_recipe_is_what_sparkwheel_composes_from_its_sources(name, m
     for source in SOURCES[name]:
         composed.update(f"lighter_configs/_base/recipes/{source}")
     generated = yaml.safe_load((RECIPES / f"{name}.yaml").read_text())
+    schema = generated.pop("vars_schema")  # added by the generator: the _base/vars.yaml entry of each var
     assert generated == composed.get()
+    assert list(schema) == list(generated["vars"])
     assert "%lighter_configs" not in (RECIPES / f"{name}.yaml").read_text()
 
 
@@ -178,3 +180,42 @@ def test_recipes_copy_writes_nothing_when_the_target_exists(tmp_path, monkeypatc
     assert main(["recipes", "copy", "pretrain", "my"]) == 1
     assert "exists already" in capsys.readouterr().err
     assert (tmp_path / "my" / "pretrain.yaml").read_text() == "mine"
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_every_recipe_checks_its_vars_first_and_its_defaults_fit(name):
+    config = Config().update(str(RECIPES / f"{name}.yaml"))
+    model = config.get("model")
+    assert list(model)[:2] == ["_target_", "_disabled_"]  # sparkwheel resolves the check before the rest
+    assert model["_disabled_"]["_target_"] == "ctfm.recipes.check_vars"
+    assert check_vars(config.resolve("vars"), config.get("vars_schema")) is False
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("vars::lr=1e-4", "vars::lr='1e-4': expected float > 0 (YAML reads 1e-4 as text"),
+        ("vars::patch_size=16", "vars::patch_size=16: expected list[int >= 1] (a list: replace it"),
+        ("vars::lrr=0.1", "vars::lrr is not a var of this recipe (did you mean vars::lr?)"),
+        ("vars::max_epochs=-3", "vars::max_epochs=-3: expected int >= 1"),
+        ("vars::max_epochs=true", "vars::max_epochs=True: expected int >= 1"),
+        ("vars::precision=null", "vars::precision=None: expected str | int"),
+        ("=vars::spacing=[3.0,0,1.0]", "vars::spacing=[3.0, 0, 1.0]: expected list[float > 0] | null"),
+    ],
+)
+def test_a_bad_var_stops_the_run_before_anything_is_built_in_one_line(override, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RecipeVarsError) as raised:
+        Runner().run("fit", [str(RECIPES / "pretrain.yaml"), "vars::datalist=d.csv", override])
+    assert str(raised.value.code).startswith(f"ctfm: {message}")
+    assert "\n" not in str(raised.value.code) and raised.value.code != 0
+    assert not (tmp_path / "runs").exists()
+
+
+def test_var_specs():
+    schema = {"a": "int >= 0 | float in [0, 1]", "b": "choice(tiny, small) | null", "c": "list[list[float]]"}
+    assert check_vars({"a": 3, "b": None, "c": [[1, 2.5]]}, schema) is False
+    assert check_vars({"a": 0.5, "b": "tiny", "c": []}, schema) is False
+    for bad in ({"a": 1.5}, {"a": -1}, {"b": "big"}, {"c": [1.0]}, {"a": "1"}):
+        with pytest.raises(RecipeVarsError):
+            check_vars(bad, schema)
