@@ -1,6 +1,6 @@
 """From an SQL selection on the NCI Imaging Data Commons index to a pretraining datalist, in three steps.
 
-``query`` runs a selection (``data_queries/*.sql``) on the bundled idc-index tables with DuckDB, ``download``
+``query`` runs a selection (a shipped ``ctfm/idc/queries/*.sql`` by name, or a file) on the bundled idc-index tables with DuckDB, ``download``
 fetches its series with s5cmd and verifies them, ``convert`` turns each DICOM series into a NIfTI volume and writes
 the datalist CSV the pretraining recipe reads. The ``ctfm idc query|download|convert`` commands wrap them.
 
