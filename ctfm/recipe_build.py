@@ -248,8 +248,9 @@ def build(name: str, recipes_root: Path) -> str:
     made_from = " + ".join(f"_base/{SOURCES_DIRNAME}/{file}" for file in RECIPES[name])
     note = [
         "#",
-        f"# GENERATED from {made_from} and the _base pieces they name:",
-        "# edit those, then run `python -m ctfm.recipes build` (a test fails while this file is stale).",
+        "# GENERATED from these sources and the _base pieces they name; edit those, then run",
+        "# `python -m ctfm.recipes build` (a test fails while this file is stale):",
+        f"#   {made_from}",
         "# This one file is the whole recipe: it runs by its path from any folder, and a copy of it runs alone.",
         "",
     ]
