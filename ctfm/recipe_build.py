@@ -41,6 +41,7 @@ RECIPES: dict[str, tuple[str, ...]] = {
 SOURCES_DIRNAME = "recipes"
 _KEY = re.compile(r"^(?P<indent> *)(?P<key>[=~]?[A-Za-z0-9_.-]+):(?P<value>.*)$")
 _ITEM_KEY = re.compile(r"^(?P<lead> *(?:- )?)(?P<key>[A-Za-z0-9_.-]+):(?P<value>.*)$")
+_ITEM_REF = re.compile(r"""^(?P<lead> *- )["']%(?P<file>[^"':]+\.ya?ml)::(?P<path>[^"']+)["']\s*$""")
 _PIECE_REF = re.compile(r"""^\s*["']%(?P<file>[^"':]+\.ya?ml)::(?P<path>[^"']+)["']\s*$""")
 
 
@@ -184,9 +185,17 @@ def _inline(nodes: list[Node], pieces: _Pieces) -> list[Node]:
 
 
 def _inline_lines(lines: list[str], pieces: _Pieces) -> list[str]:
-    """The same inside a block sequence: ``- key: "%file.yaml::path"`` or ``  key: "%..."`` lines of its items."""
+    """The same inside a block sequence: ``- "%file.yaml::path"`` items, ``- key: "%..."`` or ``  key: "%..."``."""
     result = []
     for line in lines:
+        item = _ITEM_REF.match(line)
+        if item is not None:  # the item is a whole piece (a mapping): its keys, the first one after the dash
+            piece = pieces.node(item["file"], item["path"])
+            indent = len(item["lead"])
+            below = [c for child in piece.children or [] for c in _reindent(child, indent).lines()]
+            first = next(i for i, text in enumerate(below) if not _is_comment(text))
+            result += [*below[:first], item["lead"][:-2] + "- " + below[first].lstrip(" "), *below[first + 1 :]]
+            continue
         match = _ITEM_KEY.match(line)
         ref = _PIECE_REF.match(match["value"]) if match else None
         if match is None or ref is None:

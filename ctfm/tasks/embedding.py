@@ -64,10 +64,12 @@ class CorpusEmbedding(LighterModule):
         self._writer = TableWriter(self.out, settings, self.scans_per_part, prefix=prefix)
         self._preprocess = preprocess
 
-    def predict_step(self, batch: list[str], batch_idx: int) -> None:
+    def predict_step(self, batch: list[str], batch_idx: int) -> list[str]:
+        """Embed the batch's scans into the table; returns their paths (a step returning None makes Lightning warn)."""
         assert self._writer is not None
         for path in batch:
             embed_into(self._writer, self.report, self.network, path, self._preprocess, self.patches_per_forward)
+        return batch
 
     def on_predict_end(self) -> None:
         if self._writer is not None:

@@ -65,7 +65,7 @@ def test_head_ct_triage_is_the_paper_setting(heads):
     assert [(h.in_features, h.out_features) for h in head] == [(512, 256), (256, 1)]
     assert isinstance(model.criterion, torch.nn.BCEWithLogitsLoss)
     assert type(model.optimizer).__name__ == "AdamW" and model.optimizer.defaults["weight_decay"] == 1e-5
-    checkpoint = config.get("trainer::callbacks")[0]
+    checkpoint = config.get("trainer::callbacks")[1]  # after the QuietLightning callback
     assert (checkpoint["monitor"], checkpoint["mode"]) == ("val/metrics/AUROC/epoch", "max")
     affine = config.get("data::train_transforms::transforms")[5]
     assert (affine["prob"], affine["rotate_range"], affine["scale_range"]) == (0.2, [0.26] * 3, [0.2] * 3)

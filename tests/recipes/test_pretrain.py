@@ -158,6 +158,7 @@ def test_pretrain_built_from_base_pieces_is_the_recipe_it_was(tmp_path):
     assert {k: v for k, v in new.get("vars").items() if k not in added} == expected.pop("vars")
     assert {k: new.get("vars")[k] for k in added} == added
     got = new.get()
+    assert got["model"].pop("_disabled_")["_target_"] == "ctfm.recipes.check_vars"  # the vars check, added since
     assert got["model"] == expected["model"] and got["data"] == expected["data"]
     old_model, new_model = old.resolve("model"), new.resolve("model")
     assert type(old_model) is type(new_model)

@@ -219,3 +219,33 @@ def test_var_specs():
     for bad in ({"a": 1.5}, {"a": -1}, {"b": "big"}, {"c": [1.0]}, {"a": "1"}):
         with pytest.raises(RecipeVarsError):
             check_vars(bad, schema)
+
+
+def test_quiet_lightning_drops_lightnings_banners_and_keeps_warnings_and_ctfm_lines():
+    import logging
+
+    import pytorch_lightning as pl
+    from pytorch_lightning.utilities import rank_zero_info
+
+    import ctfm.tasks.finetune
+    from ctfm.tasks.quiet import QuietLightning
+
+    seen: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("pytorch_lightning")
+    logger.addHandler(handler)
+    try:
+        quiet = QuietLightning()
+        pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)  # "GPU available: ..." and a tip
+        exec(
+            compile("rank_zero_info('ctfm says')", ctfm.tasks.finetune.__file__, "exec"),
+            {"rank_zero_info": rank_zero_info},
+        )
+        logging.getLogger("pytorch_lightning.trainer").warning("a warning")
+        assert seen == ["ctfm says", "a warning"]
+        quiet.teardown(None, None, "fit")
+        pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+        assert any("GPU available" in line for line in seen)
+    finally:
+        logger.removeHandler(handler)
