@@ -155,12 +155,12 @@ class _Pieces:
     """The ``_base`` piece files, parsed once each."""
 
     def __init__(self, recipes_root: Path) -> None:
-        self.root = recipes_root.parent
+        self.root = recipes_root
         self.parsed: dict[Path, list[Node]] = {}
 
     def node(self, file: str, path: str) -> Node:
-        # Sources name pieces as the working folder sees them: lighter_configs/_base/x.yaml.
-        location = self.root / file
+        # Sources name pieces as sparkwheel sees them from the repository root: lighter_configs/_base/x.yaml.
+        location = self.root / Path(file).relative_to("lighter_configs")
         if location not in self.parsed:
             if not location.is_file():
                 raise CTFMError(f"piece {file} does not exist (looked for {location})")

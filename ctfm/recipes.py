@@ -227,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] != "build":
         print("usage: python -m ctfm.recipes build [--check]", file=sys.stderr)
         return 2
-    root = Path(__file__).resolve().parent.parent / RECIPES_DIRNAME
+    root = Path(__file__).resolve().parent / RECIPES_DIRNAME  # a checkout's links to its lighter_configs/
     stale = build_all(root, check="--check" in args)
     for path in stale:
         print(f"{'stale' if '--check' in args else 'wrote'} {path}")

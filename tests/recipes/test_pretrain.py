@@ -1,5 +1,6 @@
 """The Lighter recipes: they resolve with the published defaults, train, export, load, and resume."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -151,13 +152,13 @@ def test_pretrain_built_from_base_pieces_is_the_recipe_it_was(tmp_path):
     datalist = f"vars::datalist={tmp_path / 'datalist.csv'}"
     old = Config().update(str(BEFORE_BASE)).update(datalist)
     new = resolved(RECIPES / "pretrain.yaml", datalist)
-    expected = old.get()
+    expected = copy.deepcopy(old.get())
     expected["model"]["_target_"] = "ctfm.tasks.IntraSampleSimCLR"  # the module moved; ctfm.ssl still resolves
     # Added since: a quiet-logs callback, last.ckpt refreshed by time, and bounded validation (vars below).
     added = {"checkpoint_every_n_minutes": 30, "val_batches": 1.0}
     assert {k: v for k, v in new.get("vars").items() if k not in added} == expected.pop("vars")
     assert {k: new.get("vars")[k] for k in added} == added
-    got = new.get()
+    got = copy.deepcopy(new.get())
     assert got["model"].pop("_disabled_")["_target_"] == "ctfm.recipes.check_vars"  # the vars check, added since
     assert got["model"] == expected["model"] and got["data"] == expected["data"]
     old_model, new_model = old.resolve("model"), new.resolve("model")
