@@ -20,7 +20,7 @@ from ctfm.recipes import RecipeVarsError, check_vars, list_recipes, recipe_comma
 
 REPOSITORY = RECIPES.resolve().parent
 CPU = ["trainer::accelerator=cpu", "trainer::devices=1", "trainer::enable_progress_bar=false"]
-CPU += ["trainer::max_steps=1", "vars::num_workers=0", "vars::precision=32-true", "vars::output_dir=run"]
+CPU += ["trainer::max_steps=1", "vars::num_workers=0", "vars::precision=32-true"]
 TINY_PRETRAIN = ["=vars::patch_size=[8,32,32]", "vars::patches_per_scan=2", "vars::scans_per_device=2"]
 TINY_PRETRAIN += ["vars::steps_per_epoch=1", "vars::max_epochs=1", "vars::warmup_epochs=0"]
 TINY_SIZE = {2: "[16,16]", 3: "[8,16,16]"}
@@ -92,7 +92,7 @@ def tiny(name: str, data: dict, denoiser) -> list[str]:
         return [f"vars::datalist={data['datalist']}", "vars::init_filters=4", *TINY_PRETRAIN]
     if name == "distill":
         return [f"vars::datalist={data['datalist']}", f"vars::teacher={data['encoder']}", *TINY_PRETRAIN]
-    if name == "embed":
+    if name == "embed":  # writes a table, not a run folder
         return [f"vars::datalist={data['datalist']}", f"vars::model={data['encoder']}", "=vars::patch_size=[8,32,32]"]
     classify = ["vars::weights=none", "vars::init_filters=4", "=vars::roi_size=[8,32,32]", "vars::batch_size=2"]
     if name in ("classification", "head_ct_triage"):
@@ -132,7 +132,8 @@ def copy_and_run(name: str, folder: Path, overrides: list[str]) -> Path:
         assert words[:1] == ["lighter"] and Path(words[2]).is_file()
         flags = {i for i, word in enumerate(words) if word.startswith("--")}  # --ckpt_path P: a later run's
         printed = [word for i, word in enumerate(words) if i > 2 and i not in flags and i - 1 not in flags]
-        Runner().run(words[1], [words[2], *printed, *overrides, *CPU])
+        output = "vars::out=run/embeddings.parquet" if name == "embed" else "vars::output_dir=run"
+        Runner().run(words[1], [words[2], *printed, *overrides, *CPU, output])
     finally:
         os.chdir(here)
     return folder / "run"
@@ -159,7 +160,7 @@ def test_a_recipe_copied_alone_into_an_empty_folder_runs_as_printed(name, tmp_pa
     assert REPOSITORY not in tmp_path.parents
     run = copy_and_run(name, tmp_path / "project", tiny(name, data, denoiser))
     if name == "embed":
-        assert any((tmp_path / "project").glob("**/*.parquet"))
+        assert any(run.glob("embeddings.parquet/*.parquet"))
     elif name == "cq500":
         assert (run / "predictions.csv").is_file()
     else:
@@ -169,7 +170,7 @@ def test_a_recipe_copied_alone_into_an_empty_folder_runs_as_printed(name, tmp_pa
 def test_a_shipped_recipe_runs_by_its_absolute_path_from_another_folder(tmp_path, data, monkeypatch):
     monkeypatch.chdir(tmp_path)
     recipe = str((RECIPES / "quickstart.yaml").resolve())
-    Runner().run("fit", [recipe, *tiny("quickstart", data, None), *CPU])
+    Runner().run("fit", [recipe, *tiny("quickstart", data, None), *CPU, "vars::output_dir=run"])
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 
 
