@@ -3,7 +3,7 @@
     python benchmarks/learning_check.py [--epochs 10] [--patches 8] [--scans 8]
 
 1. Pretrains the small quickstart encoder on synthetic sample scans with the real recipe (`lighter fit
-   pretrain.yaml quickstart.yaml`) for a few minutes on a CPU, and exports it.
+   quickstart.yaml`) for a few minutes on a CPU, and exports it.
 2. Embeds patches of held-out synthetic scans (never seen in pretraining) with the pretrained encoder and with a
    randomly initialised encoder of the same shape.
 3. Fits the same logistic-regression probe on each to predict the tissue at the patch centre, trained on some
@@ -39,7 +39,7 @@ MIN_PER_CLASS = 8
 def pretrain(workdir: Path, scans: int, epochs: int, patches: int) -> torch.nn.Module:
     datalist = make_sample_dataset(workdir / "data", n_scans=scans, seed=0)
     recipes = recipes_dir()
-    inputs = [recipes / "pretrain.yaml", recipes / "quickstart.yaml", f"vars::datalist={datalist}"]
+    inputs = [recipes / "quickstart.yaml", f"vars::datalist={datalist}"]
     inputs += [f"vars::output_dir={workdir}", f"vars::max_epochs={epochs}", f"vars::patches_per_scan={patches}"]
     inputs += ["trainer::enable_progress_bar=false"]
     run_recipe("fit", inputs)

@@ -2,7 +2,7 @@
 
     python benchmarks/triage_learning_check.py [--scans 32] [--epochs 6]
 
-Runs `lighter fit classification.yaml head_ct_triage.yaml` (random encoder, init_filters 8, 16 x 64 x 64 crops,
+Runs `lighter fit head_ct_triage.yaml` (random encoder, init_filters 8, 16 x 64 x 64 crops,
 so the model sees 64 x 64 x 64 after the four windows) on synthetic heads, then `lighter test` on held-out heads
 never seen in training, and prints the training loss per epoch and the test AUROC from predictions.csv.
 """
@@ -45,7 +45,6 @@ def main() -> None:
         run_dir = folder / "run"
         run_dir.mkdir()
         inputs = [
-            recipes / "classification.yaml",
             recipes / "head_ct_triage.yaml",
             f"vars::datalist={csv}",
             f"vars::output_dir={run_dir}",

@@ -31,7 +31,6 @@ def run_quickstart(
     recipes = recipes_dir(configs)
     datalist = make_sample_dataset(out / "data", n_scans=n_scans, seed=0)
     command: list[str | Path] = [
-        recipes / "pretrain.yaml",
         recipes / "quickstart.yaml",
         f"vars::datalist={datalist}",
         f"vars::output_dir={out}",

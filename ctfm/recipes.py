@@ -1,14 +1,16 @@
-"""The Lighter recipes: find them, list them, copy them with their ``_base`` pieces, and run them from Python.
+"""The Lighter recipes: find them, list them, copy one to edit, and run them from Python.
 
-Recipes compose from ``lighter_configs/_base/`` through sparkwheel raw references such as
-``"%lighter_configs/_base/trainer.yaml::trainer"``. sparkwheel reads such a path relative to the folder ``lighter``
-runs in, so a recipe runs from the folder holding its recipes folder; :func:`copy_recipe` rewrites the prefix for
-the copy's folder, and :func:`run_recipe` anchors the references at the recipe file itself, so it runs from anywhere.
+Every shipped recipe is one self-contained file generated from ``lighter_configs/_base/`` (see
+:mod:`ctfm.recipe_build`; ``python -m ctfm.recipes build`` regenerates them), because sparkwheel reads a
+``%file.yaml::key`` piece relative to the working folder. So ``lighter fit /any/path/recipe.yaml`` runs from any
+folder, and a recipe copied alone into an empty folder runs there.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,8 @@ from ctfm.errors import CTFMError
 
 RECIPES_DIRNAME = "lighter_configs"
 BASE_DIRNAME = "_base"
-#: A raw reference to a piece in a ``_base`` folder: ``%<folder>/_base/<file>.yaml::<key>``.
-_QUOTED_REF = re.compile(r'"(%[^"]+)"')
-_BASE_REF = re.compile(r"^%(?P<folder>.*?)/?" + BASE_DIRNAME + r"/(?P<file>[\w.-]+\.ya?ml)(?P<key>::.*)$")
+#: The first command of a recipe's header: ``#   lighter fit lighter_configs/NAME.yaml vars::...``.
+_COMMAND = re.compile(r"^#\s+lighter (?P<stage>fit|validate|test|predict) lighter_configs/\S+\.yaml(?P<rest>.*)$")
 
 
 def recipes_dir(start: str | Path | None = None) -> Path:
@@ -50,53 +51,53 @@ def list_recipes(folder: str | Path | None = None) -> dict[str, str]:
 
 
 def copy_recipe(name: str, destination: str | Path, *, folder: str | Path | None = None) -> list[Path]:
-    """Copy recipe ``name`` and the ``_base`` pieces it references into ``destination``; returns the files written.
+    """Copy recipe ``name`` (one self-contained file) into folder ``destination``; returns the files written.
 
-    References are rewritten to ``%<destination>/_base/...`` as given (relative stays relative), so the copy runs
-    with ``lighter fit <destination>/<name>.yaml`` from the current folder. Existing files are not overwritten.
+    Nothing is written when any target exists already: a copy never overwrites an edited recipe.
     """
     root = recipes_dir(folder)
     source = root / f"{name}.yaml"
-    if not source.is_file():
+    if not source.is_file() or BASE_DIRNAME in Path(name).parts:
         known = ", ".join(list_recipes(root))
         raise CTFMError(f"no recipe named {name!r} in {root}; known recipes: {known}")
-    destination = Path(destination)
-    prefix = destination.as_posix().rstrip("/")
-    pieces = _base_pieces(source, root)
-    targets = {path: destination / path.relative_to(root) for path in [source, *pieces]}
-    existing = [target for target in targets.values() if target.exists()]
-    if existing:  # checked before writing anything: a refused copy leaves the folder as it was
-        raise CTFMError(
-            f"{', '.join(map(str, existing))} exist{'s' if len(existing) == 1 else ''} already; nothing was copied. "
-            "Copy into an empty folder or remove them first"
-        )
-    written = []
+    targets = {source: Path(destination) / source.name}
+    existing = [str(target) for target in targets.values() if target.exists()]
+    if existing:
+        raise CTFMError(f"{', '.join(existing)} exists already; nothing was copied: copy into another folder or remove it")
     for path, target in targets.items():
         target.parent.mkdir(parents=True, exist_ok=True)
-        text = path.read_text()
-        target.write_text(_rewrite_base_refs(text, lambda _: f"{prefix}/{BASE_DIRNAME}"))
-        written.append(target)
-    return written
+        target.write_text(path.read_text())
+    return list(targets.values())
+
+
+def recipe_command(recipe: str | Path) -> str:
+    """The first command in ``recipe``'s header, naming the recipe file by ``recipe`` as given (runs as printed)."""
+    lines = Path(recipe).read_text().splitlines()
+    for i, line in enumerate(lines):
+        match = _COMMAND.match(line)
+        if match:
+            rest = match["rest"]
+            for more in lines[i + 1 :]:  # continuation lines ending in a backslash
+                if not rest.endswith("\\"):
+                    break
+                rest = rest[:-1].rstrip() + " " + more.lstrip("# ")
+            return f"lighter {match['stage']} {shlex.quote(str(recipe))}{rest}"
+    return f"lighter fit {shlex.quote(str(recipe))}"
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    """A recipe as a dict whose ``_base`` references point at the ``_base`` folder of its recipes folder."""
+    """A recipe file as a dict (a one-line error when it cannot be read)."""
     import yaml
 
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as err:
+        return yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
         raise CTFMError(f"{path}: cannot read the recipe ({err})") from err
-    # The recipes folder is the nearest one holding _base/ (recipes may sit in sub-folders such as diffusion/).
-    folders = path.resolve().parents
-    base = next((f / BASE_DIRNAME for f in folders if (f / BASE_DIRNAME).is_dir()), folders[0] / BASE_DIRNAME)
-    anchored = _rewrite_base_refs(text, lambda _: base.as_posix())
-    return yaml.safe_load(anchored) or {}
 
 
 def run_recipe(stage: str, inputs: Sequence[str | Path | dict[str, Any]], **stage_kwargs: Any) -> None:
-    """What ``lighter STAGE INPUTS...`` does, in this process and from any folder (``ckpt_path=...`` resumes)."""
+    """What ``lighter STAGE INPUTS...`` does, in this process (``ckpt_path=...`` resumes)."""
     from lighter import Runner
 
     resolved: list[Any] = []
@@ -106,6 +107,107 @@ def run_recipe(stage: str, inputs: Sequence[str | Path | dict[str, Any]], **stag
         else:
             resolved.append(item)
     Runner().run(stage, resolved, **stage_kwargs)
+
+
+class RecipeVarsError(SystemExit):
+    """A recipe var that does not fit its recipe: the run stops before it starts, with this one line.
+
+    A ``SystemExit`` (exit code 1) rather than a ``CTFMError``: sparkwheel wraps every ``Exception`` a component
+    raises, and lighter prints that as a page of traceback, where this message would be one line of forty.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"ctfm: {message}")
+
+
+def check_vars(vars: dict[str, Any], schema: dict[str, str]) -> bool:
+    """Stop a run whose vars do not fit ``schema`` (var -> spec, see ``_base/vars.yaml``), in one line naming the var.
+
+    Recipes call it as their model's ``_disabled_`` item, which sparkwheel resolves before anything else of the
+    model: so it returns False (the model is built) when every var fits.
+    """
+    import difflib
+
+    for name, value in vars.items():
+        if name not in schema:
+            close = difflib.get_close_matches(name, list(schema), n=1)
+            hint = f"did you mean vars::{close[0]}?" if close else f"known: {', '.join(sorted(schema))}"
+            raise RecipeVarsError(
+                f"vars::{name} is not a var of this recipe ({hint}); a var of your own needs a vars_schema entry"
+            )
+        spec = schema[name]
+        if not _fits(value, spec):
+            raise RecipeVarsError(f"vars::{name}={value!r}: expected {spec}{_hint(name, value, spec)}")
+    return False
+
+
+_BOUND = re.compile(r"^(?P<type>int|float|bool|str|null|any)\s*(?:(?P<op>>=|<=|>|<)\s*(?P<bound>-?[\d.e+-]+))?$")
+_RANGE = re.compile(r"^(?P<type>int|float)\s+in\s+\[(?P<low>-?[\d.e+-]+),\s*(?P<high>-?[\d.e+-]+)\]$")
+
+
+def _alternatives(spec: str) -> list[str]:
+    """``spec`` split at the top-level `` | `` (not inside ``list[...]`` or ``choice(...)``)."""
+    parts, depth, current = [], 0, ""
+    for char in spec:
+        depth += char in "[(" and 1 or 0
+        depth -= char in "])" and 1 or 0
+        if char == "|" and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return [*parts, current.strip()]
+
+
+def _fits(value: Any, spec: str) -> bool:
+    """Whether ``value`` is one of the alternatives of ``spec``."""
+    import yaml
+
+    for alternative in _alternatives(spec):
+        if alternative.startswith("list[") and alternative.endswith("]"):
+            if isinstance(value, list) and all(_fits(item, alternative[5:-1]) for item in value):
+                return True
+            continue
+        if alternative.startswith("choice(") and alternative.endswith(")"):
+            if any(value == yaml.safe_load(c.strip()) for c in alternative[7:-1].split(",")):
+                return True
+            continue
+        match = _BOUND.match(alternative) or _RANGE.match(alternative)
+        if match is None:
+            raise CTFMError(f"vars_schema: cannot read the spec {spec!r}")
+        kind = match["type"]
+        if kind == "any":
+            return True
+        types: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+        if kind == "null":
+            if value is None:
+                return True
+            continue
+        if not isinstance(value, types[kind]) or (kind != "bool" and isinstance(value, bool)):
+            continue
+        groups = match.groupdict()
+        number = float(value) if isinstance(value, (int, float)) else 0.0
+        if groups.get("low") is not None and not float(groups["low"]) <= number <= float(groups["high"]):
+            continue
+        if groups.get("op") and not _compare(number, groups["op"], float(groups["bound"])):
+            continue
+        return True
+    return False
+
+
+def _compare(value: float, op: str, bound: float) -> bool:
+    return {">": value > bound, ">=": value >= bound, "<": value < bound, "<=": value <= bound}[op]
+
+
+def _hint(name: str, value: Any, spec: str) -> str:
+    """The usual cause of a mismatch, said once."""
+    if isinstance(value, str) and re.fullmatch(r"-?\d+(\.\d*)?[eE][-+]?\d+|-?\d+", value):
+        return f" (YAML reads {value} as text: write it with a decimal point, e.g. 1.0e-4)"
+    if "list[" in spec and not isinstance(value, list):
+        return f" (a list: replace it with a leading '=', e.g. '=vars::{name}=[...]')"
+    if "list[" in spec and isinstance(value, list):
+        return f" (a plain vars::{name}=[...] override appends to the list; '=vars::{name}=[...]' replaces it)"
+    return ""
 
 
 def _summary(path: Path) -> str:
@@ -121,37 +223,20 @@ def _summary(path: Path) -> str:
     return sentence[:-1] + "." if sentence.endswith(":") else sentence
 
 
-def _base_pieces(recipe: Path, root: Path) -> list[Path]:
-    """The ``_base`` files ``recipe`` references, directly or through other pieces."""
-    found: list[Path] = []
-    pending = [recipe]
-    while pending:
-        for match in _QUOTED_REF.finditer(_without_comments(pending.pop().read_text())):
-            ref = _BASE_REF.match(match.group(1))
-            if ref is None:
-                continue
-            piece = root / BASE_DIRNAME / ref["file"]
-            if not piece.is_file():
-                raise CTFMError(f"{recipe} refers to {piece}, which does not exist")
-            if piece not in found:
-                found.append(piece)
-                pending.append(piece)
-    return found
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ctfm.recipes build [--check]``: rewrite the shipped recipes from ``_base/`` (or list stale ones)."""
+    from ctfm.recipe_build import build_all
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] != "build":
+        print("usage: python -m ctfm.recipes build [--check]", file=sys.stderr)
+        return 2
+    root = Path(__file__).resolve().parent / RECIPES_DIRNAME  # a checkout's links to its lighter_configs/
+    stale = build_all(root, check="--check" in args)
+    for path in stale:
+        print(f"{'stale' if '--check' in args else 'wrote'} {path}")
+    return 1 if stale and "--check" in args else 0
 
 
-def _rewrite_base_refs(text: str, base_for: Any) -> str:
-    """Replace the folder of every ``%.../_base/<file>::<key>`` reference in quoted YAML values."""
-
-    def rewrite(match: re.Match[str]) -> str:
-        ref = _BASE_REF.match(match.group(1))
-        if ref is None:
-            return match.group(0)
-        return f'"%{base_for(ref["folder"])}/{ref["file"]}{ref["key"]}"'
-
-    return "".join(
-        line if line.lstrip().startswith("#") else _QUOTED_REF.sub(rewrite, line) for line in text.splitlines(True)
-    )
-
-
-def _without_comments(text: str) -> str:
-    return "".join(line for line in text.splitlines(True) if not line.lstrip().startswith("#"))
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -21,8 +21,8 @@ TINY = [
 
 
 def fit_tiny(run_dir: Path, datalist: Path, *overrides: str, ckpt_path: str | None = None) -> None:
-    """Pretrain on ``datalist`` into ``run_dir`` with pretrain.yaml + quickstart.yaml + TINY + ``overrides``."""
-    inputs = [RECIPES / "pretrain.yaml", RECIPES / "quickstart.yaml", f"vars::datalist={datalist}"]
+    """Pretrain on ``datalist`` into ``run_dir`` with quickstart.yaml (CPU-sized pretraining), TINY, ``overrides``."""
+    inputs = [RECIPES / "quickstart.yaml", f"vars::datalist={datalist}"]
     inputs += [f"vars::output_dir={run_dir}", *TINY, *overrides, "trainer::enable_progress_bar=false"]
     cwd = os.getcwd()
     os.chdir(run_dir)  # lighter looks for a __lighter__.py project file in the working folder

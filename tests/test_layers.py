@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ctfm"
 LAYERS = [
     ("ctfm.errors",),
     ("ctfm.atomic",),
-    ("ctfm.reports", "ctfm.plotting", "ctfm.outputs"),
+    ("ctfm.reports", "ctfm.plotting", "ctfm.outputs", "ctfm.recipe_build"),
     ("ctfm.io",),
     ("ctfm.transforms",),
     ("ctfm.data", "ctfm.nn", "ctfm.losses", "ctfm.image_quality"),

@@ -18,8 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("idc", help="select, download and convert CT series from the Imaging Data Commons")
     commands = parser.add_subparsers(dest="idc_command", metavar="STEP", required=True)
 
-    query = commands.add_parser("query", help="run a data_queries/*.sql selection on the IDC index")
-    query.add_argument("sql", help="SQL file (see data_queries/)")
+    query = commands.add_parser("query", help="run an SQL selection (shipped, by name, or a file) on the IDC index")
+    query.add_argument("sql", help="name of a shipped selection (`ctfm idc queries` lists them) or an SQL file")
     query.add_argument(
         "--param",
         type=_pair,
@@ -43,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     query.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     query.set_defaults(func=run_query)
 
+    queries = commands.add_parser("queries", help="list the SQL selections shipped with ctfm")
+    queries.set_defaults(func=run_queries)
+
     download = commands.add_parser("download", help="download the series of a selection CSV with s5cmd")
     download.add_argument("selection", help="selection CSV written by `ctfm idc query`")
     download.add_argument("--out", required=True, help="download folder: one sub-folder per series")
@@ -61,18 +64,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_query(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ctfm.idc.query import query, summarize
+    from ctfm.idc.query import find_sql, query, summarize
     from ctfm.idc.selection import write_csv_atomically
     from ctfm.outputs import refuse_overwrite
 
     if args.out:
         refuse_overwrite([args.out], args.overwrite)
 
-    selection = query(Path(args.sql), dict(args.param), tables=dict(args.table), fetch=not args.no_fetch)
+    selection = query(find_sql(args.sql), dict(args.param), tables=dict(args.table), fetch=not args.no_fetch)
     print(f"{args.sql}: {summarize(selection)}")
     if args.out:
         write_csv_atomically(selection, Path(args.out))
         print(f"wrote {len(selection):,} rows to {args.out}")
+    return 0
+
+
+def run_queries(args: argparse.Namespace) -> int:
+    from ctfm.idc.query import QUERIES_DIR, shipped_queries
+
+    print(f"SQL selections in {QUERIES_DIR} (run one with `ctfm idc query NAME`; copy one to edit it):")
+    for name, summary in shipped_queries().items():
+        print(f"  {name:26s} {summary}")
     return 0
 
 

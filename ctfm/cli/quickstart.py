@@ -11,7 +11,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", default="runs/quickstart", help="folder for data, logs, checkpoints and the encoder")
     parser.add_argument("--scans", type=int, default=8, help="number of synthetic training scans")
-    parser.add_argument("--configs", default=None, help="folder holding pretrain.yaml and quickstart.yaml")
+    parser.add_argument("--configs", default=None, help="folder holding quickstart.yaml (default: ctfm's own recipes)")
     parser.add_argument("overrides", nargs="*", help="extra lighter overrides, e.g. vars::max_epochs=2")
     parser.set_defaults(func=run)
 

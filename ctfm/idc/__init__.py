@@ -1,8 +1,9 @@
 """From an SQL selection on the NCI Imaging Data Commons index to a pretraining datalist, in three steps.
 
-``query`` runs a selection (``data_queries/*.sql``) on the bundled idc-index tables with DuckDB, ``download``
-fetches its series with s5cmd and verifies them, ``convert`` turns each DICOM series into a NIfTI volume and writes
-the datalist CSV the pretraining recipe reads. The ``ctfm idc query|download|convert`` commands wrap them.
+``query`` runs a selection (a shipped ``ctfm/idc/queries/*.sql`` by name, or a file) on the bundled idc-index
+tables with DuckDB, ``download`` fetches its series with s5cmd and verifies them, ``convert`` turns each DICOM
+series into a NIfTI volume and writes the datalist CSV the pretraining recipe reads. The
+``ctfm idc query|download|convert`` commands wrap them.
 
 Each step lives in the module of the same name (:mod:`ctfm.idc.query`, ...), but ``ctfm.idc.query`` is always the
 function, even after ``import ctfm.idc.query``; reach a module's other names with ``from ctfm.idc.query import ...``.

@@ -71,12 +71,34 @@ class SqlSelection:
     descriptions: Mapping[str, str]
 
 
+#: The selections installed with ctfm (``ctfm idc queries`` lists them; ``ctfm idc query NAME`` runs one).
+QUERIES_DIR = Path(__file__).resolve().parent / "queries"
+
+
+def shipped_queries() -> dict[str, str]:
+    """Name of each shipped selection -> the first line of its header comment."""
+    found = {}
+    for path in sorted(QUERIES_DIR.glob("*.sql")):
+        first = next((line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()), "")
+        found[path.stem] = first.removeprefix("--").strip()
+    return found
+
+
+def find_sql(name_or_path: str | Path) -> Path:
+    """A ``.sql`` file by path, else the shipped selection of that name (``collection`` or ``collection.sql``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = QUERIES_DIR / (path.name if path.suffix == ".sql" else f"{path.name}.sql")
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    raise IDCError(f"{path}: no such SQL file, and no shipped selection of that name ({', '.join(shipped_queries())})")
+
+
 def load_sql(sql: str | Path) -> SqlSelection:
-    """Read a ``.sql`` file (or take SQL text) and parse the ``-- $name [= default]: description`` header lines."""
+    """Read a ``.sql`` file or shipped selection (or take SQL text); parse its ``-- $name [= default]: ...`` lines."""
     if isinstance(sql, Path) or (sql.strip().endswith(".sql") and "\n" not in sql.strip()):
-        path = Path(sql)
-        if not path.is_file():
-            raise IDCError(f"{path}: no such SQL file")
+        path = find_sql(sql)
         text, source = path.read_text(encoding="utf-8"), str(path)
     else:
         text, source = sql, "<sql>"

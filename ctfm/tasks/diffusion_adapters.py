@@ -250,7 +250,12 @@ class DiffusionSegmentationAdapter(_AdapterModule):
             raise ValueError(f"pixels_per_image must be at least 1 or None, got {pixels_per_image}")
         self.pixels_per_image = pixels_per_image
         self.inferer = SlidingWindowInferer(
-            roi_size=tuple(roi_size), sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian"
+            roi_size=tuple(roi_size),
+            sw_batch_size=sw_batch_size,
+            overlap=overlap,
+            mode="gaussian",
+            # Whole-scan validation can take minutes per scan on a CPU: show its windows.
+            progress=True,
         )
         self.scores: list[torch.Tensor] = []
 

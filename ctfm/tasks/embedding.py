@@ -64,7 +64,8 @@ class CorpusEmbedding(LighterModule):
         self._writer = TableWriter(self.out, settings, self.scans_per_part, prefix=prefix)
         self._preprocess = preprocess
 
-    def predict_step(self, batch: list[str], batch_idx: int) -> None:
+    def predict_step(self, batch: list[str], batch_idx: int) -> list[str]:
+        """Embed the batch's scans into the table; returns their paths (a step returning None makes Lightning warn)."""
         assert self._writer is not None
         try:
             for path in batch:
@@ -72,6 +73,7 @@ class CorpusEmbedding(LighterModule):
         except BaseException:  # Ctrl-C (Lightning calls no module hook then): write the scans embedded so far
             self._writer.close(self.report)
             raise
+        return batch
 
     def on_predict_end(self) -> None:
         if self._writer is not None:

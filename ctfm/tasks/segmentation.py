@@ -108,7 +108,12 @@ class SegmentationModule(FineTuneModule):
                 "(background first)"
             )
         self.inferer = SlidingWindowInferer(
-            roi_size=tuple(roi_size), sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian"
+            roi_size=tuple(roi_size),
+            sw_batch_size=sw_batch_size,
+            overlap=overlap,
+            mode="gaussian",
+            # Whole-scan validation can take minutes per scan on a CPU: show its windows.
+            progress=True,
         )
         self.output_dir = None if output_dir is None else Path(output_dir)
         self.dice = {stage: DiceMetric(include_background=False, reduction="none") for stage in ("val", "test")}

@@ -272,3 +272,24 @@ def test_cli_query_reports_a_bad_parameter_cleanly(capsys):
     code = main(["idc", "query", str(QUERIES / "collection.sql")])
     assert code == 1
     assert "missing value for parameter(s) collection_id" in capsys.readouterr().err
+
+
+def test_shipped_selections_are_package_data_and_run_by_name(capsys):
+    """`ctfm idc query NAME` works from an installed wheel: the selections live in ctfm/idc/queries/."""
+    import tomllib
+
+    import ctfm
+    from ctfm.cli import main
+    from ctfm.idc.query import QUERIES_DIR, find_sql, shipped_queries
+
+    assert QUERIES_DIR.parent == Path(ctfm.__file__).resolve().parent / "idc"
+    package_data = tomllib.loads((Path(ctfm.__file__).parents[1] / "pyproject.toml").read_text())
+    assert "idc/queries/*.sql" in package_data["tool"]["setuptools"]["package-data"]["ctfm"]
+    assert set(shipped_queries()) == {path.stem for path in QUERIES.glob("*.sql")} and "collection" in shipped_queries()
+    assert find_sql("collection") == find_sql("collection.sql") == QUERIES_DIR / "collection.sql"
+    assert main(["idc", "queries"]) == 0
+    assert "random_subset" in capsys.readouterr().out
+    assert main(["idc", "query", "collection", "--param", "collection_id=lidc_idri", "--no-fetch"]) == 0
+    assert "collection" in capsys.readouterr().out
+    with pytest.raises(IDCError, match="no shipped selection of that name"):
+        find_sql("colection")

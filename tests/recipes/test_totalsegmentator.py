@@ -33,6 +33,7 @@ SEGMENTATION_VARS = {
 }
 #: Vars the shared _base pieces read.
 BASE_VARS = {"weight_decay", "warmup_epochs", "accumulate_grad_batches", "checkpoint_every_n_epochs"}
+BASE_VARS |= {"checkpoint_every_n_minutes", "val_batches"}
 CLASSES = ["liver", "spleen", "kidney_left"]
 
 

@@ -1,6 +1,6 @@
 -- CT-FM pretraining selection: OFFLINE APPROXIMATION on the bundled `index` table alone (no network needed).
 --
--- The exact CT-FM selection is data_queries/ctfm_pretraining.sql; it needs slice thickness, slice positions and
+-- The exact CT-FM selection is ctfm_pretraining.sql; it needs slice thickness, slice positions and
 -- image type, which live in idc-index's ct_index and volume_geometry_index tables (fetched from the network).
 -- This file keeps what the bundled index can check (the first three are ct_series, see ctfm/idc/query.py):
 --   * CT Image Storage (SOPClassUID 1.2.840.10008.5.1.4.1.1.2) in Modality CT: drops Secondary Capture, Raw Data

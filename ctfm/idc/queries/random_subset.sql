@@ -1,5 +1,5 @@
 -- A reproducible random subset of $n series from the offline CT-FM pretraining selection
--- (data_queries/ctfm_pretraining_offline.sql: CT Image Storage, original data, more than $min_instances instances,
+-- (ctfm_pretraining_offline.sql: CT Image Storage, original data, more than $min_instances instances,
 -- first released in IDC v$max_idc_version or earlier). Series are ordered by md5(SeriesInstanceUID, seed), so the
 -- same seed gives the same series on any machine and DuckDB version, and a larger $n extends a smaller one.
 -- Runs on the bundled `index` table (offline).
