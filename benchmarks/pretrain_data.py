@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -121,6 +122,16 @@ def make_sources(folder: Path, count: int, size: str) -> list[Path]:
     return [write_nifti(generate_ct(shape, spacing, seed=i), folder / f"scan_{i}.nii.gz") for i in range(count)]
 
 
+def cpu_seconds(batches: object) -> float:
+    """CPU seconds (user + system) used so far by this process and the live DataLoader workers of ``batches``."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    total = own.ru_utime + own.ru_stime
+    for worker in getattr(batches, "_workers", []):
+        fields = Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def own_memory_mib(field: str = "VmHWM") -> float:
     """Peak (VmHWM) or current (VmRSS) resident set of this process image; VmHWM restarts at exec, ru_maxrss not."""
     status = Path("/proc/self/status").read_text()
@@ -161,23 +172,28 @@ def run_worker(args: argparse.Namespace) -> dict:
 
     device_views = DeviceViews()
     augment_s = 0.0
-    start = time.perf_counter()
+    batches = iter(loader)
     scans = 0
-    for batch in loader:
+    first = True
+    for batch in batches:
+        if first:  # time from the first batch on: the workers have started (forked) and warmed up
+            cpu_start, start, first = cpu_seconds(batches), time.perf_counter(), False
+            continue
         if "patches" in batch:
-            began = time.perf_counter()
+            began = time.process_time()
             batch["views"] = device_views(batch.pop("patches"), device_views.generator(0, scans))
-            augment_s += time.perf_counter() - began
+            augment_s += time.process_time() - began
         assert batch["views"].shape[1:] == (patches, 2, 1, *patch)
         scans += batch["views"].shape[0]
     seconds = time.perf_counter() - start
-    del loader
+    cpu_s = cpu_seconds(batches) - cpu_start
+    del batches, loader
     views = scans * patches * 2
     return {
         "views_per_s": views / seconds,
-        # Per core: the workers' cores for worker views; for device views the reading (workers, while the main
-        # process augments) and the augmentation (one main-process thread) separately.
-        "read_per_core": views / (seconds - augment_s) / max(args.workers, 1),
+        # Per core = per CPU second (user + system, this process and its workers), which a busy shared machine
+        # changes far less than wall time. For device views: the reading, then the augmentation (one thread).
+        "read_per_core": views / (cpu_s - augment_s),
         "augment_per_core": views / augment_s if augment_s else None,
         "scans": scans,
         "seconds": seconds,
@@ -193,7 +209,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for every pipeline (default 2)")
     parser.add_argument("--patch", type=int, nargs=3, default=[24, 128, 128])
     parser.add_argument("--patches", type=int, default=20, help="patches per scan (default 20)")
-    parser.add_argument("--items", type=int, default=48, help="scans drawn from the cache per timing (default 48)")
+    parser.add_argument(
+        "--items", type=int, default=48, help="scans drawn per timing; the first one only warms up (default 48)"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="timings per pipeline; the fastest counts (default 2)")
     parser.add_argument("--quick", action="store_true", help="small sources (80 x 256 x 256)")
     parser.add_argument("--pipelines", nargs="*", choices=PIPELINES, default=list(PIPELINES), help="default: all")
@@ -204,6 +222,8 @@ def main() -> None:
     parser.add_argument("--worker", choices=PIPELINES, help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.items < 2:
+        parser.error("--items must be at least 2: the first scan only warms the workers up")
     if args.worker:
         torch.set_num_threads(1)
         print(json.dumps(run_worker(args)))
