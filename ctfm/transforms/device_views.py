@@ -2,22 +2,22 @@
 
 On a CPU, :func:`~ctfm.transforms.views.view_augmentation` makes about a hundred views per second per core, while
 one GPU trains on 640-1,600 per second at full size: augmenting in DataLoader workers needs 5-18 cores per GPU.
-Here workers only read the raw patches (the cache's uint16) and :class:`DeviceViews` turns a batch of them into
-two views each on the device, in a fixed number of kernel launches whatever the batch size:
+Here workers only read the raw patches (the cache's uint16, each the box both of its views are cropped from) and
+:class:`DeviceViews` turns a batch of them into two views each on the device, :data:`CHUNK` views per op:
 
-- random resized crop, flip along z and the random affine are one sampling grid per view (crop box -> resize,
-  flip and rotation composed as coordinate maps), sampled by one ``grid_sample`` for the whole batch;
-- intensity scaling and histogram shift are per-view broadcasts (the histogram's piecewise-linear map as a sum of
-  hinges with per-view knots);
-- Gaussian smoothing is MONAI's separable filter (``gaussian_1d`` "erf" kernels, 4 sigma, zero padding) with a
-  kernel per view: a grouped 1D convolution per axis.
+- intensity scaling and the histogram shift (MONAI's piecewise-linear map as a sum of hinges, with per-view knots
+  over the crop's range) are pointwise, so they run on the patch, where they commute with cropping;
+- crop, flip along z, trilinear resize back and Gaussian smoothing (MONAI's ``gaussian_1d`` "erf" kernels, 4
+  sigma, zero padding) are linear maps along each axis: one small matrix per view and axis, their product applied
+  by three batched matmuls;
+- views through the random affine (p 0.2) are sampled by one ``grid_sample`` (crop, affine about the crop's
+  centre with border padding, flip and resize composed as one coordinate map), then smoothed.
 
-The parameters are drawn from the same distributions as the worker pipeline's (same probabilities and ranges,
-including MONAI's quirks such as RandAffine's ``scale_range=0.1`` scaling the first axis only), from a
-``torch.Generator`` on the CPU, so the same seed gives the same views on any device. Two differences in order,
-both in the direction of the textbook pipeline: smoothing runs on the final view with sigma in its voxels (the
-worker pipeline smooths the small crop with sigma converted to crop voxels), and the histogram shift sees the
-resized view's range; a view through the random affine is interpolated once rather than twice.
+The parameters are drawn from the worker pipeline's distributions (same probabilities and ranges, including
+MONAI's quirk that RandAffine's ``scale_range=0.1`` scales the first axis only) from a ``torch.Generator`` on the
+CPU, so the same seed gives the same views on any device. One difference in order: smoothing acts on the final
+view with sigma in its voxels (the worker pipeline smooths the small crop with sigma converted to crop voxels);
+and an affine view is interpolated once rather than twice (affine, then resize).
 """
 
 from __future__ import annotations
