@@ -23,11 +23,17 @@ from ctfm.data.cache import CachedScan, PrepareReport, PreprocessCache, default_
 from ctfm.data.datalist import read_datalist
 from ctfm.errors import CTFMError
 from ctfm.transforms.preprocess import PATCH_SIZE, PRETRAINING_SPACING, CTPreprocessing
-from ctfm.transforms.views import PATCHES_PER_SCAN, ContrastiveViews
+from ctfm.transforms.views import PATCHES_PER_SCAN, ContrastivePatches, ContrastiveViews
+
+#: Where contrastive views are made: see CTPretrainDataModule.
+VIEWS_ON = ("auto", "device", "workers")
 
 
 class CachedScanDataset(Dataset, Randomizable):
-    """Item -> ``{"views": (M, 2, 1, pz, py, px), "image": source path}`` from one cached scan.
+    """Item -> ``{key: views(volume), "image": source path}`` from one cached scan.
+
+    ``key`` is ``"views"`` for :class:`ContrastiveViews` ``(M, 2, 1, pz, py, px)``, ``"patches"`` for the raw
+    :class:`ContrastivePatches` ``(M, 1, pz, py, px)`` that the training module turns into views on its device.
 
     ``length=None`` gives one item per scan, in order (a DistributedSampler then splits the scans across ranks).
     A ``length`` draws a random scan per item, with replacement, so an epoch can be any number of steps.
@@ -35,11 +41,14 @@ class CachedScanDataset(Dataset, Randomizable):
     :class:`~ctfm.data.base.SkipBadItems` logs it, counts it and serves another item instead.
     """
 
-    def __init__(self, scans: Sequence[CachedScan], views: ContrastiveViews, length: int | None = None):
+    def __init__(
+        self, scans: Sequence[CachedScan], views: ContrastiveViews, length: int | None = None, key: str = "views"
+    ):
         if not scans:
             raise ValueError("CachedScanDataset needs at least one cached scan")
         self.scans = list(scans)
         self.views = views
+        self.key = key
         self.length = length
 
     def __len__(self) -> int:
@@ -56,7 +65,7 @@ class CachedScanDataset(Dataset, Randomizable):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         scan = self.scans[index % len(self.scans) if self.length is None else self.randomize()]
-        return {"views": self.views(scan.read()), "image": scan.source}
+        return {self.key: self.views(scan.read()), "image": scan.source}
 
 
 class CTPretrainDataModule(DatalistDataModule):
@@ -70,6 +79,12 @@ class CTPretrainDataModule(DatalistDataModule):
     ``steps_per_epoch`` makes each epoch that many batches per device, drawing scans with replacement (the paper:
     500); ``None`` makes an epoch one pass over the scans, split across devices. ``augmentation`` replaces
     :func:`~ctfm.transforms.views.view_augmentation` (one view from one patch).
+
+    ``views_on``: ``"workers"`` makes the views in the DataLoader workers; ``"device"`` makes the workers return
+    the raw patches (``{"patches": (S, M, 1, pz, py, px) uint16}``) for the training module to augment on its
+    device (:class:`~ctfm.tasks.IntraSampleSimCLR` does, with ``device_views``); ``"auto"`` (default) picks
+    ``"device"`` when the trainer runs on a GPU and its module makes device views, else ``"workers"`` (on a CPU
+    the worker pipeline is the faster one: it augments the small crop, not the full patch).
     """
 
     def __init__(
@@ -85,9 +100,14 @@ class CTPretrainDataModule(DatalistDataModule):
         seed: int = 0,
         augmentation: Callable[[torch.Tensor], torch.Tensor] | None = None,
         prepare_workers: int | None = None,
+        views_on: str = "auto",
     ):
         super().__init__(num_workers=num_workers, seed=seed)
         require_datalist(datalist)
+        if views_on not in VIEWS_ON:
+            raise CTFMError(f"views_on must be one of {', '.join(VIEWS_ON)}, got {views_on!r} (vars::views_on)")
+        if views_on == "device" and augmentation is not None:
+            raise CTFMError("a custom augmentation runs in the DataLoader workers: set views_on to 'workers'")
         for name, value in (("patch_size", patch_size), ("spacing", spacing)):
             if len(value) != 3:
                 raise ValueError(
@@ -110,6 +130,7 @@ class CTPretrainDataModule(DatalistDataModule):
         self.scans_per_device = scans_per_device
         self.steps_per_epoch = steps_per_epoch
         self.augmentation = augmentation
+        self.views_on = views_on
         self.prepare_workers = max(1, num_workers) if prepare_workers is None else prepare_workers
         self.report: PrepareReport | None = None
         self._announced = False
@@ -141,10 +162,29 @@ class CTPretrainDataModule(DatalistDataModule):
             raise CTFMError(f"no usable scan among the {len(sources)} of the datalist:\n{self.report.summary()}")
         if self.report.prepared or not self._announced:
             self._announce(self.report, len(sources))
-        views = ContrastiveViews(self.patch_size, self.patches_per_scan, self.augmentation)
-        dataset = CachedScanDataset(self.report.scans, views)
+        if self.views_on == "auto":
+            self.views_on = self._auto_views_on()
+        if self.views_on == "device":
+            if self.trainer is not None and getattr(self.trainer.lightning_module, "device_views", None) is None:
+                raise CTFMError(
+                    f"views_on is 'device' but {type(self.trainer.lightning_module).__name__} makes no views on the "
+                    "device: set vars::views_on=workers"
+                )
+            dataset = CachedScanDataset(
+                self.report.scans, ContrastivePatches(self.patch_size, self.patches_per_scan), key="patches"
+            )
+        else:
+            views = ContrastiveViews(self.patch_size, self.patches_per_scan, self.augmentation)
+            dataset = CachedScanDataset(self.report.scans, views)
         dataset.set_random_state(seed=self.rank_seed())
         self.train_dataset = self.skipping("train", dataset, [scan.source for scan in self.report.scans])
+
+    def _auto_views_on(self) -> str:
+        """Device views on a GPU whose module can make them (and no custom augmentation), else worker views."""
+        if self.trainer is None or self.augmentation is not None:
+            return "workers"
+        on_gpu = self.trainer.strategy.root_device.type == "cuda"
+        return "device" if on_gpu and getattr(self.trainer.lightning_module, "device_views", None) else "workers"
 
     def _announce(self, report: PrepareReport, total: int) -> None:
         """Log the preparation summary once (on rank 0), with a warning if scans were skipped."""

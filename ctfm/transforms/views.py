@@ -181,3 +181,37 @@ class ContrastiveViews(Randomizable):
                         f"the view augmentation must return shape {tuple(patch.shape)}, got {tuple(view.shape)}"
                     )
                 views[m, v] = view
+
+
+class ContrastivePatches(ContrastiveViews):
+    """Preprocessed volume -> the M raw patches ``(M, 1, pz, py, px)`` of :class:`ContrastiveViews`, unaugmented.
+
+    For views made on the training device (:class:`~ctfm.transforms.device_views.DeviceViews`): the DataLoader
+    workers only read the patches, each the box that both of its views are cropped from, and keep the cache's
+    uint16 codes (half the bytes of float32 to collate, pin and transfer); a float volume gives float patches.
+    """
+
+    def __init__(self, patch_size: Sequence[int] = PATCH_SIZE, patches_per_scan: int = PATCHES_PER_SCAN):
+        super().__init__(patch_size, patches_per_scan, augmentation=_unchanged)
+
+    def raw_patch(self, volume: np.ndarray | torch.Tensor, start: Sequence[int]) -> torch.Tensor:
+        """The ``(1, pz, py, px)`` patch at ``start`` in the volume's own dtype, padded with 0 (air)."""
+        box = tuple(slice(int(s), int(s) + p) for s, p in zip(start, self.patch_size))
+        region = volume[(slice(None),) + box]
+        patch = region.clone() if isinstance(region, torch.Tensor) else torch.from_numpy(np.array(region))
+        missing = [p - s for p, s in zip(self.patch_size, patch.shape[1:])]
+        if any(missing):
+            patch = torch.nn.functional.pad(patch, [v for m in reversed(missing) for v in (0, m)], value=0)
+        return patch
+
+    def __call__(self, volume: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if volume.ndim == 3:
+            volume = volume[None]
+        if volume.ndim != 4 or volume.shape[0] != 1:
+            raise ValueError(f"expected a (1, z, y, x) volume, got shape {tuple(volume.shape)}")
+        self.randomize(volume.shape[1:])
+        return torch.stack([self.raw_patch(volume, start) for start in self._starts])
+
+
+def _unchanged(patch: torch.Tensor) -> torch.Tensor:
+    return patch

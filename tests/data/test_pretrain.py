@@ -137,3 +137,60 @@ def test_dataset_seeding_reproduces_items(scans, tmp_path):
     assert all(torch.equal(a["views"], b["views"]) for a, b in zip(first, again))
     assert not all(torch.equal(a["views"], b["views"]) for a, b in zip(first, other))
     assert np.all([a["views"].shape == (2, 2, 1, *PATCH) for a in first])
+
+
+def test_device_views_batches_hold_the_raw_uint16_patches(scans, tmp_path):
+    """views_on=device: workers only read the patches, as stored, for the training module to augment."""
+    module = CTPretrainDataModule(
+        scans / "datalist.csv",
+        cache_dir=tmp_path / "cache",
+        num_workers=1,
+        steps_per_epoch=2,
+        views_on="device",
+        **SMALL,
+    )
+    module.setup("fit")
+    for batch in module.train_dataloader():
+        assert set(batch) == {"patches", "image"}
+        assert batch["patches"].shape == (2, 3, 1, *PATCH) and batch["patches"].dtype == torch.uint16
+
+
+def _fake_trainer(device, module):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        strategy=SimpleNamespace(root_device=torch.device(device)), lightning_module=module, global_rank=0
+    )
+
+
+def test_auto_makes_views_on_the_device_only_on_a_gpu_with_a_module_that_makes_them(scans, tmp_path):
+    from types import SimpleNamespace
+
+    from ctfm.transforms.device_views import DeviceViews
+
+    makes_views, makes_none = SimpleNamespace(device_views=DeviceViews()), SimpleNamespace()
+    module = CTPretrainDataModule(scans / "datalist.csv", cache_dir=tmp_path / "cache", num_workers=0, **SMALL)
+    assert module.views_on == "auto" and module._auto_views_on() == "workers"  # no trainer
+    for device, model, expected in [("cuda", makes_views, "device"), ("cpu", makes_views, "workers")]:
+        module.trainer = _fake_trainer(device, model)
+        assert module._auto_views_on() == expected
+    module.trainer = _fake_trainer("cuda", makes_none)
+    assert module._auto_views_on() == "workers"
+    explicit = CTPretrainDataModule(
+        scans / "datalist.csv", cache_dir=tmp_path / "cache", num_workers=0, views_on="device", **SMALL
+    )
+    explicit.trainer = _fake_trainer("cuda", makes_none)
+    with pytest.raises(CTFMError, match="views_on=workers"):
+        explicit.setup("fit")
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"views_on": "gpu"}, "views_on must be one of auto, device, workers"),
+        ({"views_on": "device", "augmentation": abs}, "set views_on to 'workers'"),
+    ],
+)
+def test_views_on_mistakes_are_clear_errors(tmp_path, settings, message):
+    with pytest.raises(CTFMError, match=message):
+        CTPretrainDataModule(tmp_path / "datalist.csv", **SMALL, **settings)

@@ -102,6 +102,22 @@ def test_bf16_mixed_on_a_cpu_trains_finite_weights(tmp_path, datalist, monkeypat
     assert not [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
 
+@pytest.mark.slow
+def test_the_recipe_trains_with_views_made_on_the_device(tmp_path, datalist, monkeypatch):
+    """vars::views_on=device on a CPU: workers read raw patches, the module makes every step's views."""
+    from ctfm.export import read_checkpoint
+    from ctfm.transforms.device_views import DeviceViews
+
+    made = []
+    call = DeviceViews.__call__
+    monkeypatch.setattr(DeviceViews, "__call__", lambda self, *a: made.append(a[0].dtype) or call(self, *a))
+    fit_tiny(tmp_path, datalist, "vars::views_on=device", "vars::precision=32-true", "vars::num_workers=1")
+    assert made == [torch.uint16, torch.uint16]  # two steps, each from the cache's raw codes
+    state = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert state["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+
+
 def test_a_fit_raises_none_of_the_warnings_whose_cause_is_ours(tmp_path, datalist):
     """The quickstart buried its steps under Lightning's batch-size guess and a validation_step without data."""
     import warnings
@@ -154,8 +170,11 @@ def test_pretrain_built_from_base_pieces_is_the_recipe_it_was(tmp_path):
     new = resolved(RECIPES / "pretrain.yaml", datalist)
     expected = copy.deepcopy(old.get())
     expected["model"]["_target_"] = "ctfm.tasks.IntraSampleSimCLR"  # the module moved; ctfm.ssl still resolves
-    # Added since: a quiet-logs callback, last.ckpt refreshed by time, and bounded validation (vars below).
-    added = {"checkpoint_every_n_minutes": 30, "val_batches": 1.0}
+    # Added since: a quiet-logs callback, last.ckpt refreshed by time, bounded validation (vars below), and where
+    # the views are made (issue 23).
+    added = {"checkpoint_every_n_minutes": 30, "val_batches": 1.0, "views_on": "auto"}
+    expected["data"]["views_on"] = "@vars::views_on"
+    expected["model"]["device_views"] = {"_target_": "ctfm.transforms.device_views.DeviceViews", "seed": "@vars::seed"}
     assert {k: v for k, v in new.get("vars").items() if k not in added} == expected.pop("vars")
     assert {k: new.get("vars")[k] for k in added} == added
     got = copy.deepcopy(new.get())
