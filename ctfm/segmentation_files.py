@@ -3,7 +3,9 @@
 Per input ``<name>`` (the file name without its extension, or the DICOM folder's name) in the output folder:
 ``<name>.nii.gz`` (integer labels on the input's grid) with ``<name>.json`` naming the values, ``<name>/<class>.nii.gz``
 binary masks with ``split_masks`` (as TotalSegmentator writes them), ``<name>.png`` with ``preview``; one
-``statistics.csv`` for the run (a row per input and class: volume in ml and mean HU inside the class).
+``statistics.csv`` for the run (a row per input and class: volume in ml and mean HU inside the class). With
+``output_type="dicom-seg"`` (DICOM series inputs only), ``<name>.seg.dcm``, a DICOM Segmentation object of the series,
+replaces ``<name>.nii.gz`` and its ``.json``.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from tqdm.auto import tqdm
 
 from ctfm.atomic import write_atomically
 from ctfm.errors import CTFMError, InvalidScanError
+from ctfm.io.dicom_seg import OutputType, check_output_type, require_dicom_series, write_dicom_seg
 from ctfm.io.reader import output_name, read_ct
 from ctfm.reports import ReportRow, RunReport
-from ctfm.segmentation import OVERLAP, ROI_SIZE, load_segmenter, segment
+from ctfm.segmentation import OVERLAP, ROI_SIZE, Segmenter, load_segmenter, segment
 from ctfm.tasks.segmentation import write_label_map
 
 logger = logging.getLogger(__name__)
@@ -48,6 +51,13 @@ class SegmentReport(RunReport):
 
     def headline(self) -> str:
         return super().headline() + f"; outputs in {self.out}"
+
+
+def model_name(model: str | Path | Segmenter | object) -> str:
+    """How outputs name a model: the registry name or repo id as given, a local folder by its own name."""
+    if isinstance(model, (str, Path)):
+        return Path(model).name if Path(model).exists() else str(model)
+    return type(getattr(model, "network", model)).__name__
 
 
 def class_statistics(labels: torch.Tensor, hu: torch.Tensor, class_names: Sequence[str], values: Sequence[int]):
@@ -78,8 +88,10 @@ def segment_to_files(
     split_masks: bool = False,
     largest_component: bool = True,
     preview: bool = False,
+    output_type: OutputType = "nifti",
 ) -> SegmentReport:
     """Segment each input into ``out`` (see the module docstring); a bad input is skipped and reported."""
+    check_output_type(output_type)
     segmenter = load_segmenter(model, device=device)
     names = segmenter.class_names
     values = list(range(1, len(names))) if classes is None else [names.index(c) for c in classes if c in names]
@@ -91,6 +103,8 @@ def segment_to_files(
     statistics: list[dict] = []
     for path in tqdm(list(inputs), desc="segmenting", unit="scan"):
         try:
+            if output_type == "dicom-seg":
+                require_dicom_series(path)
             hu = read_ct(path)
             labels = segment(
                 segmenter,
@@ -109,7 +123,18 @@ def segment_to_files(
         name = output_name(path)
         affine = np.asarray(hu.affine, dtype=np.float64)
         array = labels[0].numpy()
-        write_label_map(array, affine, out / f"{name}.nii.gz", names)
+        if output_type == "dicom-seg":
+            settings = {"roi_size": " ".join(map(str, roi_size)), "overlap": str(overlap),
+                        "largest_component": str(largest_component)}  # fmt: skip
+            try:
+                write_dicom_seg(array, path, names, out / f"{name}.seg.dcm", affine=affine,
+                                algorithm_name=model_name(model), parameters=settings)  # fmt: skip
+            except InvalidScanError as err:
+                logger.warning("skipping %s", err)
+                report.skipped.append((str(path), err.problem))
+                continue
+        else:
+            write_label_map(array, affine, out / f"{name}.nii.gz", names)
         if split_masks:
             for value in values:
                 write_label_map(

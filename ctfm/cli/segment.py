@@ -22,6 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-largest-component", action="store_true", help="keep every component, not only each class's largest"
     )
     parser.add_argument("--preview", action="store_true", help="write <name>.png: three slices with the labels")
+    parser.add_argument(
+        "--output-type", choices=("nifti", "dicom-seg"), default="nifti",
+        help="nifti: <name>.nii.gz label map; dicom-seg: <name>.seg.dcm, a DICOM SEG of a DICOM series input",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -40,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         split_masks=args.split_masks,
         largest_component=not args.no_largest_component,
         preview=args.preview,
+        output_type=args.output_type,
     )
     print(report.summary())
     return 0 if report.segmented else 1
