@@ -22,10 +22,10 @@ from tqdm.auto import tqdm
 
 from ctfm.atomic import write_atomically
 from ctfm.errors import CTFMError, InvalidScanError
-from ctfm.io.dicom_seg import OutputType, check_output_type, require_dicom_series, write_dicom_seg
+from ctfm.io.dicom_seg import OutputType, check_output_type, model_name, require_dicom_series, write_dicom_seg
 from ctfm.io.reader import output_name, read_ct
 from ctfm.reports import ReportRow, RunReport
-from ctfm.segmentation import OVERLAP, ROI_SIZE, Segmenter, load_segmenter, segment
+from ctfm.segmentation import OVERLAP, ROI_SIZE, load_segmenter, segment
 from ctfm.tasks.segmentation import write_label_map
 
 logger = logging.getLogger(__name__)
@@ -51,13 +51,6 @@ class SegmentReport(RunReport):
 
     def headline(self) -> str:
         return super().headline() + f"; outputs in {self.out}"
-
-
-def model_name(model: str | Path | Segmenter | object) -> str:
-    """How outputs name a model: the registry name or repo id as given, a local folder by its own name."""
-    if isinstance(model, (str, Path)):
-        return Path(model).name if Path(model).exists() else str(model)
-    return type(getattr(model, "network", model)).__name__
 
 
 def class_statistics(labels: torch.Tensor, hu: torch.Tensor, class_names: Sequence[str], values: Sequence[int]):

@@ -11,7 +11,9 @@ largest connected component (MONAI). The label map is on the target's grid (shap
 ``ctfm segment`` does), ``<name>_probabilities.nii.gz`` (the normalised maps, one volume per class, background
 first), ``<name>.png`` (overlay), ``evaluation.csv`` (Dice and average surface distance in mm per class against
 reference label maps), and the pseudo-labelled scans in the TotalSegmentator v2 layout for
-``totalsegmentator.yaml``.
+``totalsegmentator.yaml``. With ``output_type="dicom-seg"`` (DICOM series targets only), ``<name>.seg.dcm``, a DICOM
+Segmentation object of the series (segments named after the prototypes' classes, algorithm type SEMIAUTOMATIC),
+replaces ``<name>.nii.gz`` and its ``.json``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ctfm.analysis.similarity_maps import Normalisation, SimilarityMaps, prototy
 from ctfm.analysis.windows import Aggregation
 from ctfm.atomic import write_atomically
 from ctfm.errors import CTFMError, InvalidScanError
+from ctfm.io.dicom_seg import OutputType, check_output_type, require_dicom_series, write_dicom_seg
 from ctfm.io.reader import output_name
 from ctfm.reports import ReportRow, RunReport
 from ctfm.tasks.segmentation import write_label_map
@@ -221,13 +224,16 @@ def pseudo_label(
     totalsegmentator_layout: str | Path | None = None,
     preview: bool = True,
     prototypes_path: str | Path = "prototypes",
+    output_type: OutputType = "nifti",
+    model_name: str = "ct-fm",
 ) -> PseudoLabelReport:
     """Label each target into ``out`` (see the module docstring); a bad target is skipped and reported.
 
     With ``reference_dir``, the label map named like each target (on its grid, same values as the prototypes'
     classes) is scored into ``out/evaluation.csv``; with ``totalsegmentator_layout``, each labelled target becomes a
-    training subject of that folder.
+    training subject of that folder. ``model_name`` names the algorithm in a DICOM SEG.
     """
+    check_output_type(output_type)
     cache = prototype_cache(model, prototypes, where=prototypes_path)  # refuses another model before any work
     names = prototypes.class_names
     if totalsegmentator_layout is not None:
@@ -238,6 +244,8 @@ def pseudo_label(
     scores: list[dict] = []
     for target in tqdm(list(targets), desc="pseudo-labelling", unit="scan"):
         try:
+            if output_type == "dicom-seg":
+                require_dicom_series(target)
             maps = similarity_maps(model, target, prototypes, aggregation=aggregation, normalisation=normalisation,
                                    temperature=temperature, cache=cache)  # fmt: skip
             reference = _reference(reference_dir, target, maps) if reference_dir is not None else None
@@ -248,7 +256,17 @@ def pseudo_label(
         affine = np.asarray(maps.scan.affine, dtype=np.float64)
         labels = labels_from_maps(maps.maps, affine, post)
         name = output_name(target)
-        write_label_map(labels, affine, out / f"{name}.nii.gz", names)
+        if output_type == "dicom-seg":
+            settings = {"prototypes": Path(prototypes_path).name, "model_sha256": str(cache.settings["model"])}
+            try:
+                write_dicom_seg(labels, target, names, out / f"{name}.seg.dcm", affine=affine, parameters=settings,
+                                algorithm_name=model_name, algorithm_type="SEMIAUTOMATIC")  # fmt: skip
+            except InvalidScanError as err:
+                logger.warning("skipping %s", err)
+                report.skipped.append((str(target), err.problem))
+                continue
+        else:
+            write_label_map(labels, affine, out / f"{name}.nii.gz", names)
         _write_maps(maps, affine, out / f"{name}_probabilities.nii.gz")
         if preview:
             _overlay(maps, labels, out / f"{name}.png", title=name)

@@ -28,6 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also write the labelled targets as training subjects of a TotalSegmentator v2 folder",
     )  # fmt: skip
     parser.add_argument("--no-preview", action="store_true", help="do not write <name>.png")
+    parser.add_argument(
+        "--output-type", choices=("nifti", "dicom-seg"), default="nifti",
+        help="nifti: <name>.nii.gz label map; dicom-seg: <name>.seg.dcm, a DICOM SEG of a DICOM series target",
+    )  # fmt: skip
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     parser.set_defaults(func=run)
 
@@ -36,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from ctfm.analysis.prototypes import Prototypes
     from ctfm.analysis.pseudo_labels import PostProcessing, pseudo_label
     from ctfm.hub import load
+    from ctfm.io.dicom_seg import model_name
 
     prototypes = Prototypes.load(args.prototypes)
     model = load(args.model, device=args.device)
@@ -47,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         args.targets, prototypes, model, args.out, aggregation=args.aggregation, normalisation=args.normalisation,
         temperature=args.temperature, post=post, reference_dir=args.reference_dir,
         totalsegmentator_layout=args.totalsegmentator_layout, preview=not args.no_preview,
-        prototypes_path=args.prototypes,
+        prototypes_path=args.prototypes, output_type=args.output_type,
+        model_name=model_name(args.model),
     )  # fmt: skip
     if report.evaluation is not None:
         means = report.evaluation.groupby("class")[["dice", "asd_mm"]].mean()

@@ -61,6 +61,14 @@ def check_output_type(output_type: str) -> None:
         raise CTFMError(f"output type {output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
 
 
+def model_name(model: object) -> str:
+    """How a SEG names the model: a registry name or repo id as given, a local folder by its own name, else its
+    network's class (a :class:`~ctfm.segmentation.Segmenter` or module passed in Python)."""
+    if isinstance(model, (str, Path)):
+        return Path(model).name if Path(model).exists() else str(model)
+    return type(getattr(model, "network", model)).__name__
+
+
 def require_dicom_series(path: str | Path) -> None:
     """A DICOM SEG references its source slices, so only a DICOM series folder can have one."""
     if not Path(path).is_dir():

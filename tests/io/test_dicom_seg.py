@@ -1,8 +1,6 @@
 """DICOM SEG writing: round trips on pydicom's real chest CT series and on synthetic (also oblique) series.
 
-Every check goes through physical space rather than array indices: a frame's pixel (row, column) sits where its
-referenced source slice's own position, orientation and pixel spacing put it, and the label there must be the NIfTI
-label map's label at that point. A transposed, flipped or shifted mapping fails these checks.
+Every check goes through physical space rather than array indices (see tests/dicom_seg_checks.py).
 """
 
 from __future__ import annotations
@@ -11,11 +9,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import highdicom as hd
-import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from dicom_seg_checks import assert_round_trip, random_labels
 from pydicom.data import get_testdata_file
 
 from ctfm.data.classes import TOTALSEGMENTATOR_CLASSES
@@ -27,76 +24,7 @@ from ctfm.tasks.segmentation import write_label_map
 
 CHEST_CT = Path(get_testdata_file("CT_small.dcm")).parent / "dicomdirtests/98892001/CT5N"
 NAMES = ("background", *TOTALSEGMENTATOR_CLASSES)
-SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 LEFT, RIGHT = "7771000", "24028007"
-
-
-def random_labels(shape, values, seed=0, fill=0.6):
-    """Labels scattered voxel by voxel (any transposition or flip changes them), background elsewhere."""
-    rng = np.random.default_rng(seed)
-    labels = rng.choice(np.asarray(values), size=shape)
-    return np.where(rng.random(shape) < fill, labels, 0).astype(np.uint8)
-
-
-def pixel_points(source: pydicom.Dataset) -> np.ndarray:
-    """LPS mm of every pixel (row, column) of a source slice, from its own header: ``(rows, columns, 3)``."""
-    position = np.array([float(x) for x in source.ImagePositionPatient])
-    row_cosine = np.array([float(x) for x in source.ImageOrientationPatient[:3]])
-    column_cosine = np.array([float(x) for x in source.ImageOrientationPatient[3:]])
-    row_spacing, column_spacing = (float(x) for x in source.PixelSpacing)
-    rows, columns = np.meshgrid(np.arange(source.Rows), np.arange(source.Columns), indexing="ij")
-    return position + columns[..., None] * column_spacing * row_cosine + rows[..., None] * row_spacing * column_cosine
-
-
-def labels_at(nifti: Path, lps: np.ndarray) -> np.ndarray:
-    """The NIfTI label map's labels at LPS points, which must be its voxel centres."""
-    image = nib.load(nifti)
-    ras = lps * np.array([-1.0, -1.0, 1.0])
-    index = (np.linalg.inv(image.affine) @ np.c_[ras.reshape(-1, 3), np.ones(ras.size // 3)].T)[:3].T
-    assert np.abs(index - np.rint(index)).max() < 1e-3, "a frame pixel is not on a NIfTI voxel centre"
-    index = np.rint(index).astype(int)
-    return np.asarray(image.dataobj)[tuple(index.T)].reshape(lps.shape[:-1])
-
-
-def assert_round_trip(seg_path: Path, series: Path, nifti: Path, class_names=NAMES) -> pydicom.Dataset:
-    """The SEG references ``series`` and decodes, frame by frame and pixel by pixel, to the NIfTI label map."""
-    sources = {ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(p) for p in series.iterdir() if p.is_file())}
-    first = next(iter(sources.values()))
-    ds = pydicom.dcmread(seg_path)
-    assert ds.SOPClassUID == SEGMENTATION_STORAGE and ds.Modality == "SEG" and ds.SegmentationType == "BINARY"
-    assert ds.StudyInstanceUID == first.StudyInstanceUID and ds.FrameOfReferenceUID == first.FrameOfReferenceUID
-    assert ds.PatientID == first.PatientID
-    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID
-    referenced = {item.ReferencedSOPInstanceUID for item in ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
-    assert referenced == set(sources)
-    orientation = ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
-    np.testing.assert_allclose([float(x) for x in orientation], [float(x) for x in first.ImageOrientationPatient])
-    measures = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
-    np.testing.assert_allclose([float(x) for x in measures.PixelSpacing], [float(x) for x in first.PixelSpacing])
-    segment_class = {int(s.SegmentNumber): class_names.index(s.SegmentLabel) for s in ds.SegmentSequence}
-
-    # pydicom: every frame sits on the slice it references and holds exactly that slice's voxels of its class.
-    masks = ds.pixel_array.reshape(-1, ds.Rows, ds.Columns)
-    decoded = {uid: np.zeros((ds.Rows, ds.Columns), np.int64) for uid in sources}
-    for frame, item in zip(masks, ds.PerFrameFunctionalGroupsSequence, strict=True):
-        uid = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-        source = sources[uid]
-        position = [float(x) for x in item.PlanePositionSequence[0].ImagePositionPatient]
-        np.testing.assert_allclose(position, [float(x) for x in source.ImagePositionPatient], atol=1e-4)
-        value = segment_class[int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)]
-        assert not (decoded[uid][frame > 0]).any(), "two segments claim one pixel"
-        decoded[uid][frame > 0] = value
-    for uid, source in sources.items():
-        np.testing.assert_array_equal(decoded[uid], labels_at(nifti, pixel_points(source)))
-
-    # highdicom: its own decoding per source instance gives the same label maps.
-    seg = hd.seg.segread(seg_path)
-    uids = list(sources)
-    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True)
-    for uid, plane in zip(uids, pixels, strict=True):
-        relabelled = np.vectorize(lambda n: segment_class.get(int(n), 0))(plane)
-        np.testing.assert_array_equal(relabelled, decoded[uid])
-    return ds
 
 
 def test_the_snomed_table_codes_every_totalsegmentator_class_in_order():
@@ -120,7 +48,7 @@ def test_a_real_chest_ct_series_round_trips_with_117_classes(tmp_path):
     nifti = write_label_map(labels, affine, tmp_path / "labels.nii.gz", NAMES)
     seg_path = write_dicom_seg(labels, CHEST_CT, NAMES, tmp_path / "CT5N.seg.dcm", affine=affine,
                                algorithm_name="ct-fm-whole-body", parameters={"roi_size": "96 160 160"})  # fmt: skip
-    ds = assert_round_trip(seg_path, CHEST_CT, nifti)
+    ds = assert_round_trip(seg_path, CHEST_CT, nifti, NAMES)
     present = sorted(set(np.unique(labels).tolist()) - {0})
     assert [s.SegmentLabel for s in ds.SegmentSequence] == [NAMES[v] for v in present]
     assert [int(s.SegmentNumber) for s in ds.SegmentSequence] == list(range(1, len(present) + 1))
