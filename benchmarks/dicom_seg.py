@@ -6,9 +6,9 @@ A CT series of the given shape (slices, rows, columns; 0.8 x 0.8 mm pixels, 1.5 
 label map on its grid holding all 117 TotalSegmentator classes as ellipsoids of organ-like sizes (each class spans a
 band of slices, as organs do, so a SEG has one frame per class and slice it covers, not per class and slice of the
 scan). Timed: ``write_dicom_seg`` (headers read and checked, geometry mapped, frames encoded, file written),
-``write_label_map`` (gzipped NIfTI, as ``ctfm segment`` writes it), and reading the SEG back with highdicom into a
-label volume (checked equal to the map). Sizes are of the written files. One run each: the numbers are seconds, not
-milliseconds, and the machine may be shared.
+``write_label_map`` (gzipped NIfTI, as ``ctfm segment`` writes it), and reading the SEG back with highdicom into one
+label plane per source slice (checked equal to the map). Sizes are of the written files. One run each: the numbers
+are seconds, not milliseconds, and the machine may be shared.
 """
 
 from __future__ import annotations
@@ -59,16 +59,17 @@ def write_series(folder: Path, shape: tuple[int, int, int]) -> Path:
 def organ_map(shape: tuple[int, int, int], classes: int = 117, seed: int = 0) -> np.ndarray:
     """``(columns, rows, slices)`` uint8 labels (the reader's index order): one ellipsoid per class, later on top."""
     rng = np.random.default_rng(seed)
-    slices, rows, columns = shape
-    labels = np.zeros((columns, rows, slices), dtype=np.uint8)
-    x, y, z = np.ogrid[:columns, :rows, :slices]
+    size = np.array(shape[::-1])  # (columns, rows, slices)
+    labels = np.zeros(tuple(size), dtype=np.uint8)
     for value in range(1, classes + 1):
-        radius = np.array([rng.uniform(0.03, 0.12) * columns, rng.uniform(0.03, 0.12) * rows,
-                           rng.uniform(0.03, 0.15) * slices])  # fmt: skip
-        centre = [rng.uniform(r, n - r) for r, n in zip(radius, (columns, rows, slices), strict=True)]
+        radius = rng.uniform([0.03, 0.03, 0.03], [0.12, 0.12, 0.15]) * size
+        centre = rng.uniform(radius, size - radius)
+        low, high = np.floor(centre - radius).astype(int), np.ceil(centre + radius).astype(int) + 1
+        box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+        x, y, z = np.ogrid[box]
         inside = ((x - centre[0]) / radius[0]) ** 2 + ((y - centre[1]) / radius[1]) ** 2
         inside = inside + ((z - centre[2]) / radius[2]) ** 2 <= 1.0
-        labels[inside] = value
+        labels[box][inside] = value
     return labels
 
 
@@ -79,6 +80,7 @@ def main() -> None:
     shape = tuple(args.shape)
 
     import highdicom as hd
+    import pydicom
 
     from ctfm.data.classes import TOTALSEGMENTATOR_CLASSES
     from ctfm.io.dicom_seg import write_dicom_seg
@@ -101,14 +103,15 @@ def main() -> None:
         seg_s = time.perf_counter() - start
         start = time.perf_counter()
         seg = hd.seg.segread(seg_path)
-        volume = seg.get_volume(combine_segments=True, relabel=False)
+        uids = [pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in sorted(folder.iterdir())]
+        planes = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True)
         read_s = time.perf_counter() - start
         frames = int(seg.NumberOfFrames)
-        # The SEG volume runs along its own slice axis (increasing z here): labels are (x, y, z), it is (z, y, x).
+        # Files are written in slice order (k = file number); planes are (k, row, column), labels (column, row, k).
         by_number = np.zeros(len(seg.SegmentSequence) + 1, dtype=np.uint8)
         for item in seg.SegmentSequence:
             by_number[int(item.SegmentNumber)] = names.index(item.SegmentLabel)
-        equal = bool(np.array_equal(by_number[volume.array].transpose(2, 1, 0), labels))
+        equal = bool(np.array_equal(by_number[planes].transpose(2, 1, 0), labels))
         result = {
             "shape": list(shape),
             "classes_present": present,

@@ -171,7 +171,10 @@ def frames_on_series(label_map: np.ndarray, affine: np.ndarray, info: SeriesInfo
     """
     if label_map.ndim != 3:
         raise InvalidScanError(info.folder, f"the label map is {label_map.ndim}D (shape {label_map.shape}), not 3D")
-    index_map = np.linalg.solve(grid, _LPS_FROM_RAS @ np.asarray(affine, dtype=np.float64))
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise InvalidScanError(info.folder, f"the label map's affine has shape {affine.shape}, not 4x4")
+    index_map = np.linalg.solve(grid, _LPS_FROM_RAS @ affine)
     linear, offset = index_map[:3, :3], index_map[:3, 3]
     permutation = np.rint(linear)
     signs = permutation.sum(axis=1)

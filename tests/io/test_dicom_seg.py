@@ -132,6 +132,7 @@ def test_label_maps_off_the_series_grid_or_without_segments_are_refused_naming_t
     resampled[:3, :3] *= 2.0
     cases = [
         (labels, resampled, "not the series' axes"),
+        (labels, affine[0], r"the label map's affine has shape \(4,\), not 4x4"),
         (labels[:, :, :4], affine, r"does not cover the series' grid"),
         (np.zeros_like(labels), affine, "the label map is empty"),
         (np.full_like(labels, 200), affine, "holds value 200 but only 118 classes are named"),
