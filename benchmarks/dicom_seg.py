@@ -64,7 +64,8 @@ def organ_map(shape: tuple[int, int, int], classes: int = 117, seed: int = 0) ->
     for value in range(1, classes + 1):
         radius = rng.uniform([0.03, 0.03, 0.03], [0.12, 0.12, 0.15]) * size
         centre = rng.uniform(radius, size - radius)
-        low, high = np.floor(centre - radius).astype(int), np.ceil(centre + radius).astype(int) + 1
+        low = np.maximum(np.floor(centre - radius).astype(int), 0)
+        high = np.minimum(np.ceil(centre + radius).astype(int) + 1, size)
         box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
         x, y, z = np.ogrid[box]
         inside = ((x - centre[0]) / radius[0]) ** 2 + ((y - centre[1]) / radius[1]) ** 2
