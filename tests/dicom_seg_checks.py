@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 
-SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+SOP_CLASS = {"BINARY": "1.2.840.10008.5.1.4.1.1.66.4", "LABELMAP": "1.2.840.10008.5.1.4.1.1.66.7"}
 
 
 def random_labels(shape, values, seed=0, fill=0.6):
@@ -49,7 +49,7 @@ def assert_round_trip(seg_path: Path, series: Path, nifti: Path, class_names) ->
     sources = {ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(p) for p in series.iterdir() if p.is_file())}
     first = next(iter(sources.values()))
     ds = pydicom.dcmread(seg_path)
-    assert ds.SOPClassUID == SEGMENTATION_STORAGE and ds.Modality == "SEG" and ds.SegmentationType == "BINARY"
+    assert ds.Modality == "SEG" and ds.SOPClassUID == SOP_CLASS[ds.SegmentationType]
     assert ds.StudyInstanceUID == first.StudyInstanceUID and ds.FrameOfReferenceUID == first.FrameOfReferenceUID
     assert ds.PatientID == first.PatientID
     assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID
@@ -59,9 +59,14 @@ def assert_round_trip(seg_path: Path, series: Path, nifti: Path, class_names) ->
     np.testing.assert_allclose([float(x) for x in orientation], [float(x) for x in first.ImageOrientationPatient])
     measures = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     np.testing.assert_allclose([float(x) for x in measures.PixelSpacing], [float(x) for x in first.PixelSpacing])
-    segment_class = {int(s.SegmentNumber): class_names.index(s.SegmentLabel) for s in ds.SegmentSequence}
+    # A LABELMAP SEG describes its background as segment 0 (highdicom adds it).
+    segment_class = {int(s.SegmentNumber): class_names.index(s.SegmentLabel) if int(s.SegmentNumber) else 0
+                     for s in ds.SegmentSequence}  # fmt: skip
 
-    # pydicom: every frame sits on the slice it references and holds exactly that slice's voxels of its class.
+    # pydicom: every frame sits on the slice it references and holds exactly that slice's voxels of its class
+    # (BINARY: one class per frame; LABELMAP: one frame per slice, holding segment numbers).
+    lookup = np.zeros(max(segment_class) + 1, np.int64)
+    lookup[list(segment_class)] = list(segment_class.values())
     masks = ds.pixel_array.reshape(-1, ds.Rows, ds.Columns)
     decoded = {uid: np.zeros((ds.Rows, ds.Columns), np.int64) for uid in sources}
     for frame, item in zip(masks, ds.PerFrameFunctionalGroupsSequence, strict=True):
@@ -69,6 +74,10 @@ def assert_round_trip(seg_path: Path, series: Path, nifti: Path, class_names) ->
         source = sources[uid]
         position = [float(x) for x in item.PlanePositionSequence[0].ImagePositionPatient]
         np.testing.assert_allclose(position, [float(x) for x in source.ImagePositionPatient], atol=1e-4)
+        if ds.SegmentationType == "LABELMAP":
+            assert not decoded[uid].any(), "two frames on one slice"
+            decoded[uid] = lookup[frame]
+            continue
         value = segment_class[int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)]
         assert not (decoded[uid][frame > 0]).any(), "two segments claim one pixel"
         decoded[uid][frame > 0] = value

@@ -26,6 +26,7 @@ import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 
 from ctfm.atomic import write_atomically
 from ctfm.errors import CTFMError, InvalidScanError
@@ -225,6 +226,7 @@ def write_dicom_seg(
     parameters: Mapping[str, str] | None = None,
     series_description: str | None = None,
     series_number: int = 9001,
+    segmentation_type: Literal["BINARY", "LABELMAP"] = "BINARY",
 ) -> Path:
     """Write ``label_map`` (integer values indexing ``classes``, background 0) as a DICOM SEG of the series.
 
@@ -233,6 +235,10 @@ def write_dicom_seg(
     SoftwareVersions and AlgorithmVersion ctfm's version (unless ``algorithm_version``), ManufacturerModelName and
     AlgorithmName the model, AlgorithmParameters ``parameters``. Raises :class:`InvalidScanError` naming the series
     folder if the map is empty, has values without a class, or is not on the series' grid.
+
+    ``segmentation_type``: ``"BINARY"`` is the Segmentation Storage class every SEG reader opens (one bit-packed,
+    uncompressed frame per class and slice it covers: large); ``"LABELMAP"`` is the Label Map Segmentation class
+    (DICOM 2024: one frame of segment numbers per slice, JPEG-LS lossless; far smaller, newer readers only).
     """
     import highdicom as hd  # imported on use: it takes seconds, and NIfTI outputs never need it
 
@@ -278,7 +284,8 @@ def write_dicom_seg(
     seg = hd.seg.Segmentation(
         source_images=headers,
         pixel_array=lookup[frames],
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segmentation_type=segmentation_type,
+        transfer_syntax_uid=JPEGLSLossless if segmentation_type == "LABELMAP" else ExplicitVRLittleEndian,
         segment_descriptions=descriptions,
         series_instance_uid=hd.UID(),
         series_number=series_number,

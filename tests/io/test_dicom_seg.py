@@ -66,6 +66,18 @@ def test_a_real_chest_ct_series_round_trips_with_117_classes(tmp_path):
     assert ds.ManufacturerModelName == "ct-fm-whole-body" and ds.SeriesDescription == "ct-fm-whole-body segmentation"
 
 
+def test_a_label_map_segmentation_round_trips_compressed(tmp_path):
+    hu = read_ct(CHEST_CT)
+    affine = hu.affine.numpy()
+    labels = random_labels(hu.shape[1:], np.arange(1, 118), seed=6, fill=0.9)
+    nifti = write_label_map(labels, affine, tmp_path / "labels.nii.gz", NAMES)
+    seg_path = write_dicom_seg(labels, CHEST_CT, NAMES, tmp_path / "CT5N.seg.dcm", affine=affine,
+                               algorithm_name="ct-fm-whole-body", segmentation_type="LABELMAP")  # fmt: skip
+    ds = assert_round_trip(seg_path, CHEST_CT, nifti, NAMES)
+    assert ds.SegmentationType == "LABELMAP" and ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLSLossless
+    assert int(ds.NumberOfFrames) == hu.shape[3] and ds.SegmentSequence[0].SegmentNumber == 0
+
+
 def test_a_synthetic_series_round_trips_from_its_reader_grid_and_from_a_reoriented_copy(tmp_path, sample_dicom_dir):
     from monai.transforms import Orientation
 
