@@ -4,11 +4,12 @@
 
 A CT series of the given shape (slices, rows, columns; 0.8 x 0.8 mm pixels, 1.5 mm apart) is written as DICOM, and a
 label map on its grid holding all 117 TotalSegmentator classes as ellipsoids of organ-like sizes (each class spans a
-band of slices, as organs do, so a SEG has one frame per class and slice it covers, not per class and slice of the
-scan). Timed: ``write_dicom_seg`` (headers read and checked, geometry mapped, frames encoded, file written),
-``write_label_map`` (gzipped NIfTI, as ``ctfm segment`` writes it), and reading the SEG back with highdicom into one
-label plane per source slice (checked equal to the map). Sizes are of the written files. One run each: the numbers
-are seconds, not milliseconds, and the machine may be shared.
+band of slices, as organs do, so a BINARY SEG has one frame per class and slice it covers, not per class and slice
+of the scan). Both SEG kinds are written: BINARY (uncompressed bit frames) and LABELMAP (one JPEG-LS frame of segment
+numbers per slice). Timed: ``write_dicom_seg`` (headers read and checked, geometry mapped, frames encoded, file
+written), ``write_label_map`` (gzipped NIfTI, as ``ctfm segment`` writes it), and reading each SEG back with
+highdicom into one label plane per source slice (checked equal to the map). Sizes are of the written files. One run
+each: the numbers are seconds, not milliseconds, and the machine may be shared.
 """
 
 from __future__ import annotations
@@ -98,33 +99,35 @@ def main() -> None:
         start = time.perf_counter()
         nifti = write_label_map(labels, affine, Path(tmp) / "labels.nii.gz", names)
         nifti_s = time.perf_counter() - start
-        start = time.perf_counter()
-        seg_path = write_dicom_seg(labels, folder, names, Path(tmp) / "labels.seg.dcm", affine=affine,
-                                   algorithm_name="benchmark")  # fmt: skip
-        seg_s = time.perf_counter() - start
-        start = time.perf_counter()
-        seg = hd.seg.segread(seg_path)
-        uids = [pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in sorted(folder.iterdir())]
-        planes = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True)
-        read_s = time.perf_counter() - start
-        frames = int(seg.NumberOfFrames)
-        # Files are written in slice order (k = file number); planes are (k, row, column), labels (column, row, k).
-        by_number = np.zeros(len(seg.SegmentSequence) + 1, dtype=np.uint8)
-        for item in seg.SegmentSequence:
-            by_number[int(item.SegmentNumber)] = names.index(item.SegmentLabel)
-        equal = bool(np.array_equal(by_number[planes].transpose(2, 1, 0), labels))
-        result = {
+        result: dict[str, object] = {
             "shape": list(shape),
             "classes_present": present,
-            "seg_frames": frames,
-            "seg_write_s": round(seg_s, 2),
-            "seg_read_back_s": round(read_s, 2),
-            "seg_mb": round(seg_path.stat().st_size / 1e6, 2),
             "nifti_write_s": round(nifti_s, 2),
             "nifti_mb": round(nifti.stat().st_size / 1e6, 2),
-            "read_back_equal": equal,
-            "peak_rss_mib": round(peak_rss_mib()),
         }
+        uids = [pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in sorted(folder.iterdir())]
+        for kind in ("BINARY", "LABELMAP"):
+            start = time.perf_counter()
+            seg_path = write_dicom_seg(labels, folder, names, Path(tmp) / f"{kind}.seg.dcm", affine=affine,
+                                       algorithm_name="benchmark", segmentation_type=kind)  # fmt: skip
+            seg_s = time.perf_counter() - start
+            start = time.perf_counter()
+            seg = hd.seg.segread(seg_path)
+            planes = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True)
+            read_s = time.perf_counter() - start
+            # Files are written in slice order (k = file number): planes are (k, row, column), labels (column, row, k).
+            by_number = np.zeros(len(names), dtype=np.uint8)
+            for item in seg.SegmentSequence:
+                if int(item.SegmentNumber):  # a LABELMAP's segment 0 is its background
+                    by_number[int(item.SegmentNumber)] = names.index(item.SegmentLabel)
+            result[kind.lower()] = {
+                "frames": int(seg.NumberOfFrames),
+                "write_s": round(seg_s, 2),
+                "read_back_s": round(read_s, 2),
+                "mb": round(seg_path.stat().st_size / 1e6, 2),
+                "read_back_equal": bool(np.array_equal(by_number[planes].transpose(2, 1, 0), labels)),
+            }
+        result["peak_rss_mib"] = round(peak_rss_mib())
     print(json.dumps(result, indent=2))
 
 
