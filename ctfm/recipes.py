@@ -63,7 +63,9 @@ def copy_recipe(name: str, destination: str | Path, *, folder: str | Path | None
     targets = {source: Path(destination) / source.name}
     existing = [str(target) for target in targets.values() if target.exists()]
     if existing:
-        raise CTFMError(f"{', '.join(existing)} exists already; nothing was copied: copy into another folder or remove it")
+        raise CTFMError(
+            f"{', '.join(existing)} exists already; nothing was copied: copy into another folder or remove it"
+        )
     for path, target in targets.items():
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(path.read_text())

@@ -4,8 +4,10 @@ Per input ``<name>`` (:func:`ctfm.io.naming.output_names`: the file name without
 name, prefixed with parent folders where inputs share it) in the output folder:
 ``<name>.nii.gz`` (integer labels on the input's grid) with ``<name>.json`` naming the values, ``<name>/<class>.nii.gz``
 binary masks with ``split_masks`` (as TotalSegmentator writes them), ``<name>.png`` with ``preview``; one
-``statistics.csv`` for the run (a row per input and class: volume in ml and mean HU inside the class). A run
-that would overwrite any of these stops before it starts, unless ``overwrite``.
+``statistics.csv`` for the run (a row per input and class: volume in ml and mean HU inside the class). With
+``output_type="dicom-seg"`` (DICOM series inputs only), ``<name>.seg.dcm``, a DICOM Segmentation object of the series,
+replaces ``<name>.nii.gz`` and its ``.json``. A run that would overwrite any of these stops before it starts, unless
+``overwrite``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ctfm.atomic import write_atomically
 from ctfm.errors import CTFMError, InvalidScanError
+from ctfm.io.dicom_seg import OutputType, check_output_type, model_name, require_dicom_series, write_dicom_seg
 from ctfm.io.naming import output_names
 from ctfm.io.reader import read_ct
 from ctfm.outputs import output_folder, refuse_overwrite
@@ -83,14 +86,19 @@ def segment_to_files(
     largest_component: bool = True,
     preview: bool = False,
     overwrite: bool = False,
+    output_type: OutputType = "nifti",
 ) -> SegmentReport:
     """Segment each input into ``out`` (see the module docstring); a bad input is skipped and reported."""
+    check_output_type(output_type)
     inputs = list(inputs)
     output_stems = output_names(inputs)
     out = output_folder(out)
     planned = [out / "statistics.csv"]
     for name in output_stems:
-        planned += [out / f"{name}.nii.gz", out / f"{name}.json"]
+        if output_type == "dicom-seg":
+            planned += [out / f"{name}.seg.dcm"]
+        else:
+            planned += [out / f"{name}.nii.gz", out / f"{name}.json"]
         planned += [out / name] if split_masks else []
         planned += [out / f"{name}.png"] if preview else []
     refuse_overwrite(planned, overwrite)
@@ -103,6 +111,8 @@ def segment_to_files(
     statistics: list[dict] = []
     for path, name in zip(tqdm(inputs, desc="segmenting", unit="scan"), output_stems):
         try:
+            if output_type == "dicom-seg":
+                require_dicom_series(path)
             hu = read_ct(path)
             labels = segment(
                 segmenter,
@@ -120,7 +130,18 @@ def segment_to_files(
             continue
         affine = np.asarray(hu.affine, dtype=np.float64)
         array = labels[0].numpy()
-        write_label_map(array, affine, out / f"{name}.nii.gz", names)
+        if output_type == "dicom-seg":
+            settings = {"roi_size": " ".join(map(str, roi_size)), "overlap": str(overlap),
+                        "largest_component": str(largest_component)}  # fmt: skip
+            try:
+                write_dicom_seg(array, path, names, out / f"{name}.seg.dcm", affine=affine,
+                                algorithm_name=model_name(model), parameters=settings)  # fmt: skip
+            except InvalidScanError as err:
+                logger.warning("skipping %s", err)
+                report.skipped.append((str(path), err.problem))
+                continue
+        else:
+            write_label_map(array, affine, out / f"{name}.nii.gz", names)
         if split_masks:
             for value in values:
                 write_label_map(

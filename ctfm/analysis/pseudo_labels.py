@@ -12,7 +12,9 @@ largest connected component (MONAI). The label map is on the target's grid (shap
 ``ctfm segment`` does), ``<name>_probabilities.nii.gz`` (the normalised maps, one volume per class, background
 first), ``<name>.png`` (overlay), ``evaluation.csv`` (Dice and average surface distance in mm per class against
 reference label maps, classes matched by name to the reference's values), and the pseudo-labelled scans in the
-TotalSegmentator v2 layout for ``totalsegmentator.yaml``.
+TotalSegmentator v2 layout for ``totalsegmentator.yaml``. With ``output_type="dicom-seg"`` (DICOM series targets
+only), ``<name>.seg.dcm``, a DICOM Segmentation object of the series (segments named after the prototypes' classes,
+algorithm type SEMIAUTOMATIC), replaces ``<name>.nii.gz`` and its ``.json``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from ctfm.analysis.similarity_maps import Normalisation, SimilarityMaps, prototy
 from ctfm.analysis.windows import Aggregation
 from ctfm.atomic import write_atomically
 from ctfm.errors import CTFMError, InvalidScanError
+from ctfm.io.dicom_seg import OutputType, check_output_type, require_dicom_series, write_dicom_seg
 from ctfm.io.naming import output_names
 from ctfm.outputs import output_folder, refuse_overwrite
 from ctfm.reports import ReportRow, RunReport
@@ -267,6 +270,8 @@ def pseudo_label(
     preview: bool = True,
     prototypes_path: str | Path = "prototypes",
     overwrite: bool = False,
+    output_type: OutputType = "nifti",
+    model_name: str = "ct-fm",
 ) -> PseudoLabelReport:
     """Label each target into ``out`` (see the module docstring); a bad target is skipped and reported.
 
@@ -275,9 +280,10 @@ def pseudo_label(
     ``reference_classes`` (``{value: name}``) gives it, else of the value the prototypes were built from. A
     reference with none of those values is refused before any work; a target without a usable reference is
     labelled and its rows say ``unscored`` with the reason. With ``totalsegmentator_layout``, each labelled target
-    becomes a training subject of that folder. A run that would overwrite a file of ``out`` stops first, unless
-    ``overwrite``.
+    becomes a training subject of that folder. ``model_name`` names the algorithm in a DICOM SEG. A run that would
+    overwrite a file of ``out`` stops first, unless ``overwrite``.
     """
+    check_output_type(output_type)
     cache = prototype_cache(model, prototypes, where=prototypes_path)  # refuses another model before any work
     names = prototypes.class_names
     if totalsegmentator_layout is not None:
@@ -289,7 +295,8 @@ def pseudo_label(
     out = output_folder(out)  # created only once the references are known to fit
     planned = [out / "evaluation.csv"] if reference_dir is not None else []
     for name in target_names:
-        planned += [out / f"{name}.nii.gz", out / f"{name}.json", out / f"{name}_probabilities.nii.gz"]
+        labelled = [f"{name}.seg.dcm"] if output_type == "dicom-seg" else [f"{name}.nii.gz", f"{name}.json"]
+        planned += [out / file for file in [*labelled, f"{name}_probabilities.nii.gz"]]
         planned += [out / f"{name}.png"] if preview else []
         planned += [Path(totalsegmentator_layout) / name] if totalsegmentator_layout is not None else []
     refuse_overwrite(planned, overwrite)
@@ -297,6 +304,8 @@ def pseudo_label(
     scores: list[dict] = []
     for target, name in zip(tqdm(targets, desc="pseudo-labelling", unit="scan"), target_names):
         try:
+            if output_type == "dicom-seg":
+                require_dicom_series(target)
             maps = similarity_maps(model, target, prototypes, aggregation=aggregation, normalisation=normalisation,
                                    temperature=temperature, cache=cache)  # fmt: skip
         except InvalidScanError as err:
@@ -305,7 +314,17 @@ def pseudo_label(
             continue
         affine = np.asarray(maps.scan.affine, dtype=np.float64)
         labels = labels_from_maps(maps.maps, affine, post)
-        write_label_map(labels, affine, out / f"{name}.nii.gz", names)
+        if output_type == "dicom-seg":
+            settings = {"prototypes": Path(prototypes_path).name, "model_sha256": str(cache.settings["model"])}
+            try:
+                write_dicom_seg(labels, target, names, out / f"{name}.seg.dcm", affine=affine, parameters=settings,
+                                algorithm_name=model_name, algorithm_type="SEMIAUTOMATIC")  # fmt: skip
+            except InvalidScanError as err:
+                logger.warning("skipping %s", err)
+                report.skipped.append((str(target), err.problem))
+                continue
+        else:
+            write_label_map(labels, affine, out / f"{name}.nii.gz", names)
         _write_maps(maps, affine, out / f"{name}_probabilities.nii.gz")
         if preview:
             _overlay(maps, labels, out / f"{name}.png", title=name)

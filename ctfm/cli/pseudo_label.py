@@ -49,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also write the labelled targets as training subjects of a TotalSegmentator v2 folder",
     )  # fmt: skip
     parser.add_argument("--no-preview", action="store_true", help="do not write <name>.png")
+    parser.add_argument(
+        "--output-type", choices=("nifti", "dicom-seg"), default="nifti",
+        help="nifti: <name>.nii.gz label map; dicom-seg: <name>.seg.dcm, a DICOM SEG of a DICOM series target",
+    )  # fmt: skip
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.set_defaults(func=run)
@@ -58,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from ctfm.analysis.prototypes import Prototypes
     from ctfm.analysis.pseudo_labels import PostProcessing, pseudo_label
     from ctfm.hub import load
+    from ctfm.io.dicom_seg import model_name
     from ctfm.io.naming import output_names
     from ctfm.provenance import describe_input, record_command
 
@@ -72,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature, post=post, reference_dir=args.reference_dir,
         reference_classes=dict(args.reference_classes) if args.reference_classes else None,
         totalsegmentator_layout=args.totalsegmentator_layout, preview=not args.no_preview,
-        prototypes_path=args.prototypes, overwrite=args.overwrite,
+        prototypes_path=args.prototypes, overwrite=args.overwrite, output_type=args.output_type,
+        model_name=model_name(args.model),
     )  # fmt: skip
     record_command(
         report.out, args, inputs=args.targets, output_names=output_names(args.targets), model=model,

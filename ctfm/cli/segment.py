@@ -29,6 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--preview", action="store_true", help="write <name>.png: three slices with the labels")
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    parser.add_argument(
+        "--output-type", choices=("nifti", "dicom-seg"), default="nifti",
+        help="nifti: <name>.nii.gz label map; dicom-seg: <name>.seg.dcm, a DICOM SEG of a DICOM series input",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -52,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         largest_component=not args.no_largest_component,
         preview=args.preview,
         overwrite=args.overwrite,
+        output_type=args.output_type,
     )
     record_command(
         report.out, args, inputs=args.inputs, output_names=output_names(args.inputs), model=segmenter,

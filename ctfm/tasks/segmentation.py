@@ -4,12 +4,14 @@ Training sees random patches and deep supervision (DiceCE with softmax on every 
 and predict see whole preprocessed scans through a Gaussian sliding window (overlap 0.625, the published setting).
 Dice is logged per class under the class's name and as the macro mean over the foreground classes. Predictions
 are put back on each input's own grid by the data module's ``invert`` (``monai.transforms.Invertd``) and written
-as ``<output_dir>/predictions/<image_id>.nii.gz`` with the class names in a JSON sidecar.
+as ``<output_dir>/predictions/<image_id>.nii.gz`` with the class names in a JSON sidecar, or, with
+``output_type="dicom-seg"`` and a DICOM series input, as ``<image_id>.seg.dcm``, a DICOM SEG of that series.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,12 +28,15 @@ from monai.networks.utils import one_hot
 from torch import nn
 
 from ctfm.atomic import write_atomically
+from ctfm.errors import InvalidScanError
 from ctfm.hub.safe_config import CLASS_NAMES_CHECKPOINT_KEY
+from ctfm.io.dicom_seg import OutputType, check_output_type, write_dicom_seg
 from ctfm.tasks.finetune import FineTuneModule
+
+logger = logging.getLogger(__name__)
 
 #: The published sliding-window overlap of every CT-FM segmentation setting.
 SW_OVERLAP = 0.625
-#: The checkpoint entry holding the output channel names, so ``ctfm export`` names them without the training data.
 
 
 def deep_supervision_dice_ce() -> DeepSupervisionLoss:
@@ -75,6 +80,8 @@ class SegmentationModule(FineTuneModule):
             scan's voxel spacing) for the per-case CSV (the MSD tumour recipe); costs a distance transform per class.
         weights: see :class:`~ctfm.tasks.finetune.FineTuneModule`.
         freeze_encoder: see :class:`~ctfm.tasks.finetune.FineTuneModule`.
+        output_type: ``"dicom-seg"`` writes the prediction of a DICOM series input as a DICOM SEG of it (override
+            ``model::output_type=dicom-seg``); other inputs, and maps a SEG cannot hold, stay NIfTI with a warning.
     """
 
     def __init__(
@@ -91,7 +98,9 @@ class SegmentationModule(FineTuneModule):
         surface_distance: bool = False,
         weights: str | None = None,
         freeze_encoder: bool | int = False,
+        output_type: OutputType = "nifti",
     ):
+        check_output_type(output_type)
         super().__init__(
             network=network,
             criterion=criterion or deep_supervision_dice_ce(),
@@ -116,6 +125,7 @@ class SegmentationModule(FineTuneModule):
             progress=True,
         )
         self.output_dir = None if output_dir is None else Path(output_dir)
+        self.output_type = output_type
         self.dice = {stage: DiceMetric(include_background=False, reduction="none") for stage in ("val", "test")}
         self.surface_distance = surface_distance
         self.case_rows: list[dict[str, Any]] = []
@@ -210,9 +220,28 @@ class SegmentationModule(FineTuneModule):
             if self.output_dir is None:
                 continue
             affine = pred.affine if isinstance(pred, MetaTensor) else torch.eye(4)
+            array, matrix = pred[0].cpu().numpy(), affine.cpu().numpy()
+            if self.output_type == "dicom-seg":
+                seg = self._write_seg(pred, array, matrix, self.output_dir / "predictions" / f"{name}.seg.dcm")
+                if seg is not None:
+                    written.append(seg)
+                    continue
             target = self.output_dir / "predictions" / f"{name}.nii.gz"
-            written.append(write_label_map(pred[0].cpu().numpy(), affine.cpu().numpy(), target, self.class_names))
+            written.append(write_label_map(array, matrix, target, self.class_names))
         return written
+
+    def _write_seg(self, pred: Any, array: np.ndarray, affine: np.ndarray, target: Path) -> Path | None:
+        """The DICOM SEG of a DICOM series input, else None (the caller writes NIfTI) after a warning saying why."""
+        source = Path(str(pred.meta.get("filename_or_obj", ""))) if isinstance(pred, MetaTensor) else None
+        if source is None or not source.is_dir():
+            logger.warning("%s: not a DICOM series folder, its prediction is written as NIfTI", source)
+            return None
+        try:
+            return write_dicom_seg(array.astype(np.int64), source, self.class_names, target, affine=affine,
+                                   algorithm_name=type(self.network).__name__)  # fmt: skip
+        except InvalidScanError as err:
+            logger.warning("%s; its prediction is written as NIfTI", err)
+            return None
 
 
 def _spacing_of(pixdim: Any, index: int) -> list[float]:
