@@ -25,8 +25,9 @@ Reduction = Literal["mean", "min", "max"]
 ImageInput = str | Path | MetaTensor | np.ndarray | torch.Tensor
 #: ``preprocess="model"``: the preprocessing the model's own spec names (``ctfm.load`` attaches it), else the
 #: canonical CT-FM preprocessing.
-FROM_MODEL = "model"
+FROM_MODEL: Literal["model"] = "model"
 Preprocess = CTPreprocessing | None | Literal["model"]
+RegionPool = Literal["mean", "max", "min", "crop"]
 
 
 def model_defaults(
@@ -37,8 +38,8 @@ def model_defaults(
 
     spec = spec_of(model)
     size = tuple(int(p) for p in (patch_size or (spec.patch_size if spec is not None else PATCH_SIZE)))
-    if preprocess == FROM_MODEL:
-        preprocess = spec.preprocessing if spec is not None else CTPreprocessing()
+    if isinstance(preprocess, str):  # FROM_MODEL
+        return size, spec.preprocessing if spec is not None else CTPreprocessing()
     return size, preprocess
 
 
@@ -168,7 +169,8 @@ def centre_crop_or_pad(
             return out
         source.append(slice(lo, hi))
         target.append(slice(lo - start, hi - start))
-    out[(slice(None), *target)] = volume[(slice(None), *source)]
+    everything = (slice(None),)
+    out[everything + tuple(target)] = volume[everything + tuple(source)]
     return out
 
 
@@ -198,7 +200,7 @@ def embed(
     whole_volume: Sequence[int] | bool = False,
     mask: ImageInput | None = None,
     labels: Sequence[int | str] | None = None,
-    pool: str = "mean",
+    pool: RegionPool = "mean",
     crop_size: Sequence[int] | None = None,
 ) -> torch.Tensor | PatchEmbeddings:
     """Embed one CT scan with a CT-FM encoder (or a SegResNetDS carrying one).
@@ -263,7 +265,6 @@ def embed(
 
 #: The CVPR 2026 challenge's crop around a region for "ROI" diseases (voxels at its 1 mm isotropic spacing).
 REGION_CROP = (160, 160, 160)
-RegionPool = Literal["mean", "max", "min", "crop"]
 
 
 @dataclass

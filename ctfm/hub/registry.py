@@ -129,8 +129,9 @@ def spec_from_input_spec(data: Any, *, name: str, architecture: str, origin: str
         crop_foreground=crop,
         body_threshold_hu=float(threshold),
     )
+    names = None if classes is None else tuple(classes)
     return ModelSpec(
-        name, "", architecture, {}, f"saved {architecture}", preprocessing, width, classes, patch_size=patch_size
+        name, "", architecture, {}, f"saved {architecture}", preprocessing, width, names, patch_size=patch_size
     )
 
 
