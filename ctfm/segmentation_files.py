@@ -114,6 +114,10 @@ def segment_to_files(
             if output_type == "dicom-seg":
                 require_dicom_series(path)
             hu = read_ct(path)
+            if not bool((hu > segmenter.preprocessing.body_threshold_hu).any()):
+                raise InvalidScanError(
+                    path, f"no voxel above {segmenter.preprocessing.body_threshold_hu:g} HU: no body to segment"
+                )
             labels = segment(
                 segmenter,
                 hu,

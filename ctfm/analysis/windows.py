@@ -23,8 +23,10 @@ from torch import nn
 
 from ctfm.analysis.query_vectors import query_settings
 from ctfm.atomic import write_atomically
+from ctfm.data.cache import check_body, check_geometry
 from ctfm.embedding import PatchEmbeddings, embed_patches
 from ctfm.embedding_table import model_fingerprint
+from ctfm.errors import InvalidScanError
 from ctfm.io.reader import read_ct
 from ctfm.transforms.preprocess import CTPreprocessing
 
@@ -80,7 +82,10 @@ class TargetCache:
         return query_settings(self.model_sha256, self.patch_size, self.preprocess, self.model_name)
 
     def key(self, path: Path) -> str:
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except OSError as err:
+            raise InvalidScanError(path, f"cannot be read ({err.strerror or err})") from err
         what = {"path": str(path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns, **self.settings}
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
@@ -91,7 +96,9 @@ class TargetCache:
             self.volumes.move_to_end(key)
             return self.volumes[key]
         scan = read_ct(path, check_hu=self.preprocess.check_hu)
+        check_geometry(path, scan, self.preprocess)  # the checks of ctfm prepare and ctfm embed: no degenerate scan
         volume = self.preprocess(scan)
+        check_body(path, volume.numpy(), self.preprocess)
         self.read += 1
         self.volumes[key] = (scan, volume)
         held = sum(a.element_size() * a.nelement() for pair in self.volumes.values() for a in pair)

@@ -103,7 +103,7 @@ def test_a_bad_coordinate_or_image_is_one_line_naming_the_csv_row(sample_nifti, 
     )
     code = main(["features", str(csv), "--model", str(model_dir), "--out", str(tmp_path / "f.parquet")])
     printed = capsys.readouterr()
-    assert code == 0 and "1 extracted, 3 skipped" in printed.out and "Traceback" not in printed.err
+    assert code == 3 and "1 extracted, 3 skipped" in printed.out and "Traceback" not in printed.err
     lines = printed.out.splitlines()
     assert any(f"{csv} row 3: coordX 'twelve' is not a number" in line for line in lines)
     assert any(f"{csv} row 4: " in line and "gone.nii.gz: no such file" in line for line in lines)
