@@ -62,14 +62,12 @@ def test_a_bad_flag_value_is_a_usage_error(capsys, tmp_path):
 
 
 def test_recipes_copy_into_a_folder_holding_one_of_the_files_writes_nothing(tmp_path, capsys):
-    (tmp_path / "mine" / "_base").mkdir(parents=True)
-    (tmp_path / "mine" / "_base" / "trainer.yaml").write_text("# my own\n")
+    (tmp_path / "mine").mkdir(parents=True)
+    (tmp_path / "mine" / "pretrain.yaml").write_text("# my own\n")
     assert main(["recipes", "copy", "pretrain", str(tmp_path / "mine")]) == 1
-    assert "trainer.yaml exists already; nothing was copied" in capsys.readouterr().err
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
-        "mine", "mine/_base", "mine/_base/trainer.yaml"
-    ]  # fmt: skip
-    assert (tmp_path / "mine" / "_base" / "trainer.yaml").read_text() == "# my own\n"
+    assert "pretrain.yaml exists already; nothing was copied" in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["mine", "mine/pretrain.yaml"]
+    assert (tmp_path / "mine" / "pretrain.yaml").read_text() == "# my own\n"
 
 
 def test_recipes_list_shows_whole_first_sentences_and_how_to_run_them_outside_a_clone(tmp_path, monkeypatch, capsys):

@@ -31,8 +31,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     import shutil
     import textwrap
+    from pathlib import Path
 
-    print(f"recipes in {recipes_dir(args.folder)} (run with `lighter fit PATH/NAME.yaml` from any folder):")
+    import ctfm.recipes
+
+    root = recipes_dir(args.folder)
+    shipped = root.resolve() == (Path(ctfm.recipes.__file__).resolve().parent / root.name).resolve()
+    print(
+        f"recipes {'shipped with ctfm' if shipped else 'in'} {root}: run one by its path from any folder "
+        f"(`lighter fit {root}/NAME.yaml vars::...=...`), or edit a copy (`ctfm recipes copy NAME DIR`):"
+    )
     width = max(shutil.get_terminal_size().columns, 80)
     for name, summary in list_recipes(args.folder).items():
         print(textwrap.fill(summary, width, initial_indent=f"  {name:22s} ", subsequent_indent=" " * 25))

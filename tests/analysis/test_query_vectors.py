@@ -103,7 +103,7 @@ def test_a_patch_row_of_a_table_is_its_window_embedding_and_a_query(encoder, sma
 def test_cli_semantic_search_needs_one_kind_of_query(small_scan, tmp_path, capsys):
     from ctfm.cli import main
 
-    assert main(["semantic-search", str(small_scan), "--out", str(tmp_path)]) == 1
+    assert main(["semantic-search", str(small_scan), "--out", str(tmp_path)]) == 2  # a usage error
     assert "give either SOURCE --point X Y Z or --query-embedding" in capsys.readouterr().err
 
 
@@ -123,5 +123,5 @@ def test_a_saved_query_records_its_model_by_path_and_fingerprint(encoder, small_
     other = save_pretrained(ct_fm_encoder(init_filters=4).eval(), tmp_path / "other")
     capsys.readouterr()
     args = ["semantic-search", str(small_scan), "--query-embedding", str(tmp_path / "q.npy"), "--model", str(other)]
-    assert main([*args, *common]) == 1
+    assert main([*args, *common, "--overwrite"]) == 1
     assert f"q.npy: made by another model ({str(model.resolve())!r})" in capsys.readouterr().err
