@@ -235,12 +235,8 @@ def _resolve_architecture(
     tensors: Mapping[str, torch.Tensor],
     origin: Path,
 ) -> tuple[str, dict[str, Any]]:
-    """Precedence: registry, then ``config.json``, then the file's metadata, then inference from the weights."""
-    if config is None and "config" in metadata:
-        try:
-            config = dict(json.loads(metadata["config"]))
-        except (TypeError, ValueError) as err:
-            raise ModelLoadError(f"{origin}: unreadable config in the safetensors metadata ({err})") from err
+    """Precedence: registry, then ``config`` (``config.json``, else the file's metadata: see :func:`_split_spec`),
+    then inference from the weights."""
     if config is None and spec is not None:
         config = dict(spec.default_config)
     shapes = {key: tuple(value.shape) for key, value in tensors.items()}

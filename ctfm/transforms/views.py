@@ -144,21 +144,32 @@ class ContrastiveViews(Randomizable):
         high = [max(size - patch, 0) + 1 for size, patch in zip(spatial_shape, self.patch_size)]
         self._starts = np.stack([self.R.randint(0, h, size=self.patches_per_scan) for h in high], axis=1)
 
-    def patch(self, volume: np.ndarray | torch.Tensor, start: Sequence[int]) -> torch.Tensor:
-        """The float32 ``(1, pz, py, px)`` patch at ``start``, padded with air where the volume is too small."""
-        box = tuple(slice(int(s), int(s) + p) for s, p in zip(start, self.patch_size))
-        patch = dequantise(volume[(slice(None),) + box])
+    def region(self, volume: np.ndarray | torch.Tensor, start: Sequence[int]) -> np.ndarray | torch.Tensor:
+        """The volume's ``(1, pz, py, px)`` box at ``start``, as stored (smaller where the volume is too small)."""
+        return volume[(slice(None),) + tuple(slice(int(s), int(s) + p) for s, p in zip(start, self.patch_size))]
+
+    def padded(self, patch: torch.Tensor) -> torch.Tensor:
+        """``patch`` padded with 0 (air, in floats and in the cache's codes alike) up to the patch size."""
         missing = [p - s for p, s in zip(self.patch_size, patch.shape[1:])]
         if any(missing):
-            patch = torch.nn.functional.pad(patch, [v for m in reversed(missing) for v in (0, m)], value=0.0)
+            patch = torch.nn.functional.pad(patch, [v for m in reversed(missing) for v in (0, m)], value=0)
         return patch
 
-    def __call__(self, volume: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def patch(self, volume: np.ndarray | torch.Tensor, start: Sequence[int]) -> torch.Tensor:
+        """The float32 ``(1, pz, py, px)`` patch at ``start``, padded with air where the volume is too small."""
+        return self.padded(dequantise(self.region(volume, start)))
+
+    def _start(self, volume: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Check ``volume`` is ``(1, z, y, x)`` (a ``(z, y, x)`` one gets its channel) and draw the M corners."""
         if volume.ndim == 3:
             volume = volume[None]
         if volume.ndim != 4 or volume.shape[0] != 1:
             raise ValueError(f"expected a (1, z, y, x) volume, got shape {tuple(volume.shape)}")
         self.randomize(volume.shape[1:])
+        return volume
+
+    def __call__(self, volume: np.ndarray | torch.Tensor) -> torch.Tensor:
+        volume = self._start(volume)
         views = torch.empty((self.patches_per_scan, 2, 1, *self.patch_size), dtype=torch.float32)
         track_meta = get_track_meta()
         set_track_meta(False)  # patches carry no geometry worth tracking; MetaTensor bookkeeping costs ~20 %
@@ -196,20 +207,11 @@ class ContrastivePatches(ContrastiveViews):
 
     def raw_patch(self, volume: np.ndarray | torch.Tensor, start: Sequence[int]) -> torch.Tensor:
         """The ``(1, pz, py, px)`` patch at ``start`` in the volume's own dtype, padded with 0 (air)."""
-        box = tuple(slice(int(s), int(s) + p) for s, p in zip(start, self.patch_size))
-        region = volume[(slice(None),) + box]
-        patch = region.clone() if isinstance(region, torch.Tensor) else torch.from_numpy(np.array(region))
-        missing = [p - s for p, s in zip(self.patch_size, patch.shape[1:])]
-        if any(missing):
-            patch = torch.nn.functional.pad(patch, [v for m in reversed(missing) for v in (0, m)], value=0)
-        return patch
+        region = self.region(volume, start)
+        return self.padded(region.clone() if isinstance(region, torch.Tensor) else torch.from_numpy(np.array(region)))
 
     def __call__(self, volume: np.ndarray | torch.Tensor) -> torch.Tensor:
-        if volume.ndim == 3:
-            volume = volume[None]
-        if volume.ndim != 4 or volume.shape[0] != 1:
-            raise ValueError(f"expected a (1, z, y, x) volume, got shape {tuple(volume.shape)}")
-        self.randomize(volume.shape[1:])
+        volume = self._start(volume)
         return torch.stack([self.raw_patch(volume, start) for start in self._starts])
 
 
