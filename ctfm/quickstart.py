@@ -10,6 +10,7 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,14 +21,35 @@ from ctfm.recipes import recipes_dir, run_recipe
 _FRAMEWORK_NOISE = (r".*LeafSpec.* is deprecated",)
 
 
+#: What a quickstart writes into its folder besides the sample data (which is regenerated identically each time).
+RUN_OUTPUTS = ("checkpoints", "encoder", "logs", "training_loss.png")
+
+
 def run_quickstart(
-    out: str | Path, *, n_scans: int = 8, configs: str | Path | None = None, overrides: Sequence[str] = ()
+    out: str | Path,
+    *,
+    n_scans: int = 8,
+    configs: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    overwrite: bool = False,
 ) -> Path:
-    """Run the whole quickstart in ``out``; returns the exported encoder directory."""
+    """Run the whole quickstart in ``out``; returns the exported encoder directory.
+
+    An earlier quickstart in ``out`` stops the run before any work unless ``overwrite``, which deletes its outputs
+    first: training into its folder would leave its ``last.ckpt`` (and its encoder) in place of the new run's.
+    """
     import ctfm
     from ctfm.data.sample import generate_ct, make_sample_dataset, write_nifti
+    from ctfm.outputs import refuse_overwrite
 
     out = Path(out).resolve()
+    earlier = [out / name for name in RUN_OUTPUTS]
+    refuse_overwrite(earlier, overwrite)
+    for path in earlier:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
     recipes = recipes_dir(configs)
     datalist = make_sample_dataset(out / "data", n_scans=n_scans, seed=0)
     command: list[str | Path] = [

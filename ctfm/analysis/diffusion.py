@@ -13,6 +13,7 @@ from ctfm.atomic import write_atomically
 from ctfm.data.diffusion import remove_window
 from ctfm.errors import CTFMError
 from ctfm.nn.diffusion.sampling import sample
+from ctfm.outputs import output_folder, refuse_overwrite
 from ctfm.plotting import image_grid
 from ctfm.tasks.ddpm import load_denoiser
 from ctfm.transforms.window import check_window
@@ -40,10 +41,12 @@ def sample_to_folder(
     spatial_dims: int | None = None,
     ema: bool = False,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Draw ``n`` images and write ``sample_000.nii.gz ...`` (HU inside the window) and ``samples.png``.
 
-    Without a window the images are unconditional and are written on the lung window's scale.
+    Without a window the images are unconditional and are written on the lung window's scale. Files of an earlier
+    run in ``out`` stop the run before sampling unless ``overwrite``.
     """
     if window is not None:
         window = check_window(*window)
@@ -51,6 +54,8 @@ def sample_to_folder(
         raise CTFMError(f"--n must be at least 1, got {n}")
     if steps < 1:
         raise CTFMError(f"--steps must be at least 1, got {steps}")
+    out = Path(out)
+    refuse_overwrite([*(out / f"sample_{index:03d}.nii.gz" for index in range(n)), out / "samples.png"], overwrite)
     network, variables = load_denoiser(checkpoint, spatial_dims=spatial_dims, ema=ema)
     size = list(size or variables.get("image_size") or [])
     if len(size) != network.spatial_dims:
@@ -72,8 +77,7 @@ def sample_to_folder(
     )
     width, level = window or (1500.0, -500.0)
     spacing = variables.get("spacing") or (1.0, 1.0, 1.0)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out)
     written = []
     for index, image in enumerate(images[:, 0]):
         hu = remove_window(image, width, level).numpy()

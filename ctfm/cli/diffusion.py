@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ctfm.outputs import OVERWRITE_HELP
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("diffusion", help="sample from a diffusion pretraining checkpoint (LCTfound)")
@@ -23,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sample.add_argument("--ema", action="store_true", help="use the EMA weights")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", required=True, help="folder for sample_000.nii.gz ... and samples.png")
+    sample.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     sample.set_defaults(func=run_sample)
 
 
@@ -42,6 +45,7 @@ def run_sample(args: argparse.Namespace) -> int:
         spatial_dims=args.spatial_dims,
         ema=args.ema,
         seed=args.seed,
+        overwrite=args.overwrite,
     )
     print(f"wrote {len(written) - 1} images and {written[-1]} to {args.out}")
     return 0

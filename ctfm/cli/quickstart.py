@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ctfm.outputs import OVERWRITE_HELP
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -12,6 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="runs/quickstart", help="folder for data, logs, checkpoints and the encoder")
     parser.add_argument("--scans", type=int, default=8, help="number of synthetic training scans")
     parser.add_argument("--configs", default=None, help="folder holding quickstart.yaml (default: ctfm's own recipes)")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument("overrides", nargs="*", help="extra lighter overrides, e.g. vars::max_epochs=2")
     parser.set_defaults(func=run)
 
@@ -19,5 +22,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ctfm.quickstart import run_quickstart
 
-    run_quickstart(args.out, n_scans=args.scans, configs=args.configs, overrides=args.overrides)
+    run_quickstart(args.out, n_scans=args.scans, configs=args.configs, overrides=args.overrides, overwrite=args.overwrite)
     return 0

@@ -1,7 +1,8 @@
 """Lightning callbacks every ctfm recipe adds to its trainer.
 
 :class:`InterruptedCheckpoint` makes a run stopped by Ctrl-C or by a scheduler's SIGTERM resumable from where it
-stopped, not from the last epoch checkpoint, which may be hours old.
+stopped, not from the last epoch checkpoint, which may be hours old. :class:`FreshCheckpointFolder` stops a new run
+from mixing its checkpoints into an earlier run's folder.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from ctfm.outputs import OutputExistsError
 
 #: File name of the checkpoint an interrupted fit writes beside its other checkpoints.
 INTERRUPTED_NAME = "interrupted.ckpt"
@@ -62,6 +65,28 @@ class InterruptedCheckpoint(pl.Callback):
             f"{' (replacing an older one)' if replaced else ''}. Resume with the same recipe and overrides: "
             f"lighter fit ... --ckpt_path {path}",
         )
+
+
+class FreshCheckpointFolder(pl.Callback):
+    """Refuse to start a new ``fit`` whose checkpoint folders already hold an earlier run's checkpoints.
+
+    Lightning would not overwrite them: it writes ``last-v1.ckpt`` and ``epoch0000-v1.ckpt`` beside them, so
+    ``last.ckpt``, the file users export and resume from, silently stays the earlier run's. A run resumed with
+    ``--ckpt_path`` continues in its folder by design and passes.
+    """
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.ckpt_path is not None:  # resuming: set before on_fit_start for the single-device and DDP strategies
+            return
+        for callback in trainer.checkpoint_callbacks:
+            folder = getattr(callback, "dirpath", None)
+            earlier = sorted(Path(folder).glob("*.ckpt")) if folder else []
+            if earlier:
+                raise OutputExistsError(
+                    f"{folder}: holds checkpoints of an earlier run ({', '.join(path.name for path in earlier[:3])}"
+                    f"{', ...' if len(earlier) > 3 else ''}); resume it with --ckpt_path {Path(folder) / 'last.ckpt'}"
+                    ", or start this run in another vars::output_dir"
+                )
 
 
 def _say(trainer: pl.Trainer, message: str) -> None:

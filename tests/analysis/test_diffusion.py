@@ -41,6 +41,14 @@ def test_sample_writes_nifti_in_hu_and_a_png(tmp_path, spatial_dims):
     hu = image.get_fdata()
     assert hu.min() >= -1250 - 1e-3 and hu.max() <= 250 + 1e-3  # inside the lung window 1500/-500
 
+    # A second run into the same folder stops before sampling, naming the first file in the way; --overwrite replaces.
+    before = (out / "samples.png").read_bytes()
+    again = [*args, "--size", *SIZES[spatial_dims], "--seed", "1", "--out", str(out)]
+    assert main(again) == 1
+    assert (out / "samples.png").read_bytes() == before
+    assert main([*again, "--overwrite"]) == 0
+    assert (out / "samples.png").read_bytes() != before
+
 
 def test_wrong_dimension_and_bad_window_fail_in_one_line(tmp_path, capsys):
     checkpoint = make_checkpoint(tmp_path / "last.ckpt", 2)

@@ -64,12 +64,13 @@ def test_fit_export_load_and_resume(tmp_path, datalist):
     fit_tiny(tmp_path, datalist)
     last = tmp_path / "checkpoints" / "last.ckpt"
     first = read_checkpoint(last)
-    assert first["global_step"] == 2 and first["epoch"] == 0
+    assert first["global_step"] == 2 and first["epoch"] == 1  # written at the end of training, after epoch 0
+    assert not list(last.parent.glob("last-v*.ckpt"))  # both checkpoint callbacks keep the one last.ckpt
 
     # A killed run resumes from its last checkpoint: the step count and the schedule continue.
     fit_tiny(tmp_path, datalist, "vars::max_epochs=2", ckpt_path=str(last))
     second = read_checkpoint(last)
-    assert second["global_step"] == 4 and second["epoch"] == 1
+    assert second["global_step"] == 4 and second["epoch"] == 2
     assert second["lr_schedulers"][0]["last_epoch"] == first["lr_schedulers"][0]["last_epoch"] + 1
 
     encoder_dir = ctfm.export_encoder(last, tmp_path / "encoder")
@@ -187,3 +188,25 @@ def test_pretrain_built_from_base_pieces_is_the_recipe_it_was(tmp_path):
     keys = ("patch_size", "patches_per_scan", "scans_per_device", "num_workers", "steps_per_epoch", "seed")
     assert {k: getattr(old_data, k) for k in keys} == {k: getattr(new_data, k) for k in keys}
     assert old_data.cache == new_data.cache
+
+
+def test_quickstart_into_an_earlier_quickstart_stops_unless_overwrite(tmp_path, monkeypatch, capsys):
+    """Training into an earlier run's folder would leave its last.ckpt and encoder in place of the new ones."""
+    import ctfm.quickstart
+    from ctfm.cli import main
+
+    (tmp_path / "encoder").mkdir()
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"earlier run")
+    assert main(["quickstart", "--out", str(tmp_path)]) == 1
+    assert "exists already from an earlier run; choose another --out or pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == b"earlier run"
+    assert not (tmp_path / "data").exists()  # stopped before any work
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ctfm.quickstart, "run_recipe", stop)
+    with pytest.raises(KeyboardInterrupt):
+        main(["quickstart", "--out", str(tmp_path), "--overwrite"])
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "encoder").exists()

@@ -1,4 +1,5 @@
-"""An interrupted fit (Ctrl-C, a scheduler's SIGTERM) leaves checkpoints/interrupted.ckpt, and a fit resumes from it."""
+"""An interrupted fit (Ctrl-C, a scheduler's SIGTERM) leaves checkpoints/interrupted.ckpt, and a fit resumes from it;
+a new fit never mixes its checkpoints into an earlier run's folder."""
 
 import pytest
 import pytorch_lightning as pl
@@ -9,7 +10,8 @@ from recipe_runner import fit_tiny
 from torch.utils.data import DataLoader
 
 from ctfm.tasks import CTFMModule
-from ctfm.tasks.callbacks import InterruptedCheckpoint
+from ctfm.outputs import OutputExistsError
+from ctfm.tasks.callbacks import FreshCheckpointFolder, InterruptedCheckpoint
 
 
 class _Regression(CTFMModule):
@@ -31,7 +33,12 @@ def _trainer(tmp_path, *callbacks, max_steps=6):
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=tmp_path,
-        callbacks=[ModelCheckpoint(dirpath=tmp_path / "checkpoints"), InterruptedCheckpoint(), *callbacks],
+        callbacks=[
+            ModelCheckpoint(dirpath=tmp_path / "checkpoints"),
+            InterruptedCheckpoint(),
+            FreshCheckpointFolder(),
+            *callbacks,
+        ],
     )
 
 
@@ -66,6 +73,16 @@ def test_an_interruption_before_the_first_step_writes_nothing(tmp_path, capsys):
     assert "Ctrl-C: stopped before the first training step; no checkpoint to resume from" in capsys.readouterr().err
 
 
+def test_a_new_fit_into_an_earlier_runs_checkpoint_folder_stops_and_leaves_it_alone(tmp_path):
+    _trainer(tmp_path, max_steps=2).fit(_Regression(), _loader())
+    earlier = {path.name: path.read_bytes() for path in (tmp_path / "checkpoints").iterdir()}
+    assert earlier  # Lightning would write the second run's files as *-v1.ckpt beside these
+
+    with pytest.raises(OutputExistsError, match=r"holds checkpoints of an earlier run \(.*\.ckpt\); resume it with"):
+        _trainer(tmp_path, max_steps=4).fit(_Regression(), _loader())
+    assert {path.name: path.read_bytes() for path in (tmp_path / "checkpoints").iterdir()} == earlier
+
+
 @pytest.mark.slow
 def test_the_recipes_trainer_writes_it_on_sigterm(tmp_path):
     """The shared trainer piece has the callback: a tiny pretraining fit stopped by SIGTERM resumes from it."""
@@ -82,3 +99,7 @@ def test_the_recipes_trainer_writes_it_on_sigterm(tmp_path):
     assert read_checkpoint(saved)["global_step"] == 1
     fit_tiny(run_dir, datalist, "vars::steps_per_epoch=3", ckpt_path=str(saved))
     assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 3
+    assert not list((run_dir / "checkpoints").glob("last-v*.ckpt"))  # one last.ckpt, the newest
+
+    with pytest.raises(OutputExistsError):  # a fresh run into the same folder stops before training
+        fit_tiny(run_dir, datalist, "vars::steps_per_epoch=3")
