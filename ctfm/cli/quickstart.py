@@ -22,5 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ctfm.quickstart import run_quickstart
 
-    run_quickstart(args.out, n_scans=args.scans, configs=args.configs, overrides=args.overrides, overwrite=args.overwrite)
+    run_quickstart(
+        args.out, n_scans=args.scans, configs=args.configs, overrides=args.overrides, overwrite=args.overwrite
+    )
     return 0

@@ -9,8 +9,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from recipe_runner import fit_tiny
 from torch.utils.data import DataLoader
 
-from ctfm.tasks import CTFMModule
 from ctfm.outputs import OutputExistsError
+from ctfm.tasks import CTFMModule
 from ctfm.tasks.callbacks import FreshCheckpointFolder, InterruptedCheckpoint
 
 
