@@ -1,4 +1,7 @@
-"""Pseudo-labels from similarity maps (seed 004): smooth, threshold, keep the largest component, write, evaluate.
+"""Pseudo-labels from similarity maps: smooth, threshold, keep the largest component, write, evaluate.
+
+The post-processing of the probability maps of J. Kim's proposal "Leveraging Foundation Models, Knowledge
+Distillation, and Pseudo-Labeling for Robust Lung Segmentation in Computed Tomography Scans" (UCLA), on 3D maps.
 
 Post-processing of the normalised maps on the target's grid: a Gaussian (sigma in mm, so anisotropic voxels are
 smoothed alike in space), then per class channel a threshold: ``global`` (one value), ``otsu`` (Otsu's threshold of
