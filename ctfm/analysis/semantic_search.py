@@ -193,8 +193,8 @@ def run_semantic_search(
         skipped: collects unreadable targets instead of stopping.
 
     Returns:
-        The matches table: per target ``target``, the best match's ``x_mm, y_mm, z_mm`` (in the points'
-        convention), its cosine ``similarity`` and, with ``mask_dir``, ``ocd_cm`` and ``inside_mask``.
+        (pd.DataFrame): The matches table, per target ``target``: the best match's ``x_mm, y_mm, z_mm`` (in the
+            points' convention), its cosine ``similarity`` and, with ``mask_dir``, ``ocd_cm`` and ``inside_mask``.
     """
     import nibabel as nib
     import pandas as pd
