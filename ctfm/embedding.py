@@ -364,6 +364,19 @@ def embed_regions(
 
     Raises:
         EmptyRegionError: a region has no voxel in the mask, named with the mask and its labels.
+
+    Examples:
+        >>> import tempfile, ctfm
+        >>> from ctfm.data.sample import generate_ct, write_nifti
+        >>> from ctfm.embedding import embed_regions
+        >>> from ctfm.nn import ct_fm_encoder
+        >>> scan = write_nifti(generate_ct((24, 64, 64), seed=1), tempfile.mkdtemp() + "/scan.nii.gz")
+        >>> hu = ctfm.read_ct(scan)
+        >>> mask = (hu > 0).int() + (hu > 300).int()  # a label map on the scan's grid: 1 soft tissue, 2 bone
+        >>> model = ct_fm_encoder(init_filters=4)
+        >>> found = embed_regions(model, scan, mask, {"tissue": [1], "bone": [2]}, patch_size=(8, 32, 32))
+        >>> {name: tuple(region.embedding.shape) for name, region in found.items()}
+        {'tissue': (64,), 'bone': (64,)}
     """
     from ctfm.io.regions import EmptyRegionError, read_region_labels, region_mask, region_values
     from ctfm.transforms.dictionary import CTPreprocessingd
