@@ -55,7 +55,7 @@ def sample_to_folder(
         method: ``"ddim"`` or ``"ddpm"``.
         guidance_scale: classifier-free guidance; 1 is plain conditional sampling.
         size: the image size in pixels / voxels; default the recipe's.
-        spatial_dims: 2 or 3, when the checkpoint does not say.
+        spatial_dims: the dimension the denoiser must have (2 or 3); a checkpoint of another is refused.
         ema: use the exponential-moving-average weights.
         seed: seeds the noise.
 

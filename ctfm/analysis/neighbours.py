@@ -107,8 +107,8 @@ def search_table(
             with ``query_vector``.
         table: an embedding table written by ``ctfm embed`` (a Parquet folder or file).
         k: how many neighbours to return.
-        kind: ``"exact"`` (cosine over every row), ``"ivfpq"`` (a FAISS index, built once and saved beside the
-            table) or ``"auto"`` (exact up to :data:`EXACT_UP_TO` rows).
+        kind: ``"exact"`` (cosine over every row); ``"hnsw"``, ``"ivf"`` or ``"ivfpq"`` (FAISS indexes, built
+            once and saved beside the table); or ``"auto"`` (exact up to :data:`EXACT_UP_TO` rows, else IVF-PQ).
         model: where to load the table's model from when ``query`` must be embedded (default: the name the
             table records).
         patches: rank every patch of every scan (a table written with ``--patches``) instead of the scans.

@@ -59,7 +59,8 @@ class DeviceViews:
     :func:`~ctfm.transforms.quantise.dequantise`) or floats in [0, 1].
 
     Args:
-        crop_scale: (low, high) fraction of the patch's extent a random crop keeps, resized back to the patch.
+        crop_scale: (low, high) range of the scale ``s`` of a random crop: a box ``s`` times the patch's size
+            along every axis, resized back to the patch (zoom without stretching).
         flip_prob: probability of a flip along z.
         affine_prob: probability of a random rotation and scaling.
         rotate_range: largest rotation in radians about the z, y and x axes (small out of the axial plane, where
