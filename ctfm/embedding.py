@@ -57,6 +57,14 @@ class PatchEmbeddings:
     patch_size: tuple[int, ...]
 
     def reduce(self, how: Reduction = "mean") -> torch.Tensor:
+        """One vector for the scan from its patches.
+
+        Args:
+            how: ``"mean"``, ``"min"`` or ``"max"``, element-wise over the patches.
+
+        Returns:
+            ``(D,)``, the embedding width.
+        """
         if how == "mean":
             return self.embeddings.mean(dim=0)
         if how == "min":
