@@ -57,6 +57,14 @@ class PatchEmbeddings:
     patch_size: tuple[int, ...]
 
     def reduce(self, how: Reduction = "mean") -> torch.Tensor:
+        """One vector for the scan from its patches.
+
+        Args:
+            how: ``"mean"``, ``"min"`` or ``"max"``, element-wise over the patches.
+
+        Returns:
+            ``(D,)``, the embedding width.
+        """
         if how == "mean":
             return self.embeddings.mean(dim=0)
         if how == "min":
@@ -105,7 +113,31 @@ def embed_patches(
     preprocess: Preprocess = FROM_MODEL,
     progress: bool | None = None,
 ) -> PatchEmbeddings:
-    """Embed every patch of a grid over the scan. See :func:`embed` for the arguments."""
+    """Embed every patch of a grid over the scan, keeping each patch's embedding and centre.
+
+    Args:
+        model: the encoder (its spec gives the default patch size and preprocessing).
+        image: a path or HU MetaTensor (preprocessed here), or a ``(z, y, x)`` array already preprocessed.
+        patch_size: (z, y, x) patch in voxels of the preprocessed volume; default the model's own.
+        overlap: fraction of a patch shared by neighbours along each axis, in [0, 1).
+        batch_size: patches per forward pass; bounds memory.
+        preprocess: ``"model"``, a :class:`~ctfm.transforms.preprocess.CTPreprocessing`, or ``None`` for model
+            input already.
+        progress: show a progress bar (default: only for more than 8 batches).
+
+    Returns:
+        :class:`PatchEmbeddings`: ``embeddings`` ``(N, D)`` and the patch centres as voxel indices of the
+        preprocessed volume and as world RAS mm.
+
+    Examples:
+        >>> import tempfile, ctfm
+        >>> from ctfm.data.sample import generate_ct, write_nifti
+        >>> from ctfm.nn import ct_fm_encoder
+        >>> scan = write_nifti(generate_ct((24, 64, 64), seed=1), tempfile.mkdtemp() + "/scan.nii.gz")
+        >>> patches = ctfm.embed_patches(ct_fm_encoder(init_filters=4), scan, patch_size=(8, 32, 32))
+        >>> patches.embeddings.shape[1], patches.centers_mm.shape[1]
+        (64, 3)
+    """
     patch_size, settings = model_defaults(model, patch_size, preprocess)
     volume = to_model_input(image, settings, patch_size)
     return embed_volume_patches(
@@ -229,6 +261,10 @@ def embed(
             box centred on the region.
         crop_size: the box of ``pool="crop"``; default the challenge's 160^3 crop.
 
+    Returns:
+        One ``(D,)`` vector (D = 512 for CT-FM) when ``reduce`` is set or a ``mask`` or ``whole_volume`` is
+        given; with ``reduce=None``, the :class:`PatchEmbeddings` of every patch.
+
     Examples:
         >>> import tempfile, ctfm
         >>> from ctfm.data.sample import generate_ct, write_nifti
@@ -336,6 +372,19 @@ def embed_regions(
 
     Raises:
         EmptyRegionError: a region has no voxel in the mask, named with the mask and its labels.
+
+    Examples:
+        >>> import tempfile, ctfm
+        >>> from ctfm.data.sample import generate_ct, write_nifti
+        >>> from ctfm.embedding import embed_regions
+        >>> from ctfm.nn import ct_fm_encoder
+        >>> scan = write_nifti(generate_ct((24, 64, 64), seed=1), tempfile.mkdtemp() + "/scan.nii.gz")
+        >>> hu = ctfm.read_ct(scan)
+        >>> mask = (hu > 0).int() + (hu > 300).int()  # a label map on the scan's grid: 1 soft tissue, 2 bone
+        >>> model = ct_fm_encoder(init_filters=4)
+        >>> found = embed_regions(model, scan, mask, {"tissue": [1], "bone": [2]}, patch_size=(8, 32, 32))
+        >>> {name: tuple(region.embedding.shape) for name, region in found.items()}
+        {'tissue': (64,), 'bone': (64,)}
     """
     from ctfm.io.regions import EmptyRegionError, read_region_labels, region_mask, region_values
     from ctfm.transforms.dictionary import CTPreprocessingd

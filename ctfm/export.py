@@ -57,6 +57,28 @@ def export_encoder(checkpoint: str | Path, out_dir: str | Path, *, config_key: s
     A segmentation network whose checkpoint names its classes also gets ``classes.json`` (the names, background
     first), which ``ctfm segment`` reads. Refuses (naming the tensors) weights holding NaN or inf, as every save in
     ctfm does.
+
+    Args:
+        checkpoint: a Lightning ``.ckpt`` written by a ctfm recipe (it stores the recipe's config).
+        out_dir: the folder for ``config.json`` + ``model.safetensors`` (+ ``classes.json``).
+        config_key: where the network sits in the recipe, e.g. ``model::network``; by default the first of
+            :data:`EXPORT_CANDIDATES` that holds a CT-FM encoder or SegResNetDS.
+
+    Returns:
+        ``out_dir``, which :func:`ctfm.load` reads.
+
+    Examples:
+        A checkpoint as a pretraining run leaves it (the recipe's config and the module's weights):
+
+        >>> import tempfile, torch, ctfm
+        >>> from ctfm.nn import ct_fm_encoder
+        >>> folder = tempfile.mkdtemp()
+        >>> weights = {f"network.{k}": v for k, v in ct_fm_encoder(init_filters=4).state_dict().items()}
+        >>> config = {"model": {"network": {"_target_": "ctfm.nn.ct_fm_encoder", "init_filters": 4}}}
+        >>> torch.save({"state_dict": weights, "hyper_parameters": {"config": config}}, folder + "/last.ckpt")
+        >>> exported = ctfm.export_encoder(folder + "/last.ckpt", folder + "/encoder")
+        >>> type(ctfm.load(exported)).__name__
+        'SegResEncoder'
     """
     from ctfm.hub.format import CLASSES_FILE
     from ctfm.hub.saving import save_pretrained

@@ -24,7 +24,18 @@ _COMMAND = re.compile(r"^#\s+lighter (?P<stage>fit|validate|test|predict) lighte
 
 
 def recipes_dir(start: str | Path | None = None) -> Path:
-    """``lighter_configs/`` in the current folder (a user's edited copy wins), else the one installed with ctfm."""
+    """``lighter_configs/`` in the current folder (a user's edited copy wins), else the one installed with ctfm.
+
+    Args:
+        start: a folder to use instead of ``./lighter_configs``; it must hold ``pretrain.yaml``.
+
+    Returns:
+        The recipes folder: the first of ``start`` (or ``./lighter_configs``) and the installed copy that holds
+        ``pretrain.yaml``.
+
+    Raises:
+        CTFMError: neither folder holds the recipes; the message says how to copy them.
+    """
     candidates = [
         Path(start) if start else Path.cwd() / RECIPES_DIRNAME,
         Path(__file__).resolve().parent / RECIPES_DIRNAME,
@@ -127,6 +138,16 @@ def check_vars(vars: dict[str, Any], schema: dict[str, str]) -> bool:
 
     Recipes call it as their model's ``_disabled_`` item, which sparkwheel resolves before anything else of the
     model: so it returns False (the model is built) when every var fits.
+
+    Args:
+        vars: the recipe's ``vars`` after command-line overrides.
+        schema: var name -> its spec, such as ``"int >= 1"``, ``"float in [0, 1]"`` or ``"str | null"``.
+
+    Returns:
+        False, so the ``_disabled_`` item leaves the model enabled.
+
+    Raises:
+        RecipeVarsError: a var is unknown to ``schema`` (with the closest known name) or does not fit its spec.
     """
     import difflib
 

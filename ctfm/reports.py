@@ -1,6 +1,6 @@
 """What a long run did, item by item: one base for the reports of ``prepare``, ``embed`` and ``idc download|convert``.
 
-A run over thousands of scans or series never stops for one bad item (SPEC section 6): it records the item with its
+A run over thousands of scans or series never stops for one bad item: it records the item with its
 reason and goes on. Each report keeps its own lists (``prepared``, ``downloaded``, ...), which callers read; this base
 turns them into rows of (item, status, reason), so every report has the same ``ok``, the same summary (a first line
 that counts each status, then the reasons) and the same table, written atomically as CSV. It imports nothing heavy:

@@ -158,11 +158,38 @@ def segment(
     classes: Sequence[str] | None = None,
     largest_component: bool = True,
 ) -> MetaTensor:
-    """Segment one CT (a path, a DICOM series folder, or an HU MetaTensor); returns ``(1, I, J, K)`` labels.
+    """Segment one CT into a label map on the CT's own grid.
 
     The label map is on the input's grid (its shape and affine) with the values of the model's classes
-    (``load_segmenter(model).class_names[value]``); ``classes`` keeps only those names (others become 0).
-    ``stitch_device="cpu"`` keeps the class scores in host memory when the accelerator is small.
+    (``load_segmenter(model).class_names[value]``).
+
+    Args:
+        model: a registry name (e.g. ``"ct-fm-whole-body"``, see ``ctfm.list_models()``), a Hub-format folder or
+            repo id, a SegResNetDS, or a :class:`Segmenter`.
+        image: a path (NIfTI, NRRD, MHA), a DICOM series folder, or an HU MetaTensor.
+        roi_size: the sliding window (z, y, x) in voxels of the preprocessed scan; a multiple of the network's
+            downsampling factor (16 for CT-FM's five levels).
+        overlap: fraction of a window shared by its neighbours; more is smoother and slower.
+        batch_size: windows per forward pass.
+        device: where the network runs, e.g. ``"cuda"``.
+        stitch_device: where the class scores are summed; ``"cpu"`` keeps them in host memory when the
+            accelerator is small (default ``device``).
+        classes: keep only these class names (the others become 0).
+        largest_component: keep each class's largest connected component only, as the published pipeline does.
+
+    Returns:
+        An int64 ``(1, I, J, K)`` MetaTensor with the input's affine; ``meta["class_names"]`` lists the names of
+        the values, background first.
+
+    Examples:
+        >>> import tempfile, ctfm
+        >>> from ctfm.data.sample import generate_ct, write_nifti
+        >>> from ctfm.nn import ct_fm_segresnet
+        >>> scan = write_nifti(generate_ct((24, 64, 64), seed=1), tempfile.mkdtemp() + "/scan.nii.gz")
+        >>> network = ct_fm_segresnet(init_filters=4, out_channels=3)  # or "ct-fm-whole-body"
+        >>> labels = ctfm.segment(network, scan, roi_size=(16, 32, 32))
+        >>> tuple(labels.shape), labels.dtype, labels.meta["class_names"]
+        ((1, 64, 64, 24), torch.int64, ['background', 'class_1', 'class_2'])
     """
     segmenter = load_segmenter(model, device=device)
     keep = _class_values(segmenter.class_names, classes)

@@ -47,6 +47,24 @@ def sample_to_folder(
 
     Without a window the images are unconditional and are written on the lung window's scale. Files of an earlier
     run in ``out`` stop the run before sampling unless ``overwrite``.
+
+    Args:
+        checkpoint: a checkpoint of the diffusion pretraining recipe.
+        out: the output folder.
+        window: the CT window ``(width, level)`` in HU the images are drawn in; ``None`` for unconditional.
+        text: a caption, for a denoiser trained with text conditioning.
+        n: how many images.
+        steps: reverse steps (DDPM always walks every training step).
+        method: ``"ddim"`` or ``"ddpm"``.
+        guidance_scale: classifier-free guidance; 1 is plain conditional sampling.
+        size: the image size in pixels / voxels; default the recipe's.
+        spatial_dims: the dimension the denoiser must have (2 or 3); a checkpoint of another is refused.
+        ema: use the exponential-moving-average weights.
+        seed: seeds the noise.
+        overwrite: replace the files of an earlier run in ``out``.
+
+    Returns:
+        The files written: ``sample_000.nii.gz`` ... then ``samples.png``.
     """
     if window is not None:
         window = check_window(*window)

@@ -51,7 +51,17 @@ Mode = Literal["whole", "tiled"]
 
 @dataclass(frozen=True)
 class BenchmarkSettings:
-    """Everything that decides an embedding: identical for every model of one benchmark, recorded with it."""
+    """Everything that decides an embedding: identical for every model of one benchmark, recorded with it.
+
+    Attributes:
+        protocol: ``"global"`` embeds the whole scan; ``"roi"`` a region given by the CSV's ``mask``.
+        mode: ``"whole"``: one forward pass over ``whole_size`` (or ``crop_size`` around the region), the
+            challenge's protocol; ``"tiled"``: the mean over ``patch_size`` tiles.
+        preprocessing: the preprocessing of every scan (the challenge's: 1 mm isotropic, no body crop).
+        whole_size: the whole-scan input (z, y, x) in voxels.
+        crop_size: the box around a region in voxels.
+        patch_size: the tile of ``tiled`` mode in voxels.
+    """
 
     protocol: Protocol = "global"
     mode: Mode = "whole"
@@ -358,9 +368,43 @@ def compare_encoders(
     ``results.png`` and ``benchmark.json`` (the protocol and the models); embeddings are cached per model under
     ``embeddings/``, so adding a model re-embeds nothing else.
 
+    Args:
+        labels_csv: an ``image`` column (paths against the CSV's folder), for the ROI protocol ``mask`` (and
+            optionally ``labels``), optionally ``split`` (train / val / test), and one column per target.
+        models: names or folders ``ctfm.load`` reads; ``random:<model>`` is that architecture with random weights,
+            the floor every encoder must beat.
+        out_dir: the output folder.
+        settings: the embedding protocol, the same for every model.
+        targets: the target columns to probe; default every column that is not reserved.
+        n_bootstrap: bootstrap resamples of the test rows for the 95% confidence intervals.
+        seed: seeds the split (without a ``split`` column) and the bootstrap.
+        device: where the models run.
+        load_model: ``(reference, device) -> model``; default ``ctfm.load`` with the ``random:`` prefix.
+
+    Returns:
+        The metrics and predictions tables, the rows skipped with their reasons and the rows dropped per target.
+
     Examples:
-        >>> from ctfm.analysis.encoder_benchmark import compare_encoders  # doctest: +SKIP
-        >>> compare_encoders("labels.csv", ["ct-fm", "random:ct-fm"], "bench/")  # doctest: +SKIP
+        ``compare_encoders("labels.csv", ["ct-fm", "random:ct-fm"], "bench/")`` compares the published encoder with
+        its random floor; here a tiny encoder on six synthetic scans:
+
+        >>> import os, tempfile, ctfm, pandas as pd
+        >>> from ctfm.analysis import BenchmarkSettings, compare_encoders
+        >>> from ctfm.data.sample import generate_ct, write_nifti
+        >>> from ctfm.nn import ct_fm_encoder
+        >>> folder = tempfile.mkdtemp()
+        >>> encoder = ctfm.save_pretrained(ct_fm_encoder(init_filters=4), folder + "/encoder")
+        >>> scans = [write_nifti(generate_ct((16, 32, 32), seed=s), f"{folder}/s{s}.nii.gz") for s in range(6)]
+        >>> splits = ["train", "train", "val", "val", "test", "test"]
+        >>> labels = pd.DataFrame({"image": scans, "finding": list("ababab"), "split": splits})
+        >>> labels.to_csv(folder + "/labels.csv", index=False)
+        >>> settings = BenchmarkSettings(mode="tiled", patch_size=(16, 32, 32))
+        >>> result = compare_encoders(folder + "/labels.csv", [str(encoder)], folder + "/out", settings=settings,
+        ...                           n_bootstrap=20)
+        >>> list(result.metrics.columns)
+        ['model', 'target', 'metric', 'value', 'ci_low', 'ci_high', 'n_test']
+        >>> sorted(os.listdir(folder + "/out"))
+        ['benchmark.json', 'embeddings', 'metrics.csv', 'predictions.csv', 'results.md', 'results.png']
     """
     from ctfm.plotting import plot_encoder_benchmark
 

@@ -60,7 +60,15 @@ class LesionReport(RunReport):
 
 
 def read_lesions(csv: str | Path) -> pd.DataFrame:
-    """The lesion CSV with absolute ``image_path``; a missing column or an unreadable file names the CSV."""
+    """The lesion CSV with absolute ``image_path``; a missing column or an unreadable file names the CSV.
+
+    Args:
+        csv: ``image_path,coordX,coordY,coordZ`` (seeds in LPS mm) and any other columns; relative paths are
+            read against the CSV's folder.
+
+    Returns:
+        The CSV's rows, ``image_path`` made absolute.
+    """
     csv = Path(csv)
     table = read_csv_table(csv, "lesion table", dtype={"image_path": str})
     missing = [c for c in LESION_COLUMNS if c not in table.columns]
@@ -144,7 +152,18 @@ def extract_lesion_features(
 ) -> LesionReport:
     """Write the features of every usable row of ``csv`` to ``out`` (Parquet, atomically); return the report.
 
-    ``crop`` is ``fmcib`` or ``ct-fm`` (default: FMCIB's crop for FMCIB's model, else CT-FM's patch).
+    Args:
+        csv: the lesion CSV (see :func:`read_lesions`).
+        out: the Parquet file to write: the CSV's columns plus ``embedding``, one row per usable CSV row.
+        model: a model name or path for ``ctfm.load`` (``"fmcib"`` for FMCIB's ResNet50), or a network.
+        crop: ``"fmcib"``, ``"ct-fm"`` or a :class:`~ctfm.analysis.lesions.LesionCrop`; default FMCIB's crop
+            for FMCIB's model, else CT-FM's patch.
+        batch_size: crops per forward pass.
+        device: where the model runs, e.g. ``"cuda"``.
+        progress: show a progress bar over the scans.
+
+    Returns:
+        The report: rows extracted and rows skipped (by CSV line) with the reason.
     """
     table = read_lesions(csv)
     if isinstance(model, str):

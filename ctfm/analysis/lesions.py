@@ -38,6 +38,13 @@ class LesionCrop:
     """How a model's lesion input is made: orientation, voxel size (mm), crop size (voxels) and HU scaling.
 
     ``clip=False`` maps HU linearly, ``(HU - low) / (high - low)``, without clipping (FMCIB's normalisation).
+
+    Attributes:
+        orientation: axis codes of the crop, e.g. ``"LPS"`` (FMCIB) or ``"SPL"`` (CT-FM).
+        spacing: voxel size in mm along the crop's axes.
+        size: crop size in voxels along the crop's axes.
+        hu_range: ``(low, high)`` HU mapped to [0, 1].
+        clip: clip to [0, 1] after scaling (CT-FM) or not (FMCIB).
     """
 
     orientation: str
@@ -161,8 +168,31 @@ def lesion_crop(
 ) -> MetaTensor:
     """The ``size`` crop around ``point`` at ``spacing`` mm, in HU, with its affine (the seed at its centre voxel).
 
-    The defaults are FMCIB's crop (1 mm, 50 x 50 x 50, LPS). ``image`` is a path (NIfTI, NRRD, MHA, DICOM folder)
-    or a HU MetaTensor; ``point`` is in ``coords`` (``LPS`` as FMCIB and DICOM, or ``RAS``) millimetres.
+    The defaults are FMCIB's crop (1 mm, 50 x 50 x 50, LPS).
+
+    Args:
+        image: a path (NIfTI, NRRD, MHA, DICOM folder) or an HU MetaTensor.
+        point: the seed (x, y, z) in millimetres, in ``coords``.
+        coords: ``"LPS"`` (FMCIB, DICOM, ITK, 3D Slicer's markups) or ``"RAS"`` (NIfTI, MONAI): mixing them up
+            crops the mirror image of the lesion.
+        size: crop size in voxels along the crop's axes.
+        spacing: voxel size in mm, one value for isotropic.
+        orientation: axis codes the crop is resampled to.
+
+    Returns:
+        A float32 ``(1, *size)`` MetaTensor in HU whose affine puts the seed at voxel ``size // 2``; regions
+        outside the scan are air (-1024 HU).
+
+    Raises:
+        SeedOutsideScanError: the seed lies outside the scan's field of view.
+
+    Examples:
+        >>> import tempfile, ctfm
+        >>> from ctfm.data.sample import generate_ct, write_nifti
+        >>> scan = write_nifti(generate_ct((24, 64, 64), seed=1), tempfile.mkdtemp() + "/scan.nii.gz")
+        >>> crop = ctfm.lesion_crop(scan, (0.0, 0.0, 0.0), size=(16, 16, 16))  # LPS mm, FMCIB's geometry
+        >>> tuple(crop.shape), crop.dtype
+        ((1, 16, 16, 16), torch.float32)
     """
     spacing = (float(spacing),) * 3 if isinstance(spacing, (int, float)) else tuple(float(s) for s in spacing)
     volume = prepare_scan(image, orientation, spacing)

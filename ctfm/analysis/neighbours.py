@@ -101,6 +101,39 @@ def search_table(
     and settings (``model`` overrides where the model is loaded from; it must be the same network, checked by
     weight fingerprint). With ``patches=True`` every patch of the table is ranked, the rows gain ``patch`` and
     ``x_mm, y_mm, z_mm`` (its centre, RAS), and the query must be a vector (a patch of this table is left out).
+
+    Args:
+        query: a scan: a row of the table (by the path it was embedded under) or any scan on disk; ``None``
+            with ``query_vector``.
+        table: an embedding table written by ``ctfm embed`` (a Parquet folder or file).
+        k: how many neighbours to return.
+        kind: ``"exact"`` (cosine over every row); ``"hnsw"``, ``"ivf"`` or ``"ivfpq"`` (FAISS indexes, built
+            once and saved beside the table); or ``"auto"`` (exact up to :data:`EXACT_UP_TO` rows, else IVF-PQ).
+        model: where to load the table's model from when ``query`` must be embedded (default: the name the
+            table records).
+        patches: rank every patch of every scan (a table written with ``--patches``) instead of the scans.
+        query_vector: a saved or computed query embedding instead of ``query``.
+
+    Returns:
+        One row per neighbour, best first: ``query``, ``rank`` (from 1), ``path``, ``similarity`` (cosine), and
+        for patches ``patch`` and ``x_mm, y_mm, z_mm``.
+
+    Raises:
+        CTFMError: the query is neither a row nor a scan, or does not fit the table (width, model, settings).
+
+    Examples:
+        >>> import tempfile
+        >>> from ctfm.analysis import search_table
+        >>> from ctfm.data.sample import generate_ct, write_nifti
+        >>> from ctfm.embedding_table import embed_to_parquet
+        >>> from ctfm.nn import ct_fm_encoder
+        >>> folder = tempfile.mkdtemp()
+        >>> scans = [write_nifti(generate_ct((24, 64, 64), seed=s), f"{folder}/scan{s}.nii.gz") for s in range(3)]
+        >>> model = ct_fm_encoder(init_filters=4)  # ctfm embed --model ct-fm writes such tables
+        >>> report = embed_to_parquet(scans, folder + "/table", model=model, patch_size=(8, 32, 32))
+        >>> hits = search_table(scans[0], folder + "/table", k=2)  # the query's own row is never returned
+        >>> list(hits.columns), hits["rank"].tolist()
+        (['query', 'rank', 'path', 'similarity'], [1, 2])
     """
     columns = ["path", "embedding", *(("patch_embeddings", "patch_centers_mm") if patches else ())]
     if patches and not read_settings(table).get("patches"):

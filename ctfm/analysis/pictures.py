@@ -39,7 +39,20 @@ def saliency_picture(
     """Occlusion saliency of the patch at ``point_mm`` (RAS; default the scan centre): ``saliency.nii.gz`` on the
     scan's grid (0 outside the patch) and ``saliency.png`` over the preprocessed CT, its colour bar in 1 - cosine;
     a map whose range is float noise (below :data:`ctfm.plotting.NOISE_FLOOR`) is said to be so in the title and a
-    warning."""
+    warning.
+
+    Args:
+        model: the encoder.
+        scan_path: the CT.
+        out: the output folder.
+        point_mm: the patch's centre (x, y, z) in RAS mm; default the scan's centre.
+        patch_size: the patch (z, y, x) in voxels of the preprocessed scan.
+        window: the occluding box (z, y, x) in voxels, slid over the patch.
+        preprocess: the preprocessing of the scan.
+
+    Returns:
+        The paths of ``saliency.nii.gz`` and ``saliency.png``.
+    """
     import nibabel as nib
 
     from ctfm.analysis.saliency import occlusion_saliency
@@ -82,7 +95,21 @@ def pca_picture(
     overlap: float = 0.75,
     preprocess: CTPreprocessing = CTPreprocessing(),
 ) -> Path:
-    """``pca_concepts.png``: the scans side by side coloured by one PCA of their patch embeddings."""
+    """``pca_concepts.png``: the scans side by side coloured by one PCA of their patch embeddings.
+
+    One PCA over both scans gives the same colour to what the encoder sees alike (lightness PC1, a* PC2, b* PC3).
+
+    Args:
+        model: the encoder.
+        scans: the CT scans, usually two.
+        out: the output folder.
+        patch_size: the sliding window (z, y, x) in voxels of the preprocessed scans.
+        overlap: fraction of a window shared by its neighbours; more gives finer colour maps.
+        preprocess: the preprocessing of the scans.
+
+    Returns:
+        The path of ``pca_concepts.png``.
+    """
     from ctfm.analysis.pca_concepts import pca_concepts
     from ctfm.plotting import concept_pair, scaled_window
 
@@ -98,7 +125,17 @@ def pca_picture(
 
 
 def tsne_picture(table: str | Path, labels: str | Path, column: str, out: str | Path) -> Path:
-    """``tsne.png``: t-SNE of a table's scan embeddings coloured by ``column`` of a CSV keyed by ``path``."""
+    """``tsne.png``: t-SNE of a table's scan embeddings coloured by ``column`` of a CSV keyed by ``path``.
+
+    Args:
+        table: an embedding table written by ``ctfm embed``.
+        labels: a CSV with a ``path`` column (as the table records it) and the label column.
+        column: the label column of ``labels``.
+        out: the output folder.
+
+    Returns:
+        The path of ``tsne.png``.
+    """
     from ctfm.analysis.tsne import tsne_map
     from ctfm.data.datalist import read_csv_table
     from ctfm.embedding_table import embedding_matrix, read_table, scan_key
@@ -128,7 +165,22 @@ def stability_picture(
     patch_size: Sequence[int] = (24, 64, 64),
     preprocess: CTPreprocessing = CTPreprocessing(),
 ) -> tuple[dict[str, float], Path]:
-    """``stability.png`` (histogram) and ``stability.csv`` (summary) of corresponding-patch similarities."""
+    """``stability.png`` (histogram) and ``stability.csv`` (summary) of corresponding-patch similarities.
+
+    Args:
+        model: the encoder.
+        first: a scan.
+        second: a scan of the same subject (a rescan, or the first with noise or another grid).
+        out: the output folder.
+        world_transform: 4 x 4 matrix (RAS mm) taking a point of ``first`` to the same anatomy in ``second``;
+            default identity (scans already registered).
+        patch_size: the patch (z, y, x) in voxels of the preprocessed scans.
+        preprocess: the preprocessing of both scans.
+
+    Returns:
+        The summary of the cosine similarities (``patches``, ``mean``, ``median``, ``p5``, ``min``) and the path
+        of ``stability.png``.
+    """
     from ctfm.analysis.stability import corresponding_patch_similarity, summary
     from ctfm.plotting import similarity_histogram
 

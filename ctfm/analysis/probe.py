@@ -39,7 +39,14 @@ class ProbeData:
 
 def read_features(source: str | Path) -> pd.DataFrame:
     """The table a probe reads: a ``ctfm embed`` table (damaged parts and unusable rows left out, each named), a
-    ``ctfm features`` Parquet file, or a CSV of ``feature*`` columns. Anything else is one error naming it."""
+    ``ctfm features`` Parquet file, or a CSV of ``feature*`` columns. Anything else is one error naming it.
+
+    Args:
+        source: the table's path (a Parquet folder or file, or a CSV / TSV).
+
+    Returns:
+        Its rows, with an ``embedding`` column of vectors or ``feature*`` columns, and the label columns.
+    """
     from ctfm.embedding_table import METADATA_KEY, read_table
 
     source = Path(source)
@@ -236,8 +243,38 @@ def run_probe(
     seed: int = 0,
     source: str = "",
 ) -> dict[str, Any]:
-    """The probe's results: test metrics with CIs, chosen C, ROC points, the training-fraction curve, and the test
-    rows' ``predictions`` (a table, see :func:`test_predictions`)."""
+    """A linear probe of one label on frozen features, scored on held-out rows.
+
+    Args:
+        table: rows with features (an ``embedding`` column or ``feature*`` columns, see :func:`read_features`)
+            and the ``label`` column; a ``split`` column (train / test) fixes the split. Rows with a blank label
+            or unusable features are left out and counted.
+        label: the column to predict (two or more classes, each with two rows or more).
+        fractions: fractions of the training rows for the training-fraction curve (1.0 is always added).
+        test_size: fraction held out for the test when there is no ``split`` column (stratified).
+        n_bootstrap: bootstrap resamples of the test rows for the 95% confidence intervals.
+        seed: seeds the split, the subsamples, the cross-validation and the bootstrap.
+        source: the table's name, used in messages.
+
+    Returns:
+        ``label``, ``classes``, ``n_train``, ``n_test``, ``dropped_rows``, ``n_bootstrap``, ``seed``, the chosen
+        ``C``, ``metrics`` (AUROC, balanced accuracy, mAP, each ``{value, ci_low, ci_high}``), ``roc`` points,
+        the ``training_fraction`` curve, and the test rows' ``predictions`` (see :func:`test_predictions`).
+
+    Raises:
+        CTFMError: no such label column, a single class, or too few rows to hold out every class.
+
+    Examples:
+        >>> import numpy as np, pandas as pd
+        >>> from ctfm.analysis import run_probe
+        >>> rng = np.random.default_rng(0)
+        >>> labels = np.repeat(["benign", "malignant"], 20)
+        >>> features = rng.normal(size=(40, 8)) + (labels == "malignant")[:, None]  # e.g. ctfm features output
+        >>> table = pd.DataFrame(features, columns=[f"feature_{i}" for i in range(8)]).assign(label=labels)
+        >>> result = run_probe(table, "label", n_bootstrap=50)
+        >>> result["classes"], result["n_train"], result["n_test"], sorted(result["metrics"])
+        (['benign', 'malignant'], 32, 8, ['auroc', 'balanced_accuracy', 'map'])
+    """
     data = probe_data(table, label, test_size=test_size, seed=seed, source=source)
     n_classes = len(data.classes)
     curve = []

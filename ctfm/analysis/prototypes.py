@@ -53,6 +53,14 @@ class Prototypes:
     behind each class; ``class_values`` the label value of each class in the reference label maps they were built
     from (background 0 first; None for vectors from elsewhere), which reference maps scored against pseudo-labels
     are read with.
+
+    Attributes:
+        vectors: the reference vectors ``(rows, D)``, D the encoder's width.
+        owner: ``(rows,)`` class index of each row.
+        class_names: the class names, background first.
+        settings: the model fingerprint and the geometry the maps must use.
+        counts: patches behind each class.
+        class_values: the label value of each class in the reference label maps.
     """
 
     vectors: torch.Tensor
@@ -217,8 +225,27 @@ def compute_prototypes(
     centres: int = 1,
     seed: int = 0,
 ) -> Prototypes:
-    """Prototypes of ``classes`` (``{label value: name}``; default: the first label map's sidecar) from scans and
-    their label maps (each on its image's grid), plus the background. See the module docstring."""
+    """Prototypes of the classes of a few labelled scans, plus the background. See the module docstring.
+
+    Args:
+        model: the encoder whose embeddings the prototypes are (maps must later use the same one).
+        images: the reference CT scans (paths).
+        labels: one label map per image, on its image's grid.
+        classes: ``{label value: name}`` of the classes to learn; default every named non-zero value of the first
+            label map's ``.json`` sidecar (without one, ``classes`` is required).
+        patch_size: the sliding window (z, y, x) in voxels of the preprocessed scan.
+        overlap: fraction of a window shared by its neighbours; more puts more window centres inside small organs.
+        preprocess: the preprocessing of the scans.
+        centres: vectors per class: 1 is the mean, more are k-means centres (for a class whose look varies).
+        seed: seeds the k-means.
+
+    Returns:
+        The prototypes, carrying the model fingerprint and the geometry they were made with.
+
+    Raises:
+        CTFMError: images and label maps do not pair up, no classes are given or named, a class has no voxel, or
+            no window centre falls inside a class.
+    """
     if len(images) != len(labels) or not images:
         raise CTFMError(f"give one label map per image: {len(images)} images, {len(labels)} label maps")
     chosen = resolve_classes(classes, labels)

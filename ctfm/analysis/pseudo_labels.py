@@ -1,4 +1,7 @@
-"""Pseudo-labels from similarity maps (seed 004): smooth, threshold, keep the largest component, write, evaluate.
+"""Pseudo-labels from similarity maps: smooth, threshold, keep the largest component, write, evaluate.
+
+The post-processing of the probability maps of J. Kim's proposal "Leveraging Foundation Models, Knowledge
+Distillation, and Pseudo-Labeling for Robust Lung Segmentation in Computed Tomography Scans" (UCLA), on 3D maps.
 
 Post-processing of the normalised maps on the target's grid: a Gaussian (sigma in mm, so anisotropic voxels are
 smoothed alike in space), then per class channel a threshold: ``global`` (one value), ``otsu`` (Otsu's threshold of
@@ -51,8 +54,15 @@ THRESHOLDS = ("global", "otsu", "multi-level")
 
 @dataclass(frozen=True)
 class PostProcessing:
-    """How maps become labels (see the module docstring). ``level`` is the global threshold; ``levels`` the
-    (lower, upper) pair of ``multi-level`` (default: multi-Otsu of each channel)."""
+    """How maps become labels (see the module docstring).
+
+    Attributes:
+        sigma_mm: sigma of the Gaussian smoothing in mm (0 for none).
+        threshold: ``"global"``, ``"otsu"`` or ``"multi-level"`` (hysteresis).
+        level: the threshold of ``global``, on the normalised [0, 1] maps.
+        levels: the (lower, upper) pair of ``multi-level``; default multi-Otsu of each channel.
+        largest_component: keep each class's largest connected component only.
+    """
 
     sigma_mm: float = 2.0
     threshold: Threshold = "otsu"
@@ -282,6 +292,29 @@ def pseudo_label(
     labelled and its rows say ``unscored`` with the reason. With ``totalsegmentator_layout``, each labelled target
     becomes a training subject of that folder. ``model_name`` names the algorithm in a DICOM SEG. A run that would
     overwrite a file of ``out`` stops first, unless ``overwrite``.
+
+    Args:
+        targets: the scans to label (paths or DICOM series folders).
+        prototypes: the class prototypes (:func:`~ctfm.analysis.prototypes.compute_prototypes`).
+        model: the encoder the prototypes were made with (checked by weight fingerprint).
+        out: the output folder.
+        aggregation: how overlapping windows combine per voxel: ``"mean"`` or ``"max"``.
+        normalisation: ``"minmax"``, ``"sigmoid"`` or ``"softmax"`` (see
+            :func:`~ctfm.analysis.similarity_maps.normalise`).
+        temperature: the temperature of ``sigmoid`` and ``softmax``.
+        post: smoothing, thresholds and components (:class:`PostProcessing`).
+        reference_dir: a folder of reference label maps named like the targets, to score against.
+        reference_classes: ``{value: name}`` of the reference maps, when their values differ from the
+            prototypes'.
+        totalsegmentator_layout: a folder to which each labelled target is added as a TotalSegmentator subject.
+        preview: write a PNG overlay per target.
+        prototypes_path: the prototypes' file, named in messages.
+        overwrite: replace existing outputs.
+        output_type: ``"nifti"`` or ``"dicom-seg"`` (DICOM series targets only).
+        model_name: the algorithm's name in a DICOM SEG.
+
+    Returns:
+        The report: targets labelled, targets skipped with the reason, and the ``evaluation`` table when scored.
     """
     check_output_type(output_type)
     cache = prototype_cache(model, prototypes, where=prototypes_path)  # refuses another model before any work

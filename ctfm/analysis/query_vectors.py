@@ -33,8 +33,13 @@ _PREPROCESSING_COMPARED = ("spacing", "hu_range", "crop_foreground", "body_thres
 class QueryVector:
     """One query embedding, what results call it, and the settings that made it (None when unknown).
 
-    ``patch_of`` is ``(table, scan path, patch index)`` when the vector is a patch of a table, so a search of that
-    table can leave the query patch itself out.
+    Attributes:
+        vector: the embedding ``(D,)``.
+        name: what results call the query.
+        settings: model fingerprint, patch size and preprocessing that made it, checked against what it is
+            compared with.
+        patch_of: ``(table, scan path, patch index)`` when the vector is a patch of a table, so a search of that
+            table can leave the query patch itself out.
     """
 
     vector: np.ndarray
@@ -61,7 +66,15 @@ def sidecar_of(path: str | Path) -> Path:
 
 
 def save_query_vector(path: str | Path, query: QueryVector) -> Path:
-    """Write ``query.vector`` as ``path`` (``.npy``) and its settings beside it (``path.json``)."""
+    """Write ``query.vector`` as ``path`` (``.npy``) and its settings beside it (``path.json``).
+
+    Args:
+        path: the ``.npy`` file to write.
+        query: the query embedding and its settings.
+
+    Returns:
+        ``path``; ``ctfm search --query-embedding path`` reads it back and checks the settings.
+    """
     path = Path(path)
     vector = np.asarray(query.vector, dtype=np.float32)
     write_atomically(path, lambda tmp: np.save(tmp, vector, allow_pickle=False))
@@ -117,7 +130,15 @@ def patch_query(table: str | Path, scan: str, patch: int) -> QueryVector:
 
 
 def read_query(spec: Sequence[str]) -> QueryVector:
-    """The CLI's ``--query-embedding``: ``q.npy``, or ``TABLE SCAN PATCH`` (a patch of a patch table)."""
+    """The CLI's ``--query-embedding``: ``q.npy``, or ``TABLE SCAN PATCH`` (a patch of a patch table).
+
+    Args:
+        spec: one value (a ``.npy`` saved by :func:`save_query_vector`, or any one-vector ``.npy``) or three
+            (a patch table, a scan path in it, a patch index).
+
+    Returns:
+        The query, with its settings when they are known.
+    """
     if len(spec) == 1:
         return load_query_vector(spec[0])
     if len(spec) == 3:

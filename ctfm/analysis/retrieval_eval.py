@@ -60,7 +60,21 @@ def run_retrieval_eval(
     figure_queries: int = 6,
 ) -> RetrievalResult:
     """Embed the splits, retrieve the queries among the train split, write ``metrics.csv``, ``per_query.csv`` and
-    ``neighbours.png`` into ``out``. ``patch_size`` defaults to the volume size (one patch per volume)."""
+    ``neighbours.png`` into ``out``.
+
+    Args:
+        splits: ``{"train" | "val" | "test": (volumes, labels)}`` with preprocessed ``(N, z, y, x)`` volumes in
+            [0, 1] (e.g. MedMNIST 3D); the train split is the database, val and test the queries.
+        model: the encoder.
+        out: the output folder.
+        ks: the k of precision, average precision, hit rate and F1 at k.
+        reduce: how patch embeddings become one vector per volume.
+        patch_size: the patch in voxels; default the volume size (one patch per volume).
+        figure_queries: queries shown with their neighbours in ``neighbours.png``.
+
+    Returns:
+        The summary and per-query tables and the paths written.
+    """
     train_images, train_labels = splits["train"]
     query_images = np.concatenate([splits[s][0] for s in ("val", "test") if s in splits])
     query_labels = np.concatenate([splits[s][1] for s in ("val", "test") if s in splits])
@@ -111,7 +125,22 @@ def run_scan_retrieval_eval(
 ) -> RetrievalResult:
     """The protocol on scan files (3D-MIR's split CSVs, :func:`ctfm.data.mir3d.read_3dmir`): each scan is
     preprocessed, embedded on a ``patch_size`` grid and reduced (``min`` by default, 3D-MIR's best); scans that
-    cannot be read are skipped and listed in ``skipped``. Writes what :func:`run_retrieval_eval` writes."""
+    cannot be read are skipped and listed in ``skipped``. Writes what :func:`run_retrieval_eval` writes.
+
+    Args:
+        splits: ``{"train" | "val" | "test": (scan paths, labels)}``; train is the database.
+        model: the encoder.
+        out: the output folder.
+        ks: the k of precision, average precision, hit rate and F1 at k.
+        reduce: how patch embeddings become one vector per scan.
+        patch_size: the patch (z, y, x) in voxels of the preprocessed scan.
+        overlap: fraction of a patch shared by its neighbours.
+        preprocess: the preprocessing of the scans.
+        figure_queries: queries shown with their neighbours in ``neighbours.png``.
+
+    Returns:
+        The summary and per-query tables, the paths written and the scans skipped.
+    """
     from ctfm.errors import CTFMError
 
     preprocess = replace(preprocess, min_size=tuple(patch_size))

@@ -121,8 +121,19 @@ def organ_centroid_distance(match_mm: np.ndarray, mask: MetaTensor) -> tuple[flo
 def point_query(
     source: str | Path, point: Sequence[float], model: nn.Module, cache: TargetCache, lps: bool = False
 ) -> QueryVector:
-    """The embedding of the patch of ``source`` centred at ``point`` (RAS mm, or LPS with ``lps``), with the record
-    :func:`ctfm.analysis.query_vectors.save_query_vector` keeps beside it."""
+    """The embedding of the patch of ``source`` centred at ``point``, with the record
+    :func:`ctfm.analysis.query_vectors.save_query_vector` keeps beside it.
+
+    Args:
+        source: the scan holding the anatomy to look for.
+        point: its centre (x, y, z) in world mm: RAS, or LPS with ``lps``.
+        model: the encoder.
+        cache: gives the patch size and preprocessing the targets use, so query and targets match.
+        lps: ``point`` is in LPS (DICOM, 3D Slicer) rather than RAS.
+
+    Returns:
+        The query vector, named after its source and point.
+    """
     point_ras = np.asarray(point, dtype=np.float64) * (LPS_FLIP if lps else np.ones(3))
     scan = read_ct(source, check_hu=cache.preprocess.check_hu)
     check_inside(scan, point_ras, source)
@@ -163,7 +174,28 @@ def run_semantic_search(
     ``lps=True``. With ``mask_dir``, the mask named like each target gives ``ocd_cm`` and ``inside_mask``. A
     ``cache`` brings its own model settings (patch size, overlap, preprocessing) and embeddings. With a ``skipped``
     list, an unreadable target is added to it as ``(target, reason)`` and the search goes on; without, it stops the
-    search. Returns the matches table."""
+    search.
+
+    Args:
+        source: the scan holding the anatomy to look for (None with ``query``).
+        point: its centre (x, y, z) in world mm (None with ``query``).
+        targets: the scans to search.
+        model: the encoder.
+        out: the output folder.
+        lps: points are LPS (DICOM, 3D Slicer) rather than RAS.
+        mask_dir: a folder of organ masks named like the targets, to measure each match against.
+        patch_size: the patch (z, y, x) in voxels of the preprocessed scans.
+        overlap: fraction of a target patch shared by its neighbours; more gives finer heat maps.
+        preprocess: the preprocessing of source and targets.
+        cache: target volumes and embeddings reused across queries (it brings its own settings).
+        query: an embedded patch instead of ``source`` and ``point``.
+        overwrite: replace existing outputs.
+        skipped: collects unreadable targets instead of stopping.
+
+    Returns:
+        (pd.DataFrame): The matches table, per target ``target``: the best match's ``x_mm, y_mm, z_mm`` (in the
+            points' convention), its cosine ``similarity`` and, with ``mask_dir``, ``ocd_cm`` and ``inside_mask``.
+    """
     import nibabel as nib
     import pandas as pd
 

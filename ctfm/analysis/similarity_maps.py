@@ -1,10 +1,13 @@
-"""Multi-channel probability maps of a target scan from its patch similarity to class prototypes (seed 004, Alg. 1).
+"""Multi-channel probability maps of a target scan from its patch similarity to class prototypes.
 
-Every dense sliding-window patch of the target gets its cosine similarity to each class (the best of the class's
-prototypes); overlapping windows are aggregated per voxel (mean or max), the map is normalised to [0, 1] (min-max,
-Eq. 5; a temperature sigmoid, Eq. 6; or a temperature softmax across channels: all three keep the channels on one
-scale, so a voxel's highest channel is its nearest prototype) and resampled onto the target's own grid. Voxels the
-preprocessing cropped away (air around the body) are background with certainty.
+The sliding-window probability maps of J. Kim's proposal "Leveraging Foundation Models, Knowledge Distillation, and
+Pseudo-Labeling for Robust Lung Segmentation in Computed Tomography Scans" (UCLA), in 3D, with image prototypes in
+place of text embeddings. Every dense sliding-window patch of the target gets its cosine similarity to each class
+(the best of the class's prototypes); overlapping windows are aggregated per voxel (mean or max), the map is
+normalised to [0, 1] (min-max, ``(P - min P) / (max P - min P)``; a temperature sigmoid; or a temperature softmax
+across channels: all three keep the channels on one scale, so a voxel's highest channel is its nearest prototype)
+and resampled onto the target's own grid. Voxels the preprocessing cropped away (air around the body) are
+background with certainty.
 """
 
 from __future__ import annotations
@@ -66,8 +69,9 @@ def class_similarity(prototypes: Prototypes, embeddings: torch.Tensor) -> np.nda
 
 def normalise(maps: np.ndarray, how: Normalisation = "minmax", temperature: float = 0.01) -> np.ndarray:
     """Channels ``(C, ...)`` to [0, 1], every channel on one scale so the nearest prototype stays the highest
-    channel: min-max over the whole map (Eq. 5), ``1 / (1 + exp(-(P - mean) / t))`` (Eq. 6 with alpha = 1/t and
-    beta the map's mean), or softmax of ``P / t`` across channels."""
+    channel: min-max over the whole map, ``1 / (1 + exp(-(P - mean) / t))`` (the proposal's sigmoid
+    ``1 / (1 + exp(-alpha (P - beta)))`` with alpha = 1/t and beta the map's mean), or softmax of ``P / t`` across
+    channels."""
     maps = np.asarray(maps, dtype=np.float64)
     if how == "minmax":
         low, high = maps.min(), maps.max()

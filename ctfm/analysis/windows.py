@@ -54,6 +54,16 @@ class TargetCache:
     Embeddings stay in memory (and on disk when ``folder`` is given). The volumes, a few hundred MB each at clinical
     size, are kept up to ``max_volume_bytes`` and the least recently used go first: reading and preprocessing a
     target costs about as much as embedding it, so ten queries would otherwise pay for it ten times.
+
+    Args:
+        model: the encoder.
+        preprocess: the preprocessing of the targets (its ``min_size`` becomes ``patch_size``).
+        patch_size: the sliding window (z, y, x) in voxels of the preprocessed scan.
+        overlap: fraction of a window shared by its neighbours.
+        folder: where embeddings are also kept on disk, keyed by file, size, modification time and settings.
+        batch_size: windows per forward pass.
+        max_volume_bytes: memory for read and preprocessed volumes.
+        model_name: the registry name or path the model came from, recorded in saved queries.
     """
 
     def __init__(self, model: nn.Module, preprocess: CTPreprocessing, patch_size: Sequence[int], overlap: float,

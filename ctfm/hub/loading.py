@@ -64,7 +64,23 @@ def load(
     ``HF_HUB_ETAG_TIMEOUT``, 10 s, never huggingface_hub's retries) with a ``ModelLoadError`` saying how to
     provide the files.
 
+    Args:
+        name_or_path: a registry name (``ctfm.list_models()``, e.g. ``"ct-fm"``), a folder written by
+            :func:`~ctfm.hub.saving.save_pretrained`, a ``.safetensors`` file, or a Hub repo id ``org/name``.
+        revision: the Hub branch, tag or commit to download; pin a commit for reproducible runs.
+        cache_dir: where Hub downloads are kept (default huggingface_hub's cache).
+        local_files_only: use only files already in the cache (offline machines); ``None`` follows
+            ``HF_HUB_OFFLINE``.
+        device: where the model is placed, e.g. ``"cuda"``.
+
+    Returns:
+        The network in eval mode on ``device``, carrying its input spec (patch size, preprocessing) when the
+        registry or the files name one, which :func:`ctfm.embed` and :func:`ctfm.segment` then use.
+
     Examples:
+        The hub name ``"ct-fm"`` downloads the published encoder; a folder written by ``save_pretrained`` loads
+        the same way, offline:
+
         >>> import tempfile, ctfm
         >>> from ctfm.nn import ct_fm_encoder
         >>> folder = ctfm.save_pretrained(ct_fm_encoder(init_filters=4), tempfile.mkdtemp())

@@ -199,7 +199,16 @@ MODELS: dict[str, ModelSpec] = {
 
 
 def list_models() -> list[str]:
-    """Names ``ctfm.load`` accepts besides paths and Hub repo ids."""
+    """Names ``ctfm.load`` accepts besides paths and Hub repo ids.
+
+    Returns:
+        The registered model names; ``ctfm models`` prints them with their Hub repos and input specs.
+
+    Examples:
+        >>> import ctfm
+        >>> "ct-fm" in ctfm.list_models()
+        True
+    """
     return list(MODELS)
 
 

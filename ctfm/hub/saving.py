@@ -34,6 +34,22 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, config: M
     the architecture name and the config also go into the safetensors metadata, so the weights file alone loads.
     A model that carries an input spec (``ctfm.load`` attaches one) keeps it under the ``"ctfm"`` key, which
     constructor-kwarg loaders ignore. Weights holding NaN or inf are refused (nothing is written).
+
+    Args:
+        model: a network of an architecture ``ctfm.load`` knows (the CT-FM encoder, SegResNetDS, ...).
+        directory: the folder to write into; created if missing, the two files in it replaced.
+        config: the constructor kwargs, when the model does not store them as attributes (optionally with an
+            ``"architecture"`` key naming the class).
+
+    Returns:
+        ``directory``, ready for :func:`ctfm.load` or an upload as a Hub repo.
+
+    Examples:
+        >>> import tempfile, ctfm
+        >>> from ctfm.nn import ct_fm_encoder
+        >>> folder = ctfm.save_pretrained(ct_fm_encoder(init_filters=4), tempfile.mkdtemp())
+        >>> sorted(path.name for path in folder.iterdir())
+        ['config.json', 'model.safetensors']
     """
     kwargs = dict(config) if config is not None else {}
     architecture = kwargs.pop(ARCHITECTURE_KEY, None) or _architecture_of(model)

@@ -124,7 +124,28 @@ def output_name(path: str | Path) -> str:
 
 
 def read_ct(path: str | Path, *, check_hu: bool = True) -> MetaTensor:
-    """Read and validate one CT scan; returns a float32 ``(1, I, J, K)`` MetaTensor in HU with its RAS affine."""
+    """Read and validate one CT scan: voxels in HU, the affine in RAS millimetres (MONAI's convention).
+
+    Args:
+        path: a NIfTI, NRRD or MHA file, or a folder holding one DICOM CT series.
+        check_hu: refuse a volume whose values do not look like HU (e.g. already scaled to [0, 1]), naming the
+            file; turn off for synthetic or unusual data.
+
+    Returns:
+        A float32 ``(1, I, J, K)`` MetaTensor in HU, in the file's voxel order, whose affine maps voxel indices
+        to RAS mm.
+
+    Raises:
+        InvalidScanError: the file cannot be read, is not 3D, holds NaN or inf, or its values are clearly not HU.
+
+    Examples:
+        >>> import tempfile, ctfm
+        >>> from ctfm.data.sample import generate_ct, write_nifti
+        >>> path = write_nifti(generate_ct((24, 64, 64), seed=1), tempfile.mkdtemp() + "/scan.nii.gz")
+        >>> scan = ctfm.read_ct(path)
+        >>> tuple(scan.shape), scan.dtype
+        ((1, 64, 64, 24), torch.float32)
+    """
     path = Path(path)
     array, ras = _read_volume(path, what="CT")
     validate_ct_array(path, array, check_hu=check_hu)

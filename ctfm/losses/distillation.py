@@ -1,4 +1,9 @@
-"""Embedding distillation loss: mean squared error to the teacher's embedding (seed 004, Eq. 2), plus cosine."""
+"""Embedding distillation loss: mean squared error to the teacher's embedding, plus cosine.
+
+The mean squared error is the distillation loss of J. Kim's proposal "Leveraging Foundation Models, Knowledge
+Distillation, and Pseudo-Labeling for Robust Lung Segmentation in Computed Tomography Scans" (UCLA), where a student
+image encoder learns MedSAM's embeddings.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,19 @@ from torch import nn
 class EmbeddingDistillationLoss(nn.Module):
     """``MSE(student, teacher) + cosine_weight * (1 - cos(student, teacher))``, averaged over the batch.
 
-    Both inputs are ``(batch, dim)`` embeddings in the teacher's space. The cosine term (off by default, as in the
-    seed) makes the direction count when the teacher's embedding norms vary a lot between inputs.
+    ``forward(student, teacher)`` takes two ``(batch, dim)`` embeddings in the teacher's space (the student's after
+    :class:`~ctfm.nn.DistillationStudent`'s projection) and returns the scalar loss, computed in float32.
+
+    Args:
+        cosine_weight: weight of the cosine term; 0 (the default, plain MSE as in the proposal) leaves it out.
+            It makes the direction count when the teacher's embedding norms vary a lot between inputs.
+
+    Examples:
+        >>> import torch
+        >>> from ctfm.losses import EmbeddingDistillationLoss
+        >>> loss, teacher = EmbeddingDistillationLoss(), torch.ones(4, 512)
+        >>> float(loss(teacher, teacher)), float(loss(torch.zeros(4, 512), teacher))
+        (0.0, 1.0)
     """
 
     def __init__(self, cosine_weight: float = 0.0):

@@ -22,7 +22,16 @@ class IntraSampleNTXentLoss(nn.Module):
             only the first view anchors; its denominator holds its positive and both views of the other patches.
 
     ``forward(z)`` takes projections ``z`` of shape ``(scans, patches, 2, dim)`` (not yet normalised) and returns
-    the scalar loss. Every scan needs at least two patches, or there is no negative to contrast with.
+    the scalar loss, computed in float32 even under mixed precision. Every scan needs at least two patches, or there
+    is no negative to contrast with.
+
+    Examples:
+        >>> import torch
+        >>> from ctfm.losses import IntraSampleNTXentLoss
+        >>> _ = torch.manual_seed(0)
+        >>> z = torch.randn(2, 8, 1, 128).expand(2, 8, 2, 128)  # 2 scans, 8 patches, two identical views
+        >>> float(IntraSampleNTXentLoss()(z)) < float(IntraSampleNTXentLoss()(torch.randn(2, 8, 2, 128)))
+        True
     """
 
     def __init__(self, temperature: float = 0.1, symmetric: bool = True):

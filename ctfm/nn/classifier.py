@@ -16,6 +16,8 @@ class ScanClassifier(nn.Module):
     Args:
         encoder: a SegResEncoder (``ctfm.nn.ct_fm_encoder``); its deepest map has ``in_features`` channels.
         num_classes: 1 for a binary task (one logit), else the number of classes.
+        in_features: the encoder's embedding width (512 for CT-FM).
+        hidden_features: width of the head's hidden layer.
     """
 
     def __init__(

@@ -13,6 +13,10 @@ class ContrastiveNetwork(nn.Module):
 
     Kept as one module so an optimizer built from ``network.parameters()`` trains the head too, while
     ``network.encoder`` is exactly what gets exported and loaded by ``ctfm.load``.
+
+    Args:
+        encoder: the CT-FM encoder (``ct_fm_encoder()``).
+        head: maps pooled features ``(B, channels)`` to the loss's space, e.g. :class:`ProjectionHead`.
     """
 
     def __init__(self, encoder: nn.Module, head: nn.Module):

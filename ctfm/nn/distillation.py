@@ -9,7 +9,14 @@ from ctfm.nn.encoder import encoder_of, pooled_features
 
 
 def embedding_width(model: nn.Module) -> int:
-    """Channels of the deepest map (the pooled embedding's width) of a SegResEncoder or a model carrying one."""
+    """Channels of the deepest map (the pooled embedding's width) of a SegResEncoder or a model carrying one.
+
+    Args:
+        model: a CT-FM encoder or a network carrying one.
+
+    Returns:
+        ``init_filters * 2 ** (levels - 1)``: 512 for CT-FM.
+    """
     encoder = encoder_of(model)
     return int(encoder.init_filters) * 2 ** (len(encoder.blocks_down) - 1)
 
@@ -18,7 +25,12 @@ class DistillationStudent(nn.Module):
     """A student encoder, plus a linear map onto the teacher's embedding width when the widths differ.
 
     ``student`` is exactly what ``ctfm export`` writes and ``ctfm.load`` reads back; the projection exists only
-    for training. The teacher is given to size the projection and to check that both read the same input.
+    for training.
+
+    Args:
+        student: the encoder being trained (e.g. ``ct_fm_encoder(init_filters=8)``).
+        teacher: the frozen encoder it imitates; read only to size the projection and to check that both take
+            the same input (spatial dims, channels). It is not stored.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module):

@@ -28,7 +28,30 @@ def ct_fm_encoder(
     init_filters: int = CT_FM_INIT_FILTERS,
     blocks_down: Sequence[int] = CT_FM_BLOCKS_DOWN,
 ) -> SegResEncoder:
-    """The CT-FM feature extractor: stride-16 SegResEncoder, BatchNorm + ReLU, ``init_filters * 16`` deep channels."""
+    """The CT-FM feature extractor: stride-16 SegResEncoder, BatchNorm + ReLU, ``init_filters * 16`` deep channels.
+
+    The defaults build the published encoder (512 deep channels), whose weights ``ctfm.load("ct-fm")`` reads; a
+    smaller ``init_filters`` gives a narrower network of the same depth (a distillation student, a quick test).
+
+    Args:
+        spatial_dims: 3 for volumes ``(B, C, D, H, W)``, 2 for slices.
+        in_channels: input channels; CT-FM reads one (the [0, 1]-scaled HU volume).
+        init_filters: channels of the first level, doubled at each of the four downsamplings.
+        blocks_down: residual blocks per level; five levels make the stride 16.
+
+    Returns:
+        A MONAI ``SegResEncoder`` (state-dict keys as in the released weights); called on ``(B, C, D, H, W)`` it
+        returns one feature map per level, the deepest ``(B, init_filters * 16, D/16, H/16, W/16)``.
+
+    Examples:
+        >>> import torch
+        >>> from ctfm.nn import ct_fm_encoder, pooled_features
+        >>> encoder = ct_fm_encoder(init_filters=4)
+        >>> [tuple(m.shape) for m in encoder(torch.rand(2, 1, 16, 32, 32))][-1]
+        (2, 64, 1, 2, 2)
+        >>> pooled_features(encoder, torch.rand(2, 1, 16, 32, 32)).shape
+        torch.Size([2, 64])
+    """
     return SegResEncoder(
         spatial_dims=spatial_dims, in_channels=in_channels, init_filters=init_filters, blocks_down=tuple(blocks_down)
     )
@@ -42,7 +65,29 @@ def ct_fm_segresnet(
     blocks_down: Sequence[int] = CT_FM_BLOCKS_DOWN,
     dsdepth: int = 1,
 ) -> SegResNetDS:
-    """SegResNetDS whose encoder has the CT-FM shape, so ``encoder.*`` weights transfer one to one."""
+    """SegResNetDS whose encoder has the CT-FM shape, so ``encoder.*`` weights transfer one to one.
+
+    The segmentation recipes start from it and load the pretrained encoder into ``.encoder``.
+
+    Args:
+        spatial_dims: 3 for volumes ``(B, C, D, H, W)``.
+        in_channels: input channels; one for CT.
+        out_channels: classes predicted, background included.
+        init_filters: channels of the first level (32 for CT-FM).
+        blocks_down: residual blocks per encoder level (CT-FM's by default).
+        dsdepth: decoder levels with an output head; more than 1 adds deep-supervision outputs in training.
+
+    Returns:
+        A MONAI ``SegResNetDS`` mapping ``(B, C, D, H, W)`` (each spatial size a multiple of 16) to logits
+        ``(B, out_channels, D, H, W)``.
+
+    Examples:
+        >>> import torch
+        >>> from ctfm.nn import ct_fm_segresnet
+        >>> network = ct_fm_segresnet(init_filters=4, out_channels=3).eval()
+        >>> network(torch.rand(1, 1, 16, 32, 32)).shape
+        torch.Size([1, 3, 16, 32, 32])
+    """
     return SegResNetDS(
         spatial_dims=spatial_dims,
         in_channels=in_channels,
@@ -54,7 +99,18 @@ def ct_fm_segresnet(
 
 
 def encoder_of(model: nn.Module) -> SegResEncoder:
-    """The SegResEncoder inside ``model`` (the model itself, or a SegResNetDS's ``encoder``)."""
+    """The SegResEncoder inside ``model`` (the model itself, or a SegResNetDS's ``encoder``).
+
+    Args:
+        model: a CT-FM encoder, or a network holding one at ``.encoder`` (SegResNetDS, ScanClassifier,
+            ContrastiveNetwork).
+
+    Returns:
+        The encoder module itself (not a copy): changing it changes ``model``.
+
+    Raises:
+        TypeError: ``model`` carries no SegResEncoder.
+    """
     if isinstance(model, SegResEncoder):
         return model
     encoder = getattr(model, "encoder", None)
@@ -64,6 +120,14 @@ def encoder_of(model: nn.Module) -> SegResEncoder:
 
 
 def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Embedding of a batch: global average pool of the deepest encoder map, shape ``(batch, channels)``."""
+    """Embedding of a batch: global average pool of the deepest encoder map.
+
+    Args:
+        model: a CT-FM encoder or a network carrying one (see :func:`encoder_of`).
+        x: preprocessed input ``(B, 1, D, H, W)`` in [0, 1].
+
+    Returns:
+        ``(B, channels)``: 512 channels for CT-FM.
+    """
     deepest = encoder_of(model)(x)[-1]
     return deepest.flatten(2).mean(dim=2)

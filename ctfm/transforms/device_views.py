@@ -54,10 +54,27 @@ class ViewParameters:
 class DeviceViews:
     """Raw patches ``(S, M, 1, z, y, x)`` -> float32 views ``(S, M, 2, 1, z, y, x)``, batched on their device.
 
-    The defaults, and the meaning of every argument, are :func:`~ctfm.transforms.views.view_augmentation`'s; views
-    keep the patch's size. Patches may be the cache's unsigned integers (read as the unit range, like
-    :func:`~ctfm.transforms.quantise.dequantise`) or floats in [0, 1]. ``seed`` is the run's seed:
-    :meth:`generator` derives one stream per (rank, batch) from it, so DDP ranks and batches differ.
+    The defaults are :func:`~ctfm.transforms.views.view_augmentation`'s (the paper's augmentation); views keep the
+    patch's size. Patches may be the cache's unsigned integers (read as the unit range, like
+    :func:`~ctfm.transforms.quantise.dequantise`) or floats in [0, 1].
+
+    Args:
+        crop_scale: (low, high) range of the scale ``s`` of a random crop: a box ``s`` times the patch's size
+            along every axis, resized back to the patch (zoom without stretching).
+        flip_prob: probability of a flip along z.
+        affine_prob: probability of a random rotation and scaling.
+        rotate_range: largest rotation in radians about the z, y and x axes (small out of the axial plane, where
+            voxels are 3x thicker).
+        affine_scale: largest relative scaling of the affine, e.g. 0.1 for +-10%.
+        intensity_scale_prob: probability of multiplying intensities by (1 +- ``intensity_scale``).
+        intensity_scale: the largest relative intensity change.
+        histogram_shift_prob: probability of a random monotone remapping of intensities.
+        num_control_points: control points of that remapping (at least 3).
+        smooth_prob: probability of a Gaussian smoothing.
+        smooth_sigma: (low, high) range of its sigma, in voxels.
+        seed: the run's seed: :meth:`generator` derives one stream per (rank, batch) from it, so DDP ranks and
+            batches differ.
+        chunk: views sampled by one ``grid_sample`` call; bounds the sampling grid's memory.
     """
 
     def __init__(

@@ -31,6 +31,12 @@ class LoadCTd(MapTransform):
 
     Paths become MetaTensors; MetaTensors pass through (a label map given in memory is still checked against
     the scan's grid). Errors name the file.
+
+    Args:
+        image_key: the key of the CT (a path or an HU MetaTensor).
+        label_keys: keys of label maps that must lie on the CT's grid (same shape and affine); missing keys are
+            skipped, so one pipeline serves labelled and unlabelled items.
+        check_hu: refuse CTs whose values are clearly not HU.
     """
 
     def __init__(self, image_key: str = "image", label_keys: Sequence[str] = (), check_hu: bool = True):

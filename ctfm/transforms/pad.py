@@ -14,6 +14,11 @@ class ResizeWithPadOrCropToMinimumd(MapTransform):
 
     MONAI's ``mode="minimum"`` pads with the minimum of each line of voxels, which inside a tightly cropped head
     is brain rather than air; this pads with the minimum of the whole image instead.
+
+    Args:
+        keys: the image keys to resize.
+        spatial_size: the output's spatial size in voxels, e.g. (z, y, x).
+        allow_missing_keys: skip keys absent from an item instead of raising.
     """
 
     def __init__(self, keys: KeysCollection, spatial_size: Sequence[int], allow_missing_keys: bool = False):

@@ -30,7 +30,12 @@ RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
 class AboveThreshold:
-    """``x > threshold`` as a picklable callable: the foreground test of the crop (DataLoader workers pickle it)."""
+    """``x > threshold`` as a picklable callable: the foreground test of the crop (DataLoader workers pickle it).
+
+    Args:
+        threshold: the intensity above which a voxel is foreground, on the scale the crop sees ([0, 1] after
+            scaling, see :attr:`CTPreprocessing.body_threshold`).
+    """
 
     def __init__(self, threshold: float):
         self.threshold = float(threshold)
@@ -40,7 +45,23 @@ class AboveThreshold:
 
 
 class LoadCT(Transform):
-    """Path -> validated HU MetaTensor; a MetaTensor passes through (so in-memory scans share the pipeline)."""
+    """Path -> validated HU MetaTensor; a MetaTensor passes through (so in-memory scans share the pipeline).
+
+    Calling it with a path reads the scan with :func:`ctfm.io.reader.read_ct`; a 3D MetaTensor gets its channel
+    axis, a 4D one is returned as it is.
+
+    Args:
+        check_hu: refuse volumes whose values are clearly not HU (see :func:`~ctfm.io.reader.read_ct`).
+
+    Examples:
+        >>> import tempfile
+        >>> from ctfm.data.sample import generate_ct, write_nifti
+        >>> from ctfm.transforms import LoadCT
+        >>> path = write_nifti(generate_ct((24, 64, 64), seed=1), tempfile.mkdtemp() + "/scan.nii.gz")
+        >>> scan = LoadCT()(path)
+        >>> tuple(scan.shape), float(scan.min()) < -900  # (1, I, J, K) in HU: air is about -1000
+        ((1, 64, 64, 24), True)
+    """
 
     def __init__(self, check_hu: bool = True):
         self.check_hu = check_hu
@@ -55,8 +76,28 @@ class LoadCT(Transform):
 class CTPreprocessing:
     """Settings of the canonical preprocessing; calling it maps a path or HU MetaTensor to model input.
 
-    ``spacing=None`` keeps the native voxel size (the public model card's variant). ``body_threshold_hu`` decides
-    what counts as foreground for the crop: voxels above it (default -500 HU: body, not air or noise in air).
+    The steps: read and check HU, orient SPL (array axes z, y, x), resample, clip ``hu_range`` and scale it to
+    [0, 1], crop to the body, pad with air to ``min_size``. The defaults are the pretraining's; embedding with
+    other settings shifts the features.
+
+    Args:
+        spacing: (z, y, x) voxel size in mm to resample to; ``None`` keeps the native voxel size (the public
+            model card's variant).
+        hu_range: the HU interval mapped to [0, 1], values outside clipped; air (-1024 HU) becomes 0.
+        min_size: pad (with air) to at least this (z, y, x) size in voxels, so one patch fits.
+        crop_foreground: crop to the bounding box of the body, dropping the air around it.
+        body_threshold_hu: what counts as body for the crop: voxels above it (default -500 HU: body, not air or
+            noise in air).
+        check_hu: refuse inputs whose values are clearly not HU (already scaled, or missing their intercept).
+
+    Examples:
+        >>> import tempfile
+        >>> from ctfm.data.sample import generate_ct, write_nifti
+        >>> from ctfm.transforms import CTPreprocessing
+        >>> path = write_nifti(generate_ct((24, 64, 64), seed=1), tempfile.mkdtemp() + "/scan.nii.gz")
+        >>> volume = CTPreprocessing(min_size=(8, 32, 32))(path)  # (1, z, y, x) at 3 x 1 x 1 mm, cropped to the body
+        >>> tuple(volume.shape), volume.dtype, 0.0 <= float(volume.min()) <= float(volume.max()) <= 1.0
+        ((1, 20, 43, 52), torch.float32, True)
     """
 
     spacing: tuple[float, ...] | None = PRETRAINING_SPACING

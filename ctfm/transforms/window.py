@@ -61,7 +61,14 @@ class CTWindows(Transform):
 
 
 class CTWindowsd(MapTransform):
-    """Dictionary form of :class:`CTWindows` for ``keys`` (images only: label maps are not windowed)."""
+    """Dictionary form of :class:`CTWindows` for ``keys`` (images only: label maps are not windowed).
+
+    Args:
+        keys: the HU images to window.
+        windows: ``(low, high)`` HU pairs, or a mapping of names to pairs; default the four head-CT windows.
+        axis: spatial axis the windows are stacked along, ``None`` for channels (see :class:`CTWindows`).
+        allow_missing_keys: skip keys absent from an item instead of raising.
+    """
 
     def __init__(
         self,

@@ -152,7 +152,20 @@ class WindowConditionedUNet(nn.Module):
 
 
 def diffusion_unet(spatial_dims: int, preset: str = "small", **overrides: Any) -> WindowConditionedUNet:
-    """The denoiser of a named preset (see :data:`PRESETS`) for ``spatial_dims`` 2 or 3."""
+    """The denoiser of a named preset (see :data:`PRESETS`) for ``spatial_dims`` 2 or 3.
+
+    Args:
+        spatial_dims: 2 for slices ``(B, 1, H, W)``, 3 for volumes ``(B, 1, D, H, W)``.
+        preset: ``"lctfound"`` (LCTfound's 2D model size), ``"small"`` or ``"tiny"`` (these two train on a CPU).
+        **overrides: :class:`WindowConditionedUNet` arguments replacing the preset's, e.g. ``text_encoder``.
+
+    Returns:
+        The window-conditioned denoiser; every spatial size of its input must be a multiple of its
+        ``downsampling``.
+
+    Raises:
+        CTFMError: an unknown preset or ``spatial_dims``.
+    """
     if preset not in PRESETS:
         raise CTFMError(f"unknown diffusion preset {preset!r}; known: {', '.join(PRESETS)}")
     return WindowConditionedUNet(spatial_dims=spatial_dims, **{**PRESETS[preset], **overrides})
