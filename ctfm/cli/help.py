@@ -13,7 +13,9 @@ from ctfm.reports import EXIT_CODES_HELP
 #: One example per command path (``"idc download"``); a parser without one gets no epilog.
 EXAMPLES: dict[str, str] = {
     "quickstart": "ctfm quickstart --out runs/quickstart --scans 8",
-    "embed": "ctfm embed scans/*.nii.gz --model ct-fm --out embeddings.parquet",
+    "embed": "ctfm embed scans/*.nii.gz --model ct-fm --out embeddings.parquet\n"
+    "  ctfm embed cases/*/ct.nii.gz --masks '{dir}/segmentations' --labels liver,spleen --out organs.parquet\n"
+    "  # one row per (scan, organ): each case's TotalSegmentator folder beside its ct.nii.gz",
     "segment": "ctfm segment Totalsegmentator/s0001/ct.nii.gz Totalsegmentator/s0002/ct.nii.gz --out labels\n"
     "  # writes labels/s0001_ct.nii.gz and labels/s0002_ct.nii.gz",
     "features": "ctfm features lesions.csv --model fmcib --out features.parquet --report rows.csv",
