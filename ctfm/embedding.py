@@ -401,14 +401,14 @@ def embed_regions(
                 raise
             skipped[name] = str(err)
             continue
-        found = {"labels": tuple(values), "mask_sha256": region_fingerprint(region_mask(labels[0], values))}
+        made_of, fingerprint = tuple(values), region_fingerprint(region_mask(labels[0], values))
         nonzero = inside.nonzero()
         box_centre = (nonzero.min(0).values + nonzero.max(0).values).double() / 2
         centre_mm = (torch.cat([box_centre, torch.ones(1, dtype=torch.float64)]) @ affine.T)[:3]
         if pool == "crop":
             box = [int(c) for c in (crop_size or REGION_CROP)]
             vector = embed_whole(model, centre_crop_or_pad(volume, box, box_centre.tolist()))
-            out[name] = RegionEmbedding(vector, centre_mm[None], voxels, centre_mm, **found)
+            out[name] = RegionEmbedding(vector, centre_mm[None], voxels, centre_mm, made_of, fingerprint)
             continue
         chosen = [i for i, c in enumerate(centres.round().long().tolist()) if inside[tuple(c)]]
         if not chosen:  # a region smaller than the grid's spacing: the one patch centred on it, clamped inside
@@ -429,7 +429,7 @@ def embed_regions(
             vector = vectors.max(0).values if pool == "max" else vectors.min(0).values
         patch_centres = torch.tensor(starts, dtype=torch.float64) + (torch.tensor(size, dtype=torch.float64) - 1) / 2
         homogeneous = torch.cat([patch_centres, torch.ones(len(starts), 1, dtype=torch.float64)], dim=1)
-        out[name] = RegionEmbedding(vector, (homogeneous @ affine.T)[:, :3], voxels, centre_mm, **found)
+        out[name] = RegionEmbedding(vector, (homogeneous @ affine.T)[:, :3], voxels, centre_mm, made_of, fingerprint)
     return out
 
 
