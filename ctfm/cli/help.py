@@ -21,8 +21,9 @@ EXAMPLES: dict[str, str] = {
     "features": "ctfm features lesions.csv --model fmcib --out features.parquet --report rows.csv",
     "probe": "ctfm probe features.parquet --label malignant --out probe",
     "benchmark": "ctfm benchmark probe labels.csv --models ct-fm random:ct-fm --protocol roi --out bench",
-    "benchmark probe": "ctfm benchmark probe amos/labels.csv --models ct-fm random:ct-fm student/ --protocol roi "
-    "--device cuda --out bench",
+    "benchmark probe": "ctfm benchmark probe amos/labels.csv --models ct-fm random:ct-fm runs/distill/student "
+    "--protocol roi --device cuda --out bench\n"
+    "  # runs/distill/student: a student distilled with the distill recipe and exported (none is published)",
     "search": "ctfm search scans/query.nii.gz --table embeddings.parquet -k 10 --out neighbours.csv",
     "retrieval-eval": "ctfm retrieval-eval organmnist3d.npz --model ct-fm --out retrieval",
     "semantic-search": "ctfm semantic-search source.nii.gz --point 10 -20 35 s0001/ct.nii.gz s0002/ct.nii.gz "
