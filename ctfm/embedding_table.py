@@ -179,7 +179,7 @@ def table_settings(
         "reduction": reduce,
         "patches": bool(patches),
         "mode": "whole" if whole else "tiled",
-        "crop_size": None if crop_size is None else [int(c) for c in crop_size],
+        "crop_size": None if crop_size is None or not whole else [int(c) for c in crop_size],
         "pool": pool,
     }
 

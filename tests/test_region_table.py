@@ -142,6 +142,9 @@ def test_cli_writes_region_rows_and_refuses_labels_without_masks(cases, tmp_path
     common = ["--model", str(model), "--patch-size", *map(str, PATCH), "--out", str(out)]
     assert main(["embed", *map(str, cases), *common, "--labels", "liver"]) == 2
     assert "give --masks too" in capsys.readouterr().err
+    assert main(["embed", *map(str, cases), *common, "--masks", MASKS, "--crop-size", "8", "8", "8"]) == 2
+    assert main(["embed", *map(str, cases), *common, "--masks", MASKS, "--whole-volume"]) == 2
+    assert "--pool crop is its one forward pass" in capsys.readouterr().err
     code = main(["embed", str(cases[0]), *common, "--masks", MASKS, "--labels", "liver,spleen", "--pool", "crop",
                  "--crop-size", "16", "32", "32"])  # fmt: skip
     assert code == 0 and sorted(pd.read_parquet(out)["region"]) == ["liver", "spleen"]

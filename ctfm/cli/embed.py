@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.masks is None and (args.labels or args.pool != "mean"):
         raise UsageError("--labels and --pool choose regions of the masks: give --masks too")
+    if args.crop_size and not (args.whole_volume or args.pool == "crop"):
+        raise UsageError("--crop-size is the box of --whole-volume or --pool crop: give one of them")
     model = load(args.model, device=args.device)
     report = embed_to_parquet(
         args.paths,
