@@ -49,13 +49,14 @@ from ctfm.embedding import (
     embed_patches,
     embed_regions,
     embed_whole_volume,
+    model_defaults,
     whole_volume_box,
 )
 from ctfm.errors import CTFMError, InvalidScanError, UsageError
 from ctfm.io.reader import output_name
 from ctfm.io.regions import MissingMaskError, mask_for
 from ctfm.reports import ReportRow, RunReport
-from ctfm.transforms.preprocess import PATCH_SIZE, PRETRAINING_SPACING, CTPreprocessing
+from ctfm.transforms.preprocess import PRETRAINING_SPACING, CTPreprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -547,7 +548,7 @@ def embed_to_parquet(
     reduce: Reduction = "mean",
     overlap: float = 0.0,
     batch_size: int = 4,
-    patch_size: Sequence[int] = PATCH_SIZE,
+    patch_size: Sequence[int] | None = None,
     device: str = "cpu",
     native_spacing: bool = False,
     patches: bool = False,
@@ -563,7 +564,8 @@ def embed_to_parquet(
     Rows are ``path, SeriesInstanceUID, embedding`` (the UID when a DICOM folder or an ``idc convert``
     sidecar gives it, else null); with ``patches=True`` also ``patch_embeddings`` (one vector per patch) and
     ``patch_centers_mm`` (each patch centre in RAS mm, as :class:`ctfm.embedding.PatchEmbeddings`). ``model_name``
-    is what the metadata calls the model (default: ``model`` when it is a name or path, else its class name).
+    is what the metadata calls the model (default: ``model`` when it is a name or path, else its class name);
+    ``patch_size`` defaults to the model's own (:func:`ctfm.embedding.model_defaults`).
     ``whole_volume``: one forward pass per scan, centre-cropped or padded to ``crop_size`` (default: padded to a
     multiple of 16), instead of tiles.
 
@@ -587,6 +589,7 @@ def embed_to_parquet(
     paths = list(paths)
     if masks is not None:
         check_mask_rule(paths, masks, patches or whole_volume)
+    patch_size = model_defaults(model, patch_size, None)[0]
     preprocess = corpus_preprocessing(patch_size, native_spacing)
     settings = table_settings(
         model, model_name, preprocess, patch_size, overlap, reduce, patches, whole_volume=whole_volume,

@@ -306,3 +306,17 @@ def test_a_table_written_before_modes_existed_still_takes_tiled_scans(encoder, s
     old = {k: v for k, v in settings.items() if k not in ("mode", "crop_size", "pool")}
     embedding_table.pq.write_table(table.replace_schema_metadata({b"ctfm": json.dumps(old).encode()}), part)
     assert embed_to_parquet(scans[1:2], out, model=encoder, patch_size=PATCH).embedded == 1
+
+
+def test_the_patch_size_defaults_to_the_models_own(scans, tmp_path):
+    """A saved model whose spec says 8x32x32 tiles embeds with them when --patch-size is not given."""
+    from ctfm.cli import main
+    from ctfm.hub import ModelSpec, save_pretrained
+    from ctfm.hub.registry import attach_spec
+
+    spec = ModelSpec("mine", "", "SegResEncoder", {}, "", embedding_dim=64, patch_size=PATCH)
+    torch.manual_seed(0)
+    folder = save_pretrained(attach_spec(ct_fm_encoder(init_filters=4), spec), tmp_path / "mine")
+    out = tmp_path / "t.parquet"
+    assert main(["embed", str(scans[0]), "--model", str(folder), "--out", str(out)]) == 0
+    assert read_settings(out)["patch_size"] == list(PATCH)

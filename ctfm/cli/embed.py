@@ -24,7 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--reduce", choices=("mean", "min", "max"), default="mean", help="patch -> scan reduction")
     parser.add_argument("--overlap", type=fraction, default=0.0, help="fraction of a patch shared by neighbours")
     parser.add_argument("--batch-size", type=positive_int, default=4, help="patches per forward pass")
-    parser.add_argument("--patch-size", type=int, nargs=3, default=(24, 128, 128), metavar=("Z", "Y", "X"))
+    parser.add_argument(
+        "--patch-size", type=positive_int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+        help="tile size (default: the model's own, from its spec; 24 128 128 for CT-FM)",
+    )  # fmt: skip
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     parser.add_argument("--native-spacing", action="store_true", help="do not resample (the model card's variant)")
     parser.add_argument("--patches", action="store_true", help="also keep every patch embedding and its RAS mm centre")
@@ -71,6 +74,7 @@ def label_list(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ctfm.embedding import model_defaults
     from ctfm.embedding_table import corpus_preprocessing, embed_to_parquet
     from ctfm.errors import UsageError
     from ctfm.hub import load
@@ -81,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if args.crop_size and not (args.whole_volume or args.pool == "crop"):
         raise UsageError("--crop-size is the box of --whole-volume or --pool crop: give one of them")
     model = load(args.model, device=args.device)
+    patch_size = model_defaults(model, args.patch_size, None)[0]
     report = embed_to_parquet(
         args.paths,
         args.out,
@@ -89,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         reduce=args.reduce,
         overlap=args.overlap,
         batch_size=args.batch_size,
-        patch_size=tuple(args.patch_size),
+        patch_size=patch_size,
         device=args.device,
         native_spacing=args.native_spacing,
         patches=args.patches,
@@ -100,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         labels=args.labels,
         pool=args.pool,
     )
-    preprocessing = corpus_preprocessing(tuple(args.patch_size), args.native_spacing)
+    preprocessing = corpus_preprocessing(patch_size, args.native_spacing)
     record_command(args.out, args, inputs=args.paths, model=model, preprocessing=preprocessing, merge=True,
                    beside_file=True)  # fmt: skip
     print(report.summary())
