@@ -22,7 +22,7 @@ import SimpleITK as sitk
 import torch
 
 from ctfm.analysis.lesion_features import extract_lesion_features, features_of
-from ctfm.analysis.lesions import LESION_CROPS, lesion_crop
+from ctfm.analysis.lesions import lesion_crop, named_crop
 from ctfm.data.sample import generate_ct, write_nifti
 
 
@@ -43,7 +43,7 @@ def write_lesions(folder: Path, scans: int, seeds: int, shape: list[int]) -> Pat
 
 @torch.no_grad()
 def straightforward(csv: Path, model: torch.nn.Module, crop_name: str) -> np.ndarray:
-    crop = LESION_CROPS[crop_name]
+    crop = named_crop(crop_name)
     table = pd.read_csv(csv)
     vectors = []
     for row in table.itertuples():

@@ -6,6 +6,7 @@ time so memory stays bounded whatever the scan size, and the patch embeddings ar
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -219,6 +220,17 @@ def embed_whole(model: nn.Module, volume: torch.Tensor) -> torch.Tensor:
         model.train(was_training)
 
 
+def whole_volume_box(shape: Sequence[int], size: Sequence[int] | None = None) -> list[int]:
+    """The box of a whole-volume pass: ``size``, else the volume padded to a multiple of 16 (the encoder's stride)."""
+    return [int(b) for b in size] if size is not None else [-(-int(s) // 16) * 16 for s in shape]
+
+
+def embed_whole_volume(model: nn.Module, volume: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
+    """One forward pass over a preprocessed ``(1, z, y, x)`` volume centre-cropped or padded to ``size`` (default:
+    padded to a multiple of 16), global-average-pooled: the CVPR 2026 challenge's whole-scan protocol."""
+    return embed_whole(model, centre_crop_or_pad(volume, whole_volume_box(volume.shape[1:], size)))
+
+
 def embed(
     model: nn.Module,
     image: ImageInput,
@@ -285,8 +297,7 @@ def embed(
     if whole_volume is not False:
         size, settings = model_defaults(model, patch_size, preprocess)
         volume = to_model_input(image, settings, size)
-        box = whole_volume if whole_volume is not True else [-(-s // 16) * 16 for s in volume.shape[1:]]
-        return embed_whole(model, centre_crop_or_pad(volume, [int(b) for b in box]))
+        return embed_whole_volume(model, volume, None if whole_volume is True else whole_volume)
     patches = embed_patches(
         model,
         image,
@@ -308,13 +319,17 @@ class RegionEmbedding:
     """The embedding of one region of a scan and how it was made.
 
     ``patch_centres_mm`` are the centres (world RAS mm) of the tiles pooled, or of the one crop; ``voxels`` is the
-    region's size after preprocessing; ``centre_mm`` is the centre of its bounding box.
+    region's size after preprocessing; ``centre_mm`` is the centre of its bounding box. ``labels`` are the mask's
+    values that make the region and ``mask_sha256`` fingerprints the region itself (:func:`region_fingerprint`), so
+    a table row says which mask it was cut with.
     """
 
     embedding: torch.Tensor
     patch_centres_mm: torch.Tensor
     voxels: int
     centre_mm: torch.Tensor
+    labels: tuple[int, ...] = ()
+    mask_sha256: str = ""
 
     @property
     def patches(self) -> int:
@@ -334,6 +349,15 @@ def _fraction_inside(region: torch.Tensor, starts: Sequence[Sequence[int]], size
     return (total / float(np.prod(size))).float()
 
 
+def region_fingerprint(inside: torch.Tensor) -> str:
+    """SHA-256 of a region's boolean mask on the scan's own grid (its shape, then its voxels as packed bits): the
+    same for any file that marks the same voxels, different as soon as one voxel of this region changes."""
+    plain = inside.as_tensor() if isinstance(inside, MetaTensor) else inside
+    digest = hashlib.sha256(str(tuple(plain.shape)).encode())
+    digest.update(np.packbits(plain.cpu().numpy().astype(bool)).tobytes())
+    return digest.hexdigest()
+
+
 def embed_regions(
     model: nn.Module,
     image: ImageInput,
@@ -347,6 +371,7 @@ def embed_regions(
     preprocess: Preprocess = FROM_MODEL,
     crop_size: Sequence[int] | None = None,
     progress: bool | None = None,
+    skipped: dict[str, str] | None = None,
 ) -> dict[str, RegionEmbedding]:
     """Embed several regions of one scan, reading and preprocessing the scan and its mask once.
 
@@ -366,6 +391,8 @@ def embed_regions(
         preprocess: the preprocessing of scan and mask (the mask by nearest neighbour); the model's by default.
         crop_size: the box of ``pool="crop"``, default 160^3.
         progress: show a progress bar over patch batches.
+        skipped: when given, a region that is empty or names a class the mask lacks is left out of the result and
+            recorded here (name -> reason) instead of raising, so one missing organ costs only itself.
 
     Returns:
         Region name -> :class:`RegionEmbedding`.
@@ -386,6 +413,7 @@ def embed_regions(
         >>> {name: tuple(region.embedding.shape) for name, region in found.items()}
         {'tissue': (64,), 'bone': (64,)}
     """
+    from ctfm.errors import CTFMError
     from ctfm.io.regions import EmptyRegionError, read_region_labels, region_mask, region_values
     from ctfm.transforms.dictionary import CTPreprocessingd
     from ctfm.transforms.preprocess import LoadCT
@@ -411,18 +439,25 @@ def embed_regions(
     cache: dict[tuple[int, ...], torch.Tensor] = {}
     out = {}
     for name, selector in regions.items():
-        values = region_values(present, names, None if selector is None else list(selector), where)
-        inside = region_mask(labels_pre[0], values)
-        voxels = int(inside.sum())
-        if voxels == 0:
-            raise EmptyRegionError(f"{where}: region {name!r} (labels {values}) holds no voxel")
+        try:
+            values = region_values(present, names, None if selector is None else list(selector), where)
+            inside = region_mask(labels_pre[0], values)
+            voxels = int(inside.sum())
+            if voxels == 0:
+                raise EmptyRegionError(f"{where}: region {name!r} (labels {values}) holds no voxel")
+        except CTFMError as err:
+            if skipped is None:
+                raise
+            skipped[name] = str(err)
+            continue
+        made_of, fingerprint = tuple(values), region_fingerprint(region_mask(labels[0], values))
         nonzero = inside.nonzero()
         box_centre = (nonzero.min(0).values + nonzero.max(0).values).double() / 2
         centre_mm = (torch.cat([box_centre, torch.ones(1, dtype=torch.float64)]) @ affine.T)[:3]
         if pool == "crop":
             box = [int(c) for c in (crop_size or REGION_CROP)]
             vector = embed_whole(model, centre_crop_or_pad(volume, box, box_centre.tolist()))
-            out[name] = RegionEmbedding(vector, centre_mm[None], voxels, centre_mm)
+            out[name] = RegionEmbedding(vector, centre_mm[None], voxels, centre_mm, made_of, fingerprint)
             continue
         chosen = [i for i, c in enumerate(centres.round().long().tolist()) if inside[tuple(c)]]
         if not chosen:  # a region smaller than the grid's spacing: the one patch centred on it, clamped inside
@@ -443,7 +478,7 @@ def embed_regions(
             vector = vectors.max(0).values if pool == "max" else vectors.min(0).values
         patch_centres = torch.tensor(starts, dtype=torch.float64) + (torch.tensor(size, dtype=torch.float64) - 1) / 2
         homogeneous = torch.cat([patch_centres, torch.ones(len(starts), 1, dtype=torch.float64)], dim=1)
-        out[name] = RegionEmbedding(vector, (homogeneous @ affine.T)[:, :3], voxels, centre_mm)
+        out[name] = RegionEmbedding(vector, (homogeneous @ affine.T)[:, :3], voxels, centre_mm, made_of, fingerprint)
     return out
 
 

@@ -6,7 +6,8 @@ in it. Every part carries the same ``ctfm`` schema metadata (model name and weig
 patch size, overlap, reduction); appending or searching with another model or other settings is refused, so
 vectors of two models never share a table. ``pandas.read_parquet`` reads the folder as one table.
 
-A scan is one row: paths are stored absolute and resolved, so ``./a``, ``a`` and ``/abs//a`` are one scan. Writers
+A scan is one row: paths are stored absolute and resolved, so ``./a``, ``a`` and ``/abs//a`` are one scan. A region
+table (``masks=``) has one row per (scan, region) instead, keyed by the resolved path and the region's name. Writers
 claim a scan before embedding it (an ``flock`` on ``.claims/<hash>.lock`` in the folder, held until its part is
 written), so two runs appending to one table at once never embed a scan twice. Any failure of one scan (unreadable,
 degenerate, out of memory, a full disk) costs only that scan; the report names it. A damaged part is skipped by
@@ -33,23 +34,43 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from monai.data import MetaTensor
 from torch import nn
 from tqdm.auto import tqdm
 
 from ctfm.atomic import write_atomically
 from ctfm.data.cache import preprocess_checked
-from ctfm.embedding import PatchEmbeddings, Reduction, embed_patches
-from ctfm.errors import CTFMError, InvalidScanError
+from ctfm.embedding import (
+    REGION_CROP,
+    PatchEmbeddings,
+    Reduction,
+    RegionEmbedding,
+    RegionPool,
+    embed_patches,
+    embed_regions,
+    embed_whole_volume,
+    model_defaults,
+    whole_volume_box,
+)
+from ctfm.errors import CTFMError, InvalidScanError, UsageError
 from ctfm.io.reader import output_name
+from ctfm.io.regions import MissingMaskError, mask_for
 from ctfm.reports import ReportRow, RunReport
-from ctfm.transforms.preprocess import PATCH_SIZE, PRETRAINING_SPACING, CTPreprocessing
+from ctfm.transforms.preprocess import PRETRAINING_SPACING, CTPreprocessing
 
 logger = logging.getLogger(__name__)
 
 #: Schema-metadata key of the settings every part of a table shares.
 METADATA_KEY = b"ctfm"
 #: Settings that must match for two sets of vectors to be comparable (the model name alone may differ).
-COMPARED = ("model_sha256", "patch_size", "overlap", "reduction", "patches", "preprocessing", "embedding_dim")
+COMPARED = (
+    "model_sha256", "patch_size", "overlap", "reduction", "patches", "preprocessing", "embedding_dim", "mode",
+    "crop_size", "pool",
+)  # fmt: skip
+#: What a table written before a setting existed meant by leaving it out.
+DEFAULTS: dict[str, Any] = {"patches": False, "mode": "tiled", "crop_size": None, "pool": None}
+#: ``mode`` of a table: tiles pooled (``tiled``), or one forward pass over the scan or the region's crop (``whole``).
+MODES = ("tiled", "whole")
 #: How a refusal names each setting: the ``ctfm embed`` option that sets it.
 SETTING_NAMES = {
     "model_sha256": "model weights (sha256)",
@@ -59,6 +80,9 @@ SETTING_NAMES = {
     "patches": "--patches",
     "embedding_dim": "embedding width",
     "preprocessing.spacing": "spacing (--native-spacing)",
+    "mode": "mode (--whole-volume, or --pool crop)",
+    "crop_size": "--crop-size",
+    "pool": "--masks/--pool",
 }
 #: Hidden folder of a table where writers hold their claims on the scans they are embedding.
 CLAIMS = ".claims"
@@ -132,11 +156,21 @@ def table_settings(
     overlap: float,
     reduce: Reduction,
     patches: bool = False,
+    *,
+    whole_volume: bool = False,
+    crop_size: Sequence[int] | None = None,
+    pool: RegionPool | None = None,
 ) -> dict[str, Any]:
     """The metadata a table records: enough to embed a new query exactly as the table's scans were.
 
-    ``embedding_dim`` joins it when the first vector is known.
+    ``mode`` is ``whole`` for one forward pass per scan (``whole_volume``) or per region (``pool="crop"``), else
+    ``tiled``; ``crop_size`` is that pass's box (None: the scan padded to a multiple of 16, or the challenge's
+    160^3 around a region); ``pool`` is set only for a region table. ``embedding_dim`` joins when the first vector
+    is known.
     """
+    whole = whole_volume or pool == "crop"
+    if whole and pool == "crop" and crop_size is None:
+        crop_size = REGION_CROP
     return {
         "model": model_name,
         "model_sha256": model_fingerprint(model),
@@ -145,6 +179,9 @@ def table_settings(
         "overlap": float(overlap),
         "reduction": reduce,
         "patches": bool(patches),
+        "mode": "whole" if whole else "tiled",
+        "crop_size": None if crop_size is None or not whole else [int(c) for c in crop_size],
+        "pool": pool,
     }
 
 
@@ -163,7 +200,7 @@ def _differences(found: dict[str, Any], expected: dict[str, Any]) -> Iterable[tu
             for sub in sorted(set(mine) | set(theirs)):
                 if mine.get(sub) != theirs.get(sub):
                     yield f"preprocessing.{sub}", mine.get(sub), theirs.get(sub)
-        elif found.get(key, False if key == "patches" else None) != expected[key]:
+        elif found.get(key, DEFAULTS.get(key)) != expected[key]:
             yield key, found.get(key), expected[key]
 
 
@@ -184,6 +221,11 @@ def check_compatible(found: dict[str, Any], expected: dict[str, Any], where: str
 def scan_key(path: str | Path) -> str:
     """The one name a scan has in a table: its absolute, resolved path (``./a``, ``a`` and ``/abs//a`` are one)."""
     return str(Path(path).expanduser().resolve())
+
+
+def region_key(path: str, region: str) -> str:
+    """The one name a (scan, region) row has in a region table and its report: ``<resolved path>#<region>``."""
+    return f"{path}#{region}"
 
 
 def _parts(folder: Path) -> list[Path]:
@@ -327,7 +369,8 @@ class TableWriter:
     Opening an existing table checks that it was made with the same settings and learns which scans it holds
     (``done``), so a re-run appends only the rest. Several writers (DDP ranks, two ``ctfm embed`` runs) may append
     to one folder at once: each :meth:`claim` s a scan (an ``flock`` held until the scan's part is written, so a
-    killed writer's claims lapse), then looks at the parts written since, so no scan is embedded twice.
+    killed writer's claims lapse), then looks at the parts written since, so no scan is embedded twice. In a region
+    table ``done`` holds :func:`region_key` s and ``scans`` the paths that have any row.
     """
 
     def __init__(self, out: str | Path, settings: dict[str, Any], scans_per_part: int = 16, prefix: str = "part"):
@@ -340,6 +383,7 @@ class TableWriter:
         self.scans_per_part = scans_per_part
         self.prefix = prefix
         self.done: set[str] = set()
+        self.scans: set[str] = set()
         self._rows: list[dict[str, Any]] = []
         self._seen: set[str] = set()
         self._claims: dict[str, int] = {}
@@ -360,12 +404,21 @@ class TableWriter:
                 continue
             check_compatible(found, self.settings, part)
             try:
-                self.done.update(pq.read_table(part, columns=["path"]).column("path").to_pylist())
+                keys = pq.read_table(part, columns=["path", *(["region"] if self.regions else [])]).to_pylist()
             except PART_ERRORS as err:
                 _skip_damaged(part, err)
+                continue
+            self.scans.update(row["path"] for row in keys)
+            self.done.update(region_key(row["path"], row["region"]) if self.regions else row["path"] for row in keys)
 
-    def claim(self, path: str) -> bool:
-        """Take ``path`` for this writer: False when the table has it or another writer is embedding it now."""
+    @property
+    def regions(self) -> bool:
+        """Whether the table has a row per (scan, region) rather than per scan."""
+        return self.settings.get("pool") is not None
+
+    def claim(self, path: str, keys: Sequence[str] | None = None) -> bool:
+        """Take ``path`` for this writer: False when the table has it (each of ``keys``, default the path itself;
+        none given: any row of the scan) or another writer is embedding it now."""
         folder = self.out / CLAIMS
         lock = folder / f"{hashlib.sha256(path.encode()).hexdigest()[:32]}.lock"
         while True:
@@ -387,10 +440,15 @@ class TableWriter:
             os.close(fd)  # its holder removed the file after we opened it: lock the file there now
         self._claims[path] = fd
         self.refresh()
-        if path in self.done:
+        if self.has(path, keys):
             self.release(path)
             return False
         return True
+
+    def has(self, path: str, keys: Sequence[str] | None = None) -> bool:
+        """Whether the table holds every one of ``keys`` (default ``[path]``; empty: any row of ``path``)."""
+        keys = [path] if keys is None else keys
+        return all(key in self.done for key in keys) if keys else path in self.scans
 
     def release(self, path: str) -> None:
         """Give up the claim on ``path`` (its row is written, or it failed)."""
@@ -412,6 +470,21 @@ class TableWriter:
             row["patch_centers_mm"] = result.centers_mm.to(torch.float64).numpy().tolist()
         self._rows.append(row)
         self.done.add(path)
+        self.scans.add(path)
+
+    def add_region(self, path: str, region: str, found: RegionEmbedding, mask: str, series: str | None = None) -> None:
+        """One (scan, region) row: the region's name, label value, mask file and fingerprint, size and embedding."""
+        vector = found.embedding.numpy().astype(np.float32)
+        self.settings.setdefault("embedding_dim", len(vector))
+        self._rows.append(
+            {
+                "path": path, SERIES_COLUMN: series, "region": region, "label_value": int(found.labels[0]),
+                "mask": mask, "mask_sha256": found.mask_sha256, "voxels": found.voxels, "patches": found.patches,
+                "embedding": vector.tolist(),
+            }
+        )  # fmt: skip
+        self.done.add(region_key(path, region))
+        self.scans.add(path)
 
     @property
     def full(self) -> bool:
@@ -427,19 +500,21 @@ class TableWriter:
         if not self._rows:
             return
         rows, self._rows = self._rows, []
-        paths = [row["path"] for row in rows]
+        paths = list(dict.fromkeys(row["path"] for row in rows))
+        keys = [region_key(row["path"], row["region"]) if "region" in row else row["path"] for row in rows]
         try:
             self._seen.add(_write_part(self.out, rows, self.settings, self.prefix).name)
         except OSError as err:
-            self.done.difference_update(paths)
+            self.done.difference_update(keys)
+            self.scans.difference_update(paths)
             if report is None:
                 raise
             reason = f"not written to {self.out}: {_one_line(err)}"
-            logger.warning("%d scans %s", len(paths), reason)
-            for path in paths:
-                if path in report.embedded_paths:
-                    report.embedded_paths.remove(path)
-                report.skipped.append((path, reason))
+            logger.warning("%d %s %s", len(keys), "rows" if self.regions else "scans", reason)
+            for key in keys:
+                if key in report.embedded_paths:
+                    report.embedded_paths.remove(key)
+                report.skipped.append((key, reason))
         finally:
             for path in paths:
                 self.release(path)
@@ -473,18 +548,35 @@ def embed_to_parquet(
     reduce: Reduction = "mean",
     overlap: float = 0.0,
     batch_size: int = 4,
-    patch_size: Sequence[int] = PATCH_SIZE,
+    patch_size: Sequence[int] | None = None,
     device: str = "cpu",
     native_spacing: bool = False,
     patches: bool = False,
     scans_per_part: int = 16,
+    whole_volume: bool = False,
+    crop_size: Sequence[int] | None = None,
+    masks: str | Path | None = None,
+    labels: Sequence[str] | None = None,
+    pool: RegionPool = "mean",
 ) -> EmbeddingReport:
     """Embed each scan not yet in the table ``out`` (a Parquet dataset folder) and append it, a part at a time.
 
     Rows are ``path, SeriesInstanceUID, embedding`` (the UID when a DICOM folder or an ``idc convert``
     sidecar gives it, else null); with ``patches=True`` also ``patch_embeddings`` (one vector per patch) and
     ``patch_centers_mm`` (each patch centre in RAS mm, as :class:`ctfm.embedding.PatchEmbeddings`). ``model_name``
-    is what the metadata calls the model (default: ``model`` when it is a name or path, else its class name).
+    is what the metadata calls the model (default: ``model`` when it is a name or path, else its class name);
+    ``patch_size`` defaults to the model's own (:func:`ctfm.embedding.model_defaults`).
+    ``whole_volume``: one forward pass per scan, centre-cropped or padded to ``crop_size`` (default: padded to a
+    multiple of 16), instead of tiles.
+
+    With ``masks`` (a folder or a pattern: :func:`ctfm.io.regions.mask_for`) the table has one row per (scan,
+    region) instead: ``labels`` (names or values; default every value in the mask) are the regions, embedded with
+    ``pool`` (:func:`ctfm.embedding.embed_regions`; ``crop`` is one forward pass over ``crop_size``, default
+    160^3, around the region). Each row adds ``region`` (the label as given, or the mask's name for it),
+    ``label_value``, ``mask`` (its file or folder), ``mask_sha256`` (:func:`ctfm.embedding.region_fingerprint`:
+    the region's own voxels on the scan's grid), ``voxels`` and ``patches`` (forward-pass inputs pooled). A missing
+    mask skips the scan and an empty region skips that region, each named and counted.
+
     A scan that fails in any way is skipped and named in the report; an interrupt (Ctrl-C) writes the scans
     embedded so far before it stops the run.
     """
@@ -494,13 +586,23 @@ def embed_to_parquet(
         model_name = model_name or model
         model = load(model, device=device)
     model_name = model_name or type(model).__name__
+    paths = list(paths)
+    if masks is not None:
+        check_mask_rule(paths, masks, patches or whole_volume)
+    patch_size = model_defaults(model, patch_size, None)[0]
     preprocess = corpus_preprocessing(patch_size, native_spacing)
-    settings = table_settings(model, model_name, preprocess, patch_size, overlap, reduce, patches)
+    settings = table_settings(
+        model, model_name, preprocess, patch_size, overlap, reduce, patches, whole_volume=whole_volume,
+        crop_size=crop_size, pool=pool if masks is not None else None,
+    )  # fmt: skip
     writer = TableWriter(out, settings, scans_per_part)
     report = EmbeddingReport(out=writer.out)
     try:
-        for path in tqdm(list(paths), desc="embedding scans", unit="scan"):
-            embed_into(writer, report, model, path, preprocess, batch_size)
+        for path in tqdm(paths, desc="embedding scans", unit="scan"):
+            if masks is None:
+                embed_into(writer, report, model, path, preprocess, batch_size)
+            else:
+                embed_regions_into(writer, report, model, path, masks, labels, preprocess, batch_size)
     finally:
         writer.close(report)
     return report
@@ -544,6 +646,94 @@ def embed_into(
         writer.flush(report)
 
 
+def check_mask_rule(paths: Sequence[str | Path], masks: str | Path, per_scan_options: bool) -> None:
+    """Refuse (UsageError) what a region table cannot do: patches or a whole-scan pass, and a folder of masks
+    asked for two different scans of one name (``case_001/ct.nii.gz``, ``case_002/ct.nii.gz``)."""
+    from ctfm.io.naming import image_stem
+    from ctfm.io.regions import is_mask_pattern
+
+    if per_scan_options:
+        raise UsageError("a region table pools each region: --pool crop is its one forward pass; no --patches")
+    if is_mask_pattern(str(masks)):
+        return
+    by_stem: dict[str, str] = {}
+    for path in paths:
+        key, stem = scan_key(path), image_stem(path)
+        if by_stem.setdefault(stem, key) != key:
+            raise UsageError(
+                f"{by_stem[stem]} and {key} are both named {stem!r}: a folder of masks cannot tell them apart; "
+                "give --masks as a pattern, e.g. '{dir}/segmentations' or 'masks/{parent}.nii.gz'"
+            )
+
+
+def embed_regions_into(
+    writer: TableWriter,
+    report: EmbeddingReport,
+    model: nn.Module,
+    path: str | Path,
+    masks: str | Path,
+    labels: Sequence[str] | None,
+    preprocess: CTPreprocessing,
+    batch_size: int,
+) -> None:
+    """Embed the regions of one scan the table lacks and add a row each; a missing mask skips the scan and an empty
+    region (or one the mask does not name) skips that region, each with a one-line warning naming the file."""
+    name = scan_key(path)
+    wanted = [region_key(name, label) for label in labels] if labels else []
+    if writer.has(name, wanted):
+        report.already.extend(wanted or [name])
+        return
+    try:
+        mask = mask_for(path, masks)
+    except MissingMaskError as err:
+        logger.warning("skipping %s", err)
+        report.skipped.append((name, str(err)))
+        return
+    if not writer.claim(name, wanted):
+        (report.already if writer.has(name, wanted) else report.busy).extend(wanted or [name])
+        return
+    regions = None if not labels else {label: [label] for label in labels if region_key(name, label) not in writer.done}
+    report.already.extend(key for key in wanted if key in writer.done)
+    skipped: dict[str, str] = {}
+    try:
+        found = embed_regions(
+            model, name, str(mask), regions, pool=writer.settings["pool"], patch_size=writer.settings["patch_size"],
+            overlap=writer.settings["overlap"], batch_size=batch_size, preprocess=preprocess,
+            crop_size=writer.settings["crop_size"], progress=False, skipped=skipped,
+        )  # fmt: skip
+        for region, result in found.items():
+            check_vector(name, result.embedding, f" (region {region!r})")
+    except Exception as err:  # noqa: BLE001 -- one scan's failure of any kind must not cost the others
+        writer.release(name)
+        reason = err.problem if isinstance(err, InvalidScanError) else _one_line(err)
+        logger.warning("skipping %s: %s", name, reason)
+        report.skipped.append((name, reason))
+        return
+    except BaseException:
+        writer.release(name)
+        raise
+    for region, reason in skipped.items():
+        logger.warning("skipping region %r of %s: %s", region, name, reason)
+        report.skipped.append((region_key(name, region), reason))
+    series = series_uid(name)
+    for region, result in found.items():
+        writer.add_region(name, region, result, str(mask), series)
+        report.embedded_paths.append(region_key(name, region))
+    if not found:
+        writer.release(name)
+    if writer.full:
+        writer.flush(report)
+
+
+def check_vector(scan: str | Path, vector: torch.Tensor, what: str = "") -> None:
+    """Refuse a vector without direction (NaN, inf, all zeros): InvalidScanError naming the scan."""
+    if not torch.isfinite(vector).all():
+        bad = int((~torch.isfinite(vector)).sum())
+        raise InvalidScanError(scan, f"its embedding{what} has {bad} non-finite values (NaN in the model's weights?)")
+    if not vector.any():
+        raise InvalidScanError(scan, f"its embedding{what} is all zeros: no direction to compare it by")
+
+
 def series_uid(path: str | Path) -> str | None:
     """The scan's DICOM SeriesInstanceUID, so its row joins back to idc-index: from one header of a DICOM folder,
     or from the JSON sidecar ``ctfm idc convert`` writes beside a NIfTI; None when neither says."""
@@ -575,22 +765,30 @@ def embed_scan(
     """Check, preprocess and embed one scan as a table with ``settings`` does; a degenerate scan or a vector
     without direction (all zeros, NaN) raises InvalidScanError naming it."""
     volume = preprocess_checked(scan, preprocess)
-    result = embed_patches(
-        model,
-        volume,
-        patch_size=settings["patch_size"],
-        overlap=settings["overlap"],
-        batch_size=batch_size,
-        preprocess=None,
-        progress=False,
-    )
-    vector = result.reduce(settings["reduction"])
-    if not torch.isfinite(result.embeddings).all():
-        bad = int((~torch.isfinite(result.embeddings)).sum())
-        raise InvalidScanError(scan, f"its embedding has {bad} non-finite values (NaN in the model's weights?)")
-    if not vector.any():
-        raise InvalidScanError(scan, "its embedding is all zeros: no direction to compare it by")
+    if settings.get("mode", "tiled") == "whole":
+        result = whole_volume_patch(model, volume, settings.get("crop_size"))
+    else:
+        result = embed_patches(
+            model,
+            volume,
+            patch_size=settings["patch_size"],
+            overlap=settings["overlap"],
+            batch_size=batch_size,
+            preprocess=None,
+            progress=False,
+        )
+    check_vector(scan, result.embeddings)
+    check_vector(scan, result.reduce(settings["reduction"]))
     return result
+
+
+def whole_volume_patch(model: nn.Module, volume: torch.Tensor, size: Sequence[int] | None) -> PatchEmbeddings:
+    """One whole-volume forward pass as a single "patch" centred on the volume, so a table row is made alike."""
+    box = whole_volume_box(volume.shape[1:], size)
+    centre = (torch.tensor(volume.shape[1:], dtype=torch.float64) - 1) / 2
+    affine = volume.affine.double() if isinstance(volume, MetaTensor) else torch.eye(4, dtype=torch.float64)
+    centre_mm = (torch.cat([centre, torch.ones(1, dtype=torch.float64)]) @ affine.T)[:3]
+    return PatchEmbeddings(embed_whole_volume(model, volume, size)[None], centre[None], centre_mm[None], tuple(box))
 
 
 def corpus_preprocessing(patch_size: Sequence[int], native_spacing: bool = False) -> CTPreprocessing:
@@ -604,6 +802,8 @@ def embed_like_table(scan: str | Path, settings: dict[str, Any], model: nn.Modul
         from ctfm.hub import load
 
         model = load(settings["model"])
+    if settings.get("pool") is not None:
+        raise TableMismatchError(f"{scan}: the table holds regions of scans; embed the query's region with a mask")
     if model_fingerprint(model) != settings["model_sha256"]:
         raise TableMismatchError(f"{scan}: the query model differs from the table's ({settings['model']!r})")
     result = embed_scan(model, scan, settings, preprocessing_of(settings))

@@ -284,3 +284,39 @@ def test_rows_carry_the_series_instance_uid_of_a_dicom_series_or_an_idc_sidecar(
     frame, _ = read_table(out)
     uids = dict(zip(frame["path"], frame["SeriesInstanceUID"]))
     assert uids == {str(sample_dicom_dir): expected, str(converted): "1.2.3.4", str(scans[1]): None}
+
+
+def test_whole_volume_rows_are_one_forward_pass_and_recorded(encoder, scans, tmp_path):
+    out = tmp_path / "t.parquet"
+    embed_to_parquet(scans[:1], out, model=encoder, patch_size=PATCH, whole_volume=True)
+    frame, settings = read_table(out)
+    expected = embed(encoder, scans[0], patch_size=PATCH, whole_volume=True)
+    torch.testing.assert_close(torch.tensor(frame["embedding"][0], dtype=torch.float32), expected, rtol=1e-4, atol=1e-5)
+    assert settings["mode"] == "whole" and settings["crop_size"] is None and settings["pool"] is None
+    with pytest.raises(TableMismatchError, match="mode .*'whole', not 'tiled'"):
+        embed_to_parquet(scans[1:2], out, model=encoder, patch_size=PATCH)
+
+
+def test_a_table_written_before_modes_existed_still_takes_tiled_scans(encoder, scans, tmp_path):
+    out = tmp_path / "t.parquet"
+    embed_to_parquet(scans[:1], out, model=encoder, patch_size=PATCH)
+    part = next(out.glob("part-*"))
+    table = embedding_table.pq.read_table(part)
+    settings = json.loads(table.schema.metadata[b"ctfm"])
+    old = {k: v for k, v in settings.items() if k not in ("mode", "crop_size", "pool")}
+    embedding_table.pq.write_table(table.replace_schema_metadata({b"ctfm": json.dumps(old).encode()}), part)
+    assert embed_to_parquet(scans[1:2], out, model=encoder, patch_size=PATCH).embedded == 1
+
+
+def test_the_patch_size_defaults_to_the_models_own(scans, tmp_path):
+    """A saved model whose spec says 8x32x32 tiles embeds with them when --patch-size is not given."""
+    from ctfm.cli import main
+    from ctfm.hub import ModelSpec, save_pretrained
+    from ctfm.hub.registry import attach_spec
+
+    spec = ModelSpec("mine", "", "SegResEncoder", {}, "", embedding_dim=64, patch_size=PATCH)
+    torch.manual_seed(0)
+    folder = save_pretrained(attach_spec(ct_fm_encoder(init_filters=4), spec), tmp_path / "mine")
+    out = tmp_path / "t.parquet"
+    assert main(["embed", str(scans[0]), "--model", str(folder), "--out", str(out)]) == 0
+    assert read_settings(out)["patch_size"] == list(PATCH)

@@ -13,7 +13,7 @@ from typing import Any
 _LAZY = {
     "BenchmarkSettings": "ctfm.analysis.encoder_benchmark",
     "compare_encoders": "ctfm.analysis.encoder_benchmark",
-    "LesionCrop": "ctfm.analysis.lesions",
+    "LesionCrop": "ctfm.transforms.lesion_crop",
     "lesion_crop": "ctfm.analysis.lesions",
     "extract_lesion_features": "ctfm.analysis.lesion_features",
     "read_lesions": "ctfm.analysis.lesion_features",

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ctfm.analysis.lesions import LESION_CROPS, LesionCrop, SeedOutsideScanError, prepare_grid, to_ras
+from ctfm.analysis.lesions import LesionCrop, SeedOutsideScanError, named_crop, prepare_grid, to_ras
 from ctfm.atomic import write_atomically
 from ctfm.data.datalist import read_csv_table
 from ctfm.errors import CTFMError, InvalidScanError
@@ -156,8 +156,9 @@ def extract_lesion_features(
         csv: the lesion CSV (see :func:`read_lesions`).
         out: the Parquet file to write: the CSV's columns plus ``embedding``, one row per usable CSV row.
         model: a model name or path for ``ctfm.load`` (``"fmcib"`` for FMCIB's ResNet50), or a network.
-        crop: ``"fmcib"``, ``"ct-fm"`` or a :class:`~ctfm.analysis.lesions.LesionCrop`; default FMCIB's crop
-            for FMCIB's model, else CT-FM's patch.
+        crop: a registry model's name (``"fmcib"``, ``"ct-fm"``: that model's crop) or a
+            :class:`~ctfm.transforms.lesion_crop.LesionCrop`; default the model's own (``spec_of(model).lesion_crop``:
+            FMCIB's 50^3 at 1 mm for ``fmcib``), CT-FM's patch for a network without a spec.
         batch_size: crops per forward pass.
         device: where the model runs, e.g. ``"cuda"``.
         progress: show a progress bar over the scans.
@@ -165,18 +166,19 @@ def extract_lesion_features(
     Returns:
         The report: rows extracted and rows skipped (by CSV line) with the reason.
     """
+    from ctfm.hub.registry import spec_of
+    from ctfm.transforms.lesion_crop import CT_FM_CROP
+
     table = read_lesions(csv)
     if isinstance(model, str):
         from ctfm.hub.loading import load
 
         model = load(model, device=device)
-    if isinstance(crop, str) or crop is None:
-        from ctfm.nn.fmcib import FMCIBResNet50
-
-        key = crop or ("fmcib" if isinstance(model, FMCIBResNet50) else "ct-fm")
-        if key not in LESION_CROPS:
-            raise CTFMError(f"unknown crop {key!r}; choose one of {', '.join(LESION_CROPS)}")
-        crop = LESION_CROPS[key]
+    if isinstance(crop, str):
+        crop = named_crop(crop)
+    elif crop is None:
+        spec = spec_of(model)
+        crop = spec.lesion_crop if spec is not None else CT_FM_CROP
     model = model.to(device).eval()
     out = Path(out)
     report = LesionReport(out=out, csv=Path(csv))

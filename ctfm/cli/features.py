@@ -21,8 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", required=True, help="Parquet file to write (the CSV's columns plus 'embedding')")
     parser.add_argument(
-        "--crop", choices=("fmcib", "ct-fm"), default=None, help="crop geometry (default: the model's own)"
-    )
+        "--crop", default=None, metavar="MODEL",
+        help="use another registry model's crop geometry, e.g. fmcib or ct-fm (default: the model's own, from its "
+        "spec; CT-FM's patch for a model without one)",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=positive_int, default=8, help="crops per forward pass")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     parser.add_argument("--report", default=None, help="also write every row's status and reason to this CSV")

@@ -13,14 +13,17 @@ from ctfm.reports import EXIT_CODES_HELP
 #: One example per command path (``"idc download"``); a parser without one gets no epilog.
 EXAMPLES: dict[str, str] = {
     "quickstart": "ctfm quickstart --out runs/quickstart --scans 8",
-    "embed": "ctfm embed scans/*.nii.gz --model ct-fm --out embeddings.parquet",
+    "embed": "ctfm embed scans/*.nii.gz --model ct-fm --out embeddings.parquet\n"
+    "  ctfm embed cases/*/ct.nii.gz --masks '{dir}/segmentations' --labels liver,spleen --out organs.parquet\n"
+    "  # one row per (scan, organ): each case's TotalSegmentator folder beside its ct.nii.gz",
     "segment": "ctfm segment Totalsegmentator/s0001/ct.nii.gz Totalsegmentator/s0002/ct.nii.gz --out labels\n"
     "  # writes labels/s0001_ct.nii.gz and labels/s0002_ct.nii.gz",
     "features": "ctfm features lesions.csv --model fmcib --out features.parquet --report rows.csv",
     "probe": "ctfm probe features.parquet --label malignant --out probe",
     "benchmark": "ctfm benchmark probe labels.csv --models ct-fm random:ct-fm --protocol roi --out bench",
-    "benchmark probe": "ctfm benchmark probe amos/labels.csv --models ct-fm random:ct-fm student/ --protocol roi "
-    "--device cuda --out bench",
+    "benchmark probe": "ctfm benchmark probe amos/labels.csv --models ct-fm random:ct-fm runs/distill/student "
+    "--protocol roi --device cuda --out bench\n"
+    "  # runs/distill/student: a student distilled with the distill recipe and exported (none is published)",
     "search": "ctfm search scans/query.nii.gz --table embeddings.parquet -k 10 --out neighbours.csv",
     "retrieval-eval": "ctfm retrieval-eval organmnist3d.npz --model ct-fm --out retrieval",
     "semantic-search": "ctfm semantic-search source.nii.gz --point 10 -20 35 s0001/ct.nii.gz s0002/ct.nii.gz "

@@ -18,6 +18,9 @@ import torch
 from torch import nn
 
 from ctfm.errors import ModelLoadError
+from ctfm.hub.download import _HubFetch, _offline_from_env
+from ctfm.hub.weights import load_state_dict_strict, refuse_nonfinite
+from ctfm.nn.fmcib import fmcib_resnet50
 
 #: What FMCIB's maintainers publish: a Hub repo holding ``model_weights.torch``.
 FMCIB_REPO = "surajpaib/FMCIB"
@@ -60,9 +63,6 @@ def load_fmcib(
     device: str | torch.device = "cpu",
 ) -> nn.Module:
     """FMCIB's ResNet-50 trunk in eval mode, from ``path`` or (``None``) the Hub repo :data:`FMCIB_REPO`."""
-    from ctfm.hub.download import _HubFetch, _offline_from_env
-    from ctfm.hub.loading import load_state_dict_strict, refuse_nonfinite
-    from ctfm.nn.fmcib import fmcib_resnet50
 
     if path is None:
         offline = local_files_only if local_files_only is not None else _offline_from_env()

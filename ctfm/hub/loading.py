@@ -12,7 +12,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,12 @@ from torch import nn
 
 from ctfm.errors import ModelLoadError
 from ctfm.hub.download import hub_files
+from ctfm.hub.fmcib import load_fmcib
 from ctfm.hub.format import ARCHITECTURE_KEY, CONFIG_NAME, WEIGHTS_NAME, read_config
 from ctfm.hub.registry import (
     ARCHITECTURES,
     MODELS,
+    SAFETENSORS,
     SPEC_KEY,
     ModelSpec,
     attach_spec,
@@ -33,14 +35,19 @@ from ctfm.hub.registry import (
     find_spec,
     spec_from_input_spec,
 )
+from ctfm.hub.weights import listing, load_state_dict_strict, nonfinite_tensors, refuse_nonfinite
+
+__all__ = ["infer_config", "listing", "load", "load_state_dict_strict", "nonfinite_tensors", "refuse_nonfinite"]
 
 _REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 _WEIGHT_SUFFIXES = (".safetensors", *_PICKLE_SUFFIXES)
-_LISTED_KEYS = 10
-FMCIB_ARCHITECTURE = "FMCIBResNet50"
-#: FMCIB's released file is ``model_weights.torch``: a local path with this suffix loads as FMCIB.
-FMCIB_SUFFIX = ".torch"
+#: Each weight format besides safetensors (:data:`ctfm.hub.registry.WEIGHT_FORMATS`) and its loader: a local path
+#: or ``None`` (the spec's Hub repo) -> the network in eval mode. Each reads its own layout without running code.
+FORMAT_LOADERS: dict[str, Callable[..., nn.Module]] = {"fmcib-torch": load_fmcib}
+#: A local weights file that is not safetensors, by suffix, and the registry entry whose spec (weight format
+#: included) it loads with: FMCIB's released ``model_weights.torch``.
+LOCAL_SUFFIXES = {".torch": "fmcib"}
 
 
 def load(
@@ -92,17 +99,14 @@ def load(
     source = str(name_or_path)
     spec = find_spec(source)
     path = Path(source).expanduser()
-    if (spec is not None and spec.architecture == FMCIB_ARCHITECTURE) or path.suffix == FMCIB_SUFFIX:
-        from ctfm.hub.fmcib import load_fmcib  # FMCIB's own torch layouts, read with weights_only=True
-
-        model = load_fmcib(
-            None if spec is not None else path,
-            revision=revision,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-            device=device,
+    local = None
+    if spec is None and path.suffix in LOCAL_SUFFIXES:
+        spec, local = MODELS[LOCAL_SUFFIXES[path.suffix]], path
+    if spec is not None and spec.weight_format != SAFETENSORS:
+        model = FORMAT_LOADERS[spec.weight_format](
+            local, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, device=device
         )
-        return attach_spec(model, spec or MODELS["fmcib"])
+        return attach_spec(model, spec)
     if spec is None and path.exists():
         weights, config = _local_files(path)
     elif spec is not None or (_REPO_ID.fullmatch(source) and path.suffix not in _WEIGHT_SUFFIXES):
@@ -121,36 +125,6 @@ def load(
     if spec is None and saved_spec is not None:
         spec = spec_from_input_spec(saved_spec, name=source, architecture=architecture, origin=str(weights))
     return attach_spec(model, spec)
-
-
-def load_state_dict_strict(
-    model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str, assign: bool = False
-) -> nn.Module:
-    """Copy ``state`` into ``model``; on any difference raise ``ModelLoadError`` naming the keys.
-
-    A prefix shared by every key of ``state`` that ends where a model key begins (``network.``, ``model.``) is
-    dropped first. Tensors are cast to the model's dtypes. ``assign=True`` (for a model built on the meta device)
-    gives the model copies of the tensors instead of copying into its existing ones.
-    """
-    expected = model.state_dict()
-    state = _strip_prefix(dict(state), expected.keys())
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
-    mismatched = [
-        f"{key} {tuple(state[key].shape)} (model {tuple(value.shape)})"
-        for key, value in expected.items()
-        if key in state and state[key].shape != value.shape
-    ]
-    if missing or unexpected or mismatched:
-        problems = [
-            f"{label}: {listing(keys)}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched))
-            if keys
-        ]
-        raise ModelLoadError(f"{source}: weights do not match {type(model).__name__}; " + "; ".join(problems))
-    # Adopted tensors are copied: safetensors maps the file, and a model must not change when the file does.
-    model.load_state_dict({k: state[k].to(v.dtype, copy=assign) for k, v in expected.items()}, assign=assign)
-    return model
 
 
 def infer_config(shapes: Mapping[str, Sequence[int]]) -> tuple[str, dict[str, Any]]:
@@ -181,25 +155,6 @@ def infer_config(shapes: Mapping[str, Sequence[int]]) -> tuple[str, dict[str, An
     if not heads:
         raise ModelLoadError("SegResNetDS weights without any up_layers.*.head: cannot tell out_channels")
     return "SegResNetDS", {**config, "blocks_up": blocks_up, "out_channels": heads[-1][0], "dsdepth": len(heads)}
-
-
-def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
-    """Names of the floating-point tensors in ``state`` holding NaN or inf."""
-    return [
-        key
-        for key, value in state.items()
-        if value.is_floating_point() and not value.is_meta and not bool(torch.isfinite(value).all())
-    ]
-
-
-def refuse_nonfinite(state: Mapping[str, torch.Tensor], *, source: str) -> None:
-    """Raise ``ModelLoadError`` naming the tensors of ``state`` that hold NaN or inf: such weights are damaged."""
-    bad = nonfinite_tensors(state)
-    if bad:
-        raise ModelLoadError(
-            f"{source}: {len(bad)} of {len(state)} tensors hold NaN or inf values ({listing(bad)}); "
-            "the weights are damaged, e.g. by a training run that diverged"
-        )
 
 
 def _local_files(path: Path) -> tuple[Path, dict[str, Any] | None]:
@@ -286,18 +241,6 @@ def _instantiate(architecture: str, config: dict[str, Any], tensors: dict[str, t
     return model
 
 
-def _strip_prefix(state: dict[str, torch.Tensor], expected: Collection[str]) -> dict[str, torch.Tensor]:
-    if not state or not expected or state.keys() & expected:
-        return state
-    anchor = next(iter(expected))
-    for key in state:
-        if key.endswith("." + anchor):
-            prefix = key[: -len(anchor)]
-            if all(k.startswith(prefix) for k in state):
-                return {k[len(prefix) :]: v for k, v in state.items()}
-    return state
-
-
 def _block_counts(shapes: Mapping[str, Sequence[int]], group: str) -> list[int]:
     pattern = re.compile(re.escape(group) + r"\.(\d+)\.blocks\.(\d+)\.")
     blocks: dict[int, set[int]] = {}
@@ -306,8 +249,3 @@ def _block_counts(shapes: Mapping[str, Sequence[int]], group: str) -> list[int]:
         if match:
             blocks.setdefault(int(match[1]), set()).add(int(match[2]))
     return [len(blocks.get(level, ())) for level in range(max(blocks, default=-1) + 1)]
-
-
-def listing(keys: Sequence[str]) -> str:
-    more = f" ... and {len(keys) - _LISTED_KEYS} more" if len(keys) > _LISTED_KEYS else ""
-    return ", ".join(keys[:_LISTED_KEYS]) + more

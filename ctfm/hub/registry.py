@@ -20,17 +20,23 @@ from ctfm.data.classes import TOTALSEGMENTATOR_CLASSES
 from ctfm.errors import ModelLoadError
 from ctfm.nn.encoder import CT_FM_CONFIG
 from ctfm.nn.fmcib import FMCIB_EMBEDDING_DIM, FMCIBResNet50
+from ctfm.transforms.lesion_crop import CT_FM_CROP, FMCIB_CROP, LesionCrop
 from ctfm.transforms.preprocess import PATCH_SIZE, CTPreprocessing
 
 #: Key of ``config.json`` (and of the safetensors metadata) holding a saved model's input spec. Loaders of the
 #: Hub format that build from constructor kwargs ignore keys their class does not take.
 SPEC_KEY = "ctfm"
+#: The Hub format: ``model.safetensors`` (+ ``config.json``), the only format ``save_pretrained`` writes.
+SAFETENSORS = "safetensors"
+#: How a model's published weights are stored; :data:`ctfm.hub.loading.FORMAT_LOADERS` reads the others.
+#: ``fmcib-torch``: FMCIB's ``model_weights.torch`` (tensors only, read with ``weights_only=True``).
+WEIGHT_FORMATS = (SAFETENSORS, "fmcib-torch")
 
 #: Constructor of each architecture a ``config.json`` (or the safetensors metadata ctfm writes) may name.
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "SegResEncoder": SegResEncoder,
     "SegResNetDS": SegResNetDS,
-    # FMCIB's MONAI ResNet-50 (widen_factor 2, conv1_t_stride 2, no fc); its weights load through ctfm.hub.fmcib.
+    # FMCIB's MONAI ResNet-50 (widen_factor 2, conv1_t_stride 2, no fc); its published weights are "fmcib-torch".
     "FMCIBResNet50": FMCIBResNet50,
 }
 
@@ -52,6 +58,9 @@ class ModelSpec:
     inputs went through in training; ``embedding_dim`` is the width of its pooled encoder features, and
     ``classes`` names its output channels (background first) when it is a segmentation model. ``patch_size`` is
     the (z, y, x) input the model was trained on: the tile of tiled embedding, or the crop of a lesion model.
+    ``lesion_crop`` is how ``ctfm features`` cuts a lesion for it (orientation, spacing, size, HU range, clipping),
+    and ``weight_format`` how its published weights are stored (:data:`WEIGHT_FORMATS`), which the loader
+    dispatches on.
 
     ``ctfm.load`` attaches the spec to the model it returns (``model.ctfm_spec``, read with :func:`spec_of`), the
     way timm attaches ``pretrained_cfg``, so ``embed``, ``segment`` and region embedding take their defaults from
@@ -67,8 +76,12 @@ class ModelSpec:
     embedding_dim: int | None = None
     classes: tuple[str, ...] | None = None
     patch_size: tuple[int, ...] = PATCH_SIZE
+    lesion_crop: LesionCrop = CT_FM_CROP
+    weight_format: str = SAFETENSORS
 
     def __post_init__(self) -> None:  # a private, read-only copy: specs must not share or change configs
+        if self.weight_format not in WEIGHT_FORMATS:
+            raise ValueError(f"weight_format must be one of {', '.join(WEIGHT_FORMATS)}, got {self.weight_format!r}")
         object.__setattr__(self, "default_config", MappingProxyType(json.loads(json.dumps(dict(self.default_config)))))
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(self.classes))
@@ -76,7 +89,7 @@ class ModelSpec:
 
     def input_spec(self) -> dict[str, Any]:
         """What the model expects and outputs, as plain JSON data (the ``"ctfm"`` key of a saved ``config.json``)."""
-        pre = self.preprocessing
+        pre, crop = self.preprocessing, self.lesion_crop
         return {
             "preprocessing": {
                 "spacing": None if pre.spacing is None else list(pre.spacing),
@@ -87,11 +100,22 @@ class ModelSpec:
             "patch_size": list(self.patch_size),
             "embedding_dim": self.embedding_dim,
             "classes": None if self.classes is None else list(self.classes),
+            "lesion_crop": {
+                "orientation": crop.orientation,
+                "spacing": list(crop.spacing),
+                "size": list(crop.size),
+                "hu_range": list(crop.hu_range),
+                "clip": crop.clip,
+            },
+            "weight_format": self.weight_format,
         }
 
 
 def spec_from_input_spec(data: Any, *, name: str, architecture: str, origin: str) -> ModelSpec:
-    """The :class:`ModelSpec` of a saved model from its ``"ctfm"`` config entry: plain data, checked key by key."""
+    """The :class:`ModelSpec` of a saved model from its ``"ctfm"`` config entry: plain data, checked key by key.
+
+    A key left out (a file saved before it existed) takes CT-FM's value.
+    """
 
     def fail(key: str, expected: str) -> ModelLoadError:
         return ModelLoadError(f"{origin}: {SPEC_KEY}::{key} must be {expected}")
@@ -129,10 +153,29 @@ def spec_from_input_spec(data: Any, *, name: str, architecture: str, origin: str
         crop_foreground=crop,
         body_threshold_hu=float(threshold),
     )
+    crop = data.get("lesion_crop", {})
+    if not isinstance(crop, dict):
+        raise fail("lesion_crop", "a JSON object")
+    orientation, clip = crop.get("orientation", CT_FM_CROP.orientation), crop.get("clip", CT_FM_CROP.clip)
+    if not (isinstance(orientation, str) and len(orientation) == 3 and set(orientation.upper()) <= set("RLAPSI")):
+        raise fail("lesion_crop::orientation", "three axis codes such as 'LPS'")
+    if not isinstance(clip, bool):
+        raise fail("lesion_crop::clip", "true or false")
+    lesion_crop = LesionCrop(
+        orientation.upper(),
+        numbers(crop.get("spacing", list(CT_FM_CROP.spacing)), "lesion_crop::spacing", 3),
+        numbers(crop.get("size", list(CT_FM_CROP.size)), "lesion_crop::size", 3, int),
+        numbers(crop.get("hu_range", list(CT_FM_CROP.hu_range)), "lesion_crop::hu_range", 2),
+        clip,
+    )
+    weight_format = data.get("weight_format", SAFETENSORS)
+    if weight_format != SAFETENSORS:  # what save_pretrained writes, and what a saved folder holds
+        raise fail("weight_format", f"{SAFETENSORS!r}, the format of the saved weights")
     names = None if classes is None else tuple(classes)
     return ModelSpec(
-        name, "", architecture, {}, f"saved {architecture}", preprocessing, width, names, patch_size=patch_size
-    )
+        name, "", architecture, {}, f"saved {architecture}", preprocessing, width, names, patch_size=patch_size,
+        lesion_crop=lesion_crop, weight_format=weight_format,
+    )  # fmt: skip
 
 
 def spec_of(model: nn.Module) -> ModelSpec | None:
@@ -188,11 +231,12 @@ MODELS: dict[str, ModelSpec] = {
             "FMCIBResNet50",
             {},
             "FMCIB (Pai et al. 2024): 3D ResNet-50 (widen 2), SimCLR on 11k CT lesions; 4096-d lesion features",
-            # FMCIB's inputs: 1 mm isotropic, 50 mm cubes around a seed point, (HU + 1024) / 3072 without clipping;
-            # ctfm.analysis.lesions applies exactly that for --model fmcib.
+            # FMCIB's inputs: 1 mm isotropic, 50 mm cubes around a seed point, (HU + 1024) / 3072 without clipping.
             preprocessing=CTPreprocessing(spacing=(1.0, 1.0, 1.0), min_size=(50, 50, 50)),
             embedding_dim=FMCIB_EMBEDDING_DIM,
-            patch_size=(50, 50, 50),
+            patch_size=FMCIB_CROP.size,
+            lesion_crop=FMCIB_CROP,
+            weight_format="fmcib-torch",
         ),
     )
 }

@@ -11,6 +11,7 @@ import inspect
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,8 @@ from torch import nn
 from ctfm.atomic import write_atomically
 from ctfm.errors import ModelLoadError
 from ctfm.hub.format import ARCHITECTURE_KEY, CONFIG_NAME, WEIGHTS_NAME
-from ctfm.hub.loading import listing, refuse_nonfinite
-from ctfm.hub.registry import ARCHITECTURES, SPEC_KEY, build_model, spec_of
+from ctfm.hub.registry import ARCHITECTURES, SAFETENSORS, SPEC_KEY, build_model, spec_of
+from ctfm.hub.weights import listing, refuse_nonfinite
 
 
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, config: Mapping[str, Any] | None = None) -> Path:
@@ -58,8 +59,8 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, config: M
     kwargs = _jsonable(kwargs, what=f"config of {type(model).__name__}")
     _check_rebuilds(model, architecture, kwargs)
     spec = spec_of(model)
-    if spec is not None:
-        kwargs[SPEC_KEY] = spec.input_spec()
+    if spec is not None:  # the files written here are safetensors, whatever the model was first loaded from
+        kwargs[SPEC_KEY] = replace(spec, weight_format=SAFETENSORS).input_spec()
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -92,6 +92,51 @@ def read_region_labels(mask: str | Path | MetaTensor | np.ndarray | torch.Tensor
     return labels, {}
 
 
+#: The placeholders a ``--masks`` pattern may hold, filled from each scan's path.
+MASK_PLACEHOLDERS = ("{stem}", "{parent}", "{dir}")
+
+
+class MissingMaskError(CTFMError, FileNotFoundError):
+    """No mask where ``--masks`` says a scan's mask is."""
+
+
+def is_mask_pattern(masks: str) -> bool:
+    """Whether ``masks`` is a pattern (holds a placeholder) rather than a folder of per-scan masks."""
+    return any(p in masks for p in MASK_PLACEHOLDERS)
+
+
+def mask_for(scan: str | Path, masks: str | Path) -> Path:
+    """Where the mask of ``scan`` is, by one of two explicit rules.
+
+    A pattern with placeholders is filled from the scan's path: ``{stem}`` is its name without the extension
+    (``ct`` for ``case_001/ct.nii.gz``, a DICOM folder's own name), ``{parent}`` the name of the folder holding it
+    (``case_001``) and ``{dir}`` that folder's path; e.g. ``{dir}/segmentations`` (TotalSegmentator beside each
+    scan) or ``masks/{parent}.nii.gz``. Otherwise ``masks`` is a folder holding, per scan, a label map
+    ``<stem>.nii.gz`` (or ``.nii``, ``.nrrd``, ``.mha``) or a TotalSegmentator folder ``<stem>/``.
+
+    Raises:
+        MissingMaskError: nothing there, naming the path looked for.
+    """
+    from ctfm.io.naming import image_stem
+
+    scan, text = Path(scan), str(masks)
+    stem = image_stem(scan)
+    if is_mask_pattern(text):
+        filled = {"{stem}": stem, "{parent}": scan.parent.name, "{dir}": str(scan.parent)}
+        for placeholder, value in filled.items():
+            text = text.replace(placeholder, value)
+        path = Path(text)
+        if not path.exists():
+            raise MissingMaskError(f"{scan}: no mask at {path} (--masks {masks})")
+        return path
+    folder = Path(masks)
+    candidates = [folder / stem, *(folder / f"{stem}{suffix}" for suffix in _MASK_SUFFIXES)]
+    found = next((c for c in candidates if c.exists()), None)
+    if found is None:
+        raise MissingMaskError(f"{scan}: no mask {folder / stem}.nii.gz (or a folder {folder / stem}/) in {folder}")
+    return found
+
+
 def region_values(
     present: Sequence[int], names: Mapping[int, str], labels: Sequence[int | str] | None, where: str
 ) -> list[int]:

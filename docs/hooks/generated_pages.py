@@ -73,13 +73,20 @@ def models_markdown() -> str:
     """A table of the registry: name, Hub repo, architecture, input preprocessing, outputs."""
     from ctfm.hub.registry import MODELS
 
-    lines = ["| name | Hub repo | architecture | preprocessing | outputs | what it is |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| name | Hub repo | architecture | preprocessing | input | lesion crop | weights | outputs | what it is |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for spec in MODELS.values():
-        pre = spec.preprocessing
+        pre, crop = spec.preprocessing, spec.lesion_crop
         spacing = "native spacing" if pre.spacing is None else " x ".join(f"{s:g}" for s in pre.spacing) + " mm"
+        patch = "x".join(map(str, spec.patch_size))
+        crop_mm = " x ".join(f"{s:g}" for s in crop.spacing)
+        lesion = f"{'x'.join(map(str, crop.size))} at {crop_mm} mm, {crop.orientation}"
         outputs = f"{len(spec.classes)} classes" if spec.classes else f"{spec.embedding_dim}-d embedding"
         lines.append(
-            f"| `{spec.name}` | `{spec.repo_id}` | `{spec.architecture}` | {spacing} | {outputs} | {spec.description} |"
+            f"| `{spec.name}` | `{spec.repo_id}` | `{spec.architecture}` | {spacing} | {patch} | {lesion} "
+            f"| {spec.weight_format} | {outputs} | {spec.description} |"
         )
     return "\n".join(lines)
 

@@ -9,10 +9,11 @@ import SimpleITK as sitk
 import torch
 
 from ctfm.analysis.lesion_features import extract_lesion_features
-from ctfm.analysis.lesions import CT_FM_CROP, FMCIB_CROP, lesion_crop
+from ctfm.analysis.lesions import lesion_crop
 from ctfm.cli import main
 from ctfm.hub.saving import save_pretrained
 from ctfm.nn import ct_fm_encoder, pooled_features
+from ctfm.transforms.lesion_crop import CT_FM_CROP, FMCIB_CROP
 
 
 def test_features_cli_end_to_end(sample_ct, sample_nifti, tmp_path, capsys):
@@ -69,23 +70,43 @@ def test_features_cli_end_to_end(sample_ct, sample_nifti, tmp_path, capsys):
     assert exit_info.value.code == 2
 
 
-def test_fmcib_crop_unclipped(sample_nifti, tmp_path):
-    class Mean(torch.nn.Module):  # stands in for FMCIB: shows what the model was given
-        def forward(self, x):
-            return torch.stack([x.mean((1, 2, 3, 4)), x.amax((1, 2, 3, 4)), torch.tensor([x.shape[2]] * len(x))], 1)
+class Mean(torch.nn.Module):  # stands in for FMCIB: shows what the model was given
+    def forward(self, x):
+        return torch.stack([x.mean((1, 2, 3, 4)), x.amax((1, 2, 3, 4)), torch.tensor([x.shape[2]] * len(x))], 1)
+
+
+@pytest.mark.parametrize("how", ["named", "from the model's spec"])
+def test_fmcib_crop_unclipped(sample_nifti, tmp_path, how):
+    """FMCIB's crop, asked for by name or (the default) read off the spec the loaded model carries."""
+    from ctfm.hub.registry import MODELS, attach_spec
 
     image = sitk.ReadImage(str(sample_nifti))
     point = image.TransformIndexToPhysicalPoint((48, 60, 16))
     pd.DataFrame(
         [{"image_path": sample_nifti.name, "coordX": point[0], "coordY": point[1], "coordZ": point[2]}]
     ).to_csv(sample_nifti.parent / "one.csv", index=False)
+    model, crop_name = (Mean(), "fmcib") if how == "named" else (attach_spec(Mean(), MODELS["fmcib"]), None)
     report = extract_lesion_features(
-        sample_nifti.parent / "one.csv", tmp_path / "f.parquet", model=Mean(), crop="fmcib"
+        sample_nifti.parent / "one.csv", tmp_path / "f.parquet", model=model, crop=crop_name
     )
     mean, top, depth = pd.read_parquet(tmp_path / "f.parquet")["embedding"][0]
     crop = lesion_crop(sample_nifti, point)
     assert report.ok and depth == 50 and np.isclose(mean, float(FMCIB_CROP.normalise(crop).mean()), atol=1e-5)
     assert np.isclose(top, (float(crop.max()) + 1024) / 3072, atol=1e-5)
+
+
+def test_a_model_without_a_spec_gets_ct_fm_patch_and_an_unknown_crop_name_is_refused(sample_nifti, tmp_path):
+    from ctfm.errors import UsageError
+
+    image = sitk.ReadImage(str(sample_nifti))
+    point = image.TransformIndexToPhysicalPoint((48, 60, 16))
+    csv = sample_nifti.parent / "one.csv"
+    row = {"image_path": sample_nifti.name, "coordX": point[0], "coordY": point[1], "coordZ": point[2]}
+    pd.DataFrame([row]).to_csv(csv, index=False)
+    extract_lesion_features(csv, tmp_path / "f.parquet", model=Mean())
+    assert pd.read_parquet(tmp_path / "f.parquet")["embedding"][0][2] == CT_FM_CROP.size[0]
+    with pytest.raises(UsageError, match="unknown crop 'fmcb'.*fmcib"):
+        extract_lesion_features(csv, tmp_path / "g.parquet", model=Mean(), crop="fmcb")
 
 
 def test_a_bad_coordinate_or_image_is_one_line_naming_the_csv_row(sample_nifti, tmp_path, capsys):

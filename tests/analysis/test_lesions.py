@@ -6,8 +6,6 @@ import SimpleITK as sitk
 import torch
 
 from ctfm.analysis.lesions import (
-    CT_FM_CROP,
-    FMCIB_CROP,
     SeedOutsideScanError,
     crop_prepared,
     lesion_crop,
@@ -15,6 +13,7 @@ from ctfm.analysis.lesions import (
     prepare_scan,
     to_ras,
 )
+from ctfm.transforms.lesion_crop import CT_FM_CROP, FMCIB_CROP
 
 #: Voxel (z, y, x) of the lesion in the sample scan, off-centre in every axis so a mirrored crop misses it.
 LESION_VOXEL = (20, 30, 64)

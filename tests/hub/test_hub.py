@@ -523,11 +523,13 @@ def test_a_model_loaded_by_name_knows_its_input_spec(
 def test_a_saved_spec_round_trips_and_drives_embedding(tmp_path: Path, sample_nifti):
     import ctfm
     from ctfm.hub.registry import attach_spec, spec_of
+    from ctfm.transforms.lesion_crop import LesionCrop
     from ctfm.transforms.preprocess import CTPreprocessing
 
     spec = ModelSpec(
         "mine", "", "SegResEncoder", {}, "", CTPreprocessing(spacing=(4.0, 2.0, 2.0), body_threshold_hu=-300.0),
         embedding_dim=64, patch_size=(8, 32, 32),
+        lesion_crop=LesionCrop("LPS", (2.0, 2.0, 2.0), (8, 32, 32), (-1000.0, 1000.0), clip=False),
     )  # fmt: skip
     folder = save_pretrained(attach_spec(ct_fm_encoder(init_filters=4), spec), tmp_path / "mine")
     assert json.loads((folder / "config.json").read_text())["ctfm"]["patch_size"] == [8, 32, 32]
@@ -540,6 +542,50 @@ def test_a_saved_spec_round_trips_and_drives_embedding(tmp_path: Path, sample_ni
     canonical = ctfm.embed(model, sample_nifti, reduce=None, patch_size=(8, 32, 32), preprocess=CTPreprocessing())
     assert torch.equal(patches.embeddings, explicit.embeddings)
     assert patches.embeddings.shape != canonical.embeddings.shape  # 4 x 2 x 2 mm, not 3 x 1 x 1 mm, tiles
+
+
+def test_a_spec_saved_before_lesion_crops_and_weight_formats_still_loads(tmp_path: Path):
+    from ctfm.hub.registry import MODELS, attach_spec, spec_of
+    from ctfm.transforms.lesion_crop import CT_FM_CROP
+
+    folder = save_pretrained(attach_spec(ct_fm_encoder(init_filters=4), MODELS["ct-fm"]), tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["ctfm"]["weight_format"] == "safetensors" and config["ctfm"]["lesion_crop"]["orientation"] == "SPL"
+    for key in ("lesion_crop", "weight_format"):
+        del config["ctfm"][key]
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded = spec_of(load(folder))
+    assert loaded is not None and loaded.lesion_crop == CT_FM_CROP and loaded.weight_format == "safetensors"
+
+
+def test_the_loader_dispatches_on_the_specs_weight_format():
+    """Every stored format but safetensors has a loader; FMCIB's entry names its own, not its architecture."""
+    from ctfm.hub.loading import FORMAT_LOADERS, LOCAL_SUFFIXES
+    from ctfm.hub.registry import MODELS, SAFETENSORS, WEIGHT_FORMATS
+
+    assert set(FORMAT_LOADERS) == set(WEIGHT_FORMATS) - {SAFETENSORS}
+    assert MODELS["fmcib"].weight_format == "fmcib-torch" and MODELS["ct-fm"].weight_format == SAFETENSORS
+    assert all(name in MODELS for name in LOCAL_SUFFIXES.values())
+    with pytest.raises(ValueError, match="weight_format must be one of"):
+        ModelSpec("x", "", "SegResEncoder", {}, "", weight_format="pickle")
+
+
+def test_the_hub_modules_import_without_a_circle():
+    """ctfm.hub.fmcib and ctfm.hub.loading share ctfm.hub.weights instead of importing each other."""
+    import ast
+    import graphlib
+
+    import ctfm.hub
+
+    folder = Path(ctfm.hub.__file__).parent
+    graph = {}
+    for path in folder.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ctfm.hub."):
+                found.add(node.module)
+        graph[f"ctfm.hub.{path.stem}"] = found
+    graphlib.TopologicalSorter(graph).prepare()  # raises CycleError naming the circle
 
 
 def test_a_damaged_spec_is_named_by_key(tmp_path: Path):
