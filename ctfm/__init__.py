@@ -20,6 +20,7 @@ _LAZY = {
     "save_pretrained": "ctfm.hub.saving",
     "embed": "ctfm.embedding",
     "embed_patches": "ctfm.embedding",
+    "embed_regions": "ctfm.embedding",
     "segment": "ctfm.segmentation",
     "CTPreprocessing": "ctfm.transforms.preprocess",
     "read_ct": "ctfm.io.reader",
