@@ -9,6 +9,7 @@ images ``(N, C, y, x)`` or 3D volumes ``(N, C, z, y, x)``. Pass the window's HU 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
@@ -35,6 +36,10 @@ def restoration_metrics(
     reference = reference.double().clamp(low, high)
     dims = tuple(range(1, restored.ndim))
     psnr = peak_signal_noise_ratio(restored, reference, data_range=high - low, reduction="none", dim=dims)
-    ssim = structural_similarity_index_measure(restored, reference, data_range=high - low, reduction="none")
+    # one tensor: the tuple comes only with return_full_image or return_contrast_sensitivity
+    ssim = cast(
+        torch.Tensor,
+        structural_similarity_index_measure(restored, reference, data_range=high - low, reduction="none"),
+    )
     rmse = (restored - reference).pow(2).mean(dim=dims).sqrt()
     return {"psnr": psnr.float(), "ssim": ssim.float(), "rmse": rmse.float()}

@@ -16,6 +16,7 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 from monai.data import MetaTensor
@@ -119,7 +120,7 @@ def stitched_argmax(
         row = [w for w in windows if w[0].start == z0]
         for first in range(0, len(row), batch_size):
             chunk = row[first : first + batch_size]
-            batch = torch.stack([volume[(slice(None), *w)] for w in chunk]).to(device, torch.float32)
+            batch = torch.stack([volume[(slice(None),) + w] for w in chunk]).to(device, torch.float32)
             logits = network(batch)
             logits = (logits[0] if isinstance(logits, (list, tuple)) else logits).to(stitch_device, torch.float32)
             if buffer is None:
@@ -203,7 +204,8 @@ def segment(
     labels = labels[None]
     present = [int(v) for v in labels.unique().tolist() if v != 0]
     if largest_component and present:
-        labels = KeepLargestConnectedComponent(applied_labels=present, independent=True)(labels)
+        # a tensor in gives a tensor out
+        labels = cast(torch.Tensor, KeepLargestConnectedComponent(applied_labels=present, independent=True)(labels))
     if keep is not None:
         labels = torch.where(torch.isin(labels, torch.tensor(keep)), labels, torch.zeros_like(labels))
     # The copied meta carries the affine; passing it again makes MONAI warn that it overwrites it.

@@ -16,10 +16,12 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import torch
+from monai.data import MetaTensor
 from tqdm.auto import tqdm
 
 from ctfm.atomic import write_atomically
@@ -57,7 +59,9 @@ class SegmentReport(RunReport):
         return super().headline() + f"; outputs in {self.out}"
 
 
-def class_statistics(labels: torch.Tensor, hu: torch.Tensor, class_names: Sequence[str], values: Sequence[int]):
+def class_statistics(
+    labels: MetaTensor, hu: torch.Tensor, class_names: Sequence[str], values: Sequence[int]
+) -> list[dict[str, Any]]:
     """Rows ``label, class, volume_ml, mean_hu`` for ``values`` of a label map and its HU scan (same grid)."""
     voxel_ml = float(abs(np.linalg.det(np.asarray(labels.affine, dtype=np.float64)[:3, :3]))) / 1000.0
     flat_labels = labels.reshape(-1).to(torch.int64)
@@ -161,7 +165,7 @@ def segment_to_files(
     return report
 
 
-def _preview(hu, labels, path: Path, class_names: Sequence[str], title: str) -> None:
+def _preview(hu: MetaTensor, labels: MetaTensor, path: Path, class_names: Sequence[str], title: str) -> None:
     """Three orthogonal slices through the labelled region's centre, labels coloured over the CT, classes named in
     a legend."""
     from monai.transforms import Orientation
@@ -170,6 +174,7 @@ def _preview(hu, labels, path: Path, class_names: Sequence[str], title: str) -> 
     from ctfm.transforms.preprocess import RAS_LABELS
 
     orient = Orientation(axcodes="SPL", labels=RAS_LABELS)
-    volume, overlay = orient(hu)[0].numpy(), orient(labels.float())[0].numpy().astype(np.int64)
-    spacing = tuple(float(s) for s in orient(hu).pixdim)
+    oriented = cast(MetaTensor, orient(hu))
+    volume, overlay = oriented[0].numpy(), orient(labels.float())[0].numpy().astype(np.int64)
+    spacing = tuple(float(s) for s in oriented.pixdim)
     segmentation_preview(volume, overlay, path, class_names=class_names, spacing=spacing, title=title)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
@@ -102,7 +103,7 @@ def sample_to_folder(
         volume = hu[None] if network.spatial_dims == 2 else hu
         nifti = nib.Nifti1Image(volume.astype(np.float32), spl_affine(spacing))
         path = out / f"sample_{index:03d}.nii.gz"
-        written.append(write_atomically(path, lambda tmp, image=nifti: nib.save(image, tmp)))
+        written.append(write_atomically(path, partial(nib.save, nifti)))
     label = f"window {width:g}/{level:g}" if window else "unconditional"
     label += f', "{text}"' if text else ""
     title = f"{label}, {method} {steps} steps, guidance {guidance_scale:g}"

@@ -150,8 +150,8 @@ def read_labels(csv: str | Path, settings: BenchmarkSettings, targets: Sequence[
             raise CTFMError(f"{csv} line {row}: split {table.at[bad[0], 'split']!r} is not train, val or test")
     skipped = []
     keep = []
-    for index, row in table.iterrows():
-        line = f"{csv} line {int(index) + 2}"  # type: ignore[call-overload]
+    for position, (index, row) in enumerate(table.iterrows()):
+        line = f"{csv} line {position + 2}"
         for column in ("image", "mask") if settings.protocol == "roi" else ("image",):
             value = str(row[column]).strip()
             path = Path(value) if Path(value).is_absolute() else csv.parent / value
@@ -169,12 +169,12 @@ def read_labels(csv: str | Path, settings: BenchmarkSettings, targets: Sequence[
 
 def embed_row(model: nn.Module, row: pd.Series, settings: BenchmarkSettings) -> np.ndarray:
     """One scan's (or one region's) embedding under ``settings``."""
-    from ctfm.embedding import embed
+    from ctfm.embedding import RegionPool, embed
 
     pre = settings.preprocessing
     if settings.protocol == "roi":
         labels = [s.strip() for s in str(row.get("labels", "")).split(";") if s.strip()] or None
-        pool = "crop" if settings.mode == "whole" else "mean"
+        pool: RegionPool = "crop" if settings.mode == "whole" else "mean"
         vector = embed(
             model, row["image"], mask=row["mask"], labels=labels, pool=pool, crop_size=settings.crop_size,
             patch_size=settings.patch_size, preprocess=pre,

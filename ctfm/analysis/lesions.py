@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -60,12 +61,12 @@ def _spacing(spacing: Sequence[float], lazy: bool = False) -> Spacing:
 
 
 def _oriented(image: str | Path | MetaTensor, orientation: str) -> MetaTensor:
-    return Orientation(axcodes=orientation, labels=RAS_LABELS)(LoadCT()(image)).float()
+    return cast(MetaTensor, Orientation(axcodes=orientation, labels=RAS_LABELS)(LoadCT()(image)).float())
 
 
 def prepare_scan(image: str | Path | MetaTensor, orientation: str, spacing: Sequence[float]) -> MetaTensor:
     """The scan in HU, oriented ``orientation`` and resampled to ``spacing`` mm (bilinear), once for all seeds."""
-    return _spacing(spacing)(_oriented(image, orientation))
+    return cast(MetaTensor, _spacing(spacing)(_oriented(image, orientation)))
 
 
 @dataclass(frozen=True)
@@ -81,16 +82,17 @@ class ScanGrid:
         start, end, inside_start, inside_end = _crop_box(self.affine, self.shape, point_ras, size, name)
         box = self.affine.copy()
         box[:3, 3] = (self.affine @ np.append(inside_start, 1.0))[:3]
-        crop = SpatialResample(mode="bilinear", padding_mode="border")(
-            self.volume, dst_affine=torch.as_tensor(box), spatial_size=tuple(int(n) for n in inside_end - inside_start)
-        )
+        resample = SpatialResample(mode="bilinear", padding_mode="border")
+        spatial_size = tuple(int(n) for n in inside_end - inside_start)
+        crop = cast(MetaTensor, resample(self.volume, dst_affine=torch.as_tensor(box), spatial_size=spatial_size))
         return _pad_with_air(crop, start, end, inside_start, inside_end)
 
 
 def prepare_grid(image: str | Path | MetaTensor, orientation: str, spacing: Sequence[float]) -> ScanGrid:
     """The scan read and oriented once, and the resampled grid worked out without resampling anything."""
     volume = _oriented(image, orientation)
-    pending = _spacing(spacing, lazy=True)(volume)  # MONAI's own output grid; the volume itself is left as it is
+    # MONAI's own output grid; the volume itself is left as it is
+    pending = cast(MetaTensor, _spacing(spacing, lazy=True)(volume))
     shape = tuple(int(n) for n in pending.peek_pending_shape())
     return ScanGrid(volume, np.asarray(pending.peek_pending_affine(), dtype=np.float64), shape)
 
@@ -102,7 +104,7 @@ def crop_prepared(volume: MetaTensor, point_ras: np.ndarray, size: Sequence[int]
     """
     affine = np.asarray(volume.affine, dtype=np.float64)
     start, end, inside_start, inside_end = _crop_box(affine, volume.shape[1:], point_ras, size, name)
-    crop = SpatialCrop(roi_start=inside_start.tolist(), roi_end=inside_end.tolist())(volume)
+    crop = cast(MetaTensor, SpatialCrop(roi_start=inside_start.tolist(), roi_end=inside_end.tolist())(volume))
     return _pad_with_air(crop, start, end, inside_start, inside_end)
 
 
@@ -110,19 +112,19 @@ def _crop_box(
     affine: np.ndarray, spatial: Sequence[int], point_ras: np.ndarray, size: Sequence[int], name: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The crop's voxel box on a grid (start, end) and its part inside the grid; refuses a seed outside it."""
-    spatial = np.asarray(spatial)
+    grid = np.asarray(spatial)
     index = (np.linalg.inv(affine) @ np.append(point_ras, 1.0))[:3]
-    if ((index < -0.5) | (index > spatial - 0.5)).any():
-        extent = ", ".join(f"0..{n - 1}" for n in spatial)
+    if ((index < -0.5) | (index > grid - 0.5)).any():
+        extent = ", ".join(f"0..{n - 1}" for n in grid)
         raise SeedOutsideScanError(
             f"{name}: seed point (RAS mm {np.round(point_ras, 1).tolist()}) falls at voxel "
             f"{np.round(index, 1).tolist()}, outside the scan (voxels {extent})"
         )
     centre = np.rint(index).astype(int)
-    size = np.asarray([int(s) for s in size])
-    start = centre - size // 2
-    end = start + size
-    return start, end, np.maximum(start, 0), np.minimum(end, spatial)
+    box = np.asarray([int(s) for s in size])
+    start = centre - box // 2
+    end = start + box
+    return start, end, np.maximum(start, 0), np.minimum(end, grid)
 
 
 def _pad_with_air(
@@ -130,7 +132,7 @@ def _pad_with_air(
 ) -> MetaTensor:
     border = [int(v) for pair in zip(inside_start - start, end - inside_end, strict=True) for v in pair]
     if any(border):
-        crop = BorderPad(spatial_border=border, mode="constant", value=AIR_HU)(crop)
+        crop = cast(MetaTensor, BorderPad(spatial_border=border, mode="constant", value=AIR_HU)(crop))
     return crop
 
 

@@ -27,8 +27,9 @@ import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -208,7 +209,7 @@ def add_totalsegmentator_subject(
 
     for value, name in enumerate(class_names[1:], start=1):
         mask = nib.Nifti1Image((np.asarray(labels) == value).astype(np.uint8), np.asarray(affine, dtype=np.float64))
-        write_atomically(subject / "segmentations" / f"{name}.nii.gz", lambda tmp, m=mask: nib.save(m, str(tmp)))
+        write_atomically(subject / "segmentations" / f"{name}.nii.gz", partial(nib.save, mask))
     meta = folder / META_NAME
     rows = pd.read_csv(meta, sep=";", dtype=str) if meta.is_file() else pd.DataFrame(columns=["image_id", "split"])
     rows = pd.concat([rows[rows["image_id"] != image_id], pd.DataFrame([{"image_id": image_id, "split": split}])])
@@ -446,7 +447,7 @@ def _overlay(maps: SimilarityMaps, labels: np.ndarray, path: Path, title: str) -
 
     orient = Orientation(axcodes="SPL", labels=RAS_LABELS)
     affine = maps.scan.affine
-    scan = orient(maps.scan)
+    scan = cast(MetaTensor, orient(maps.scan))
     label_volume = orient(MetaTensor(labels[None].astype(np.float32), affine=affine))[0].numpy().astype(np.int64)
     best = orient(MetaTensor(maps.maps[1:].max(axis=0)[None], affine=affine))[0].numpy()
     spacing = tuple(float(s) for s in scan.pixdim)

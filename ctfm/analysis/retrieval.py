@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from ctfm.analysis.search import ExactIndex, search_excluding
 
@@ -61,21 +62,21 @@ def f1_at_k(query_labels: np.ndarray, retrieved_labels: np.ndarray, k: int) -> t
 
 
 def retrieval_metrics(
-    query_labels: Sequence, retrieved_labels: np.ndarray, ks: Sequence[int] = DEFAULT_KS
+    query_labels: ArrayLike, retrieved_labels: ArrayLike, ks: Sequence[int] = DEFAULT_KS
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-query metrics (``P@k``, ``AP@k``, ``HR@k``, ``label@k`` for each k) and a summary (one row per k)."""
-    query_labels = np.asarray(query_labels)
-    retrieved_labels = np.asarray(retrieved_labels)
-    if retrieved_labels.shape[1] < max(ks):
-        raise ValueError(f"need at least {max(ks)} neighbours per query, got {retrieved_labels.shape[1]}")
-    relevant = retrieved_labels == query_labels[:, None]
-    per_query = pd.DataFrame({"label": query_labels})
+    queried = np.asarray(query_labels)
+    retrieved = np.asarray(retrieved_labels)
+    if retrieved.shape[1] < max(ks):
+        raise ValueError(f"need at least {max(ks)} neighbours per query, got {retrieved.shape[1]}")
+    relevant = retrieved == queried[:, None]
+    per_query = pd.DataFrame({"label": queried})
     summary = []
     for k in ks:
         per_query[f"P@{k}"] = precision_at_k(relevant, k)
         per_query[f"AP@{k}"] = average_precision_at_k(relevant, k)
         per_query[f"HR@{k}"] = hit_rate_at_k(relevant, k)
-        f1, predicted = f1_at_k(query_labels, retrieved_labels, k)
+        f1, predicted = f1_at_k(queried, retrieved, k)
         per_query[f"label@{k}"] = predicted
         summary.append(
             {
@@ -91,9 +92,9 @@ def retrieval_metrics(
 
 def evaluate_retrieval(
     database: np.ndarray,
-    database_labels: Sequence,
+    database_labels: ArrayLike,
     queries: np.ndarray | None = None,
-    query_labels: Sequence | None = None,
+    query_labels: ArrayLike | None = None,
     ks: Sequence[int] = DEFAULT_KS,
 ) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
     """Exact cosine retrieval of each query in the database, scored by :func:`retrieval_metrics`.
@@ -101,11 +102,13 @@ def evaluate_retrieval(
     Without ``queries`` every database row queries the others (leave one out: a query never retrieves itself).
     Returns the per-query table, the summary and the ``(queries, max k)`` retrieved database rows.
     """
-    database_labels = np.asarray(database_labels)
+    labels = np.asarray(database_labels)
     exclude = None
     if queries is None:
-        queries, query_labels = database, database_labels
+        queries, query_labels = database, labels
         exclude = np.arange(len(database))
+    elif query_labels is None:
+        raise ValueError("queries need their query_labels")
     _, rows = search_excluding(ExactIndex(database), queries, max(ks), exclude)
-    per_query, summary = retrieval_metrics(query_labels, database_labels[rows], ks)
+    per_query, summary = retrieval_metrics(query_labels, labels[rows], ks)
     return per_query, summary, rows

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ctfm.analysis.retrieval import DEFAULT_KS, evaluate_retrieval
 from ctfm.atomic import write_atomically
-from ctfm.embedding import Reduction, embed, embed_patches
+from ctfm.embedding import Reduction, embed_patches
 from ctfm.errors import InvalidScanError
 from ctfm.io.reader import read_ct
 from ctfm.transforms.preprocess import PATCH_SIZE, CTPreprocessing
@@ -41,12 +41,11 @@ def embed_volumes(
     model: nn.Module, volumes: np.ndarray, patch_size: Sequence[int], reduce: Reduction, batch_size: int = 8
 ) -> np.ndarray:
     """One vector per preprocessed ``(z, y, x)`` volume in [0, 1]."""
-    return np.stack(
-        [
-            embed(model, torch.from_numpy(v), patch_size=patch_size, reduce=reduce, batch_size=batch_size).numpy()
-            for v in tqdm(volumes, desc="embedding volumes", unit="volume")
-        ]
-    )
+    vectors = []
+    for volume in tqdm(volumes, desc="embedding volumes", unit="volume"):
+        patches = embed_patches(model, torch.from_numpy(volume), patch_size=patch_size, batch_size=batch_size)
+        vectors.append(patches.reduce(reduce).numpy())
+    return np.stack(vectors)
 
 
 def run_retrieval_eval(

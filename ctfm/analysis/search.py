@@ -217,24 +217,29 @@ class FaissIndex:
         vectors = normalise(vectors)
         rows, dim = vectors.shape
         metric = faiss.METRIC_INNER_PRODUCT
+        index: faiss.Index
         if kind == "hnsw":
-            index = faiss.IndexHNSWFlat(dim, hnsw_m, metric)
-            index.hnsw.efSearch = ef_search
+            hnsw = faiss.IndexHNSWFlat(dim, hnsw_m, metric)
+            hnsw.hnsw.efSearch = ef_search
+            index = hnsw
         elif kind in ("ivf", "ivfpq"):
             nlist = nlist or max(1, min(rows // 39, int(4 * np.sqrt(rows))))
             quantizer = faiss.IndexFlatIP(dim)
+            ivf: faiss.IndexIVF
             if kind == "ivf":
-                index = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
+                ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
             else:
-                index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m or dim // 8, 8, metric)
+                ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m or dim // 8, 8, metric)
             sample = np.random.default_rng(0).permutation(rows)[:train_rows]
-            index.train(vectors[np.sort(sample)])
-            index.nprobe = nprobe
+            ivf.train(vectors[np.sort(sample)])
+            ivf.nprobe = nprobe
+            index = ivf
         else:
             raise ValueError(f"unknown FAISS index kind {kind!r}; choose hnsw, ivf or ivfpq")
         if refine:
-            index = faiss.IndexRefineFlat(index)
-            index.k_factor = refine
+            refined = faiss.IndexRefineFlat(index)
+            refined.k_factor = refine
+            index = refined
         index.add(vectors)
         return cls(index, kind)
 

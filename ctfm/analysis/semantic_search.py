@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -231,7 +232,7 @@ def run_semantic_search(
             continue
         affine = np.asarray(match.scan.affine, dtype=np.float64)
         image = nib.Nifti1Image(match.heat, affine)
-        write_atomically(out / f"{name}_heatmap.nii.gz", lambda tmp, image=image: nib.save(image, str(tmp)))
+        write_atomically(out / f"{name}_heatmap.nii.gz", partial(nib.save, image))
         best_voxel = np.round(world_to_voxel(match.volume.affine, match.point_mm)[0]).astype(int)
         title = f"{name}: best match {np.round(match.point_mm * flip, 1).tolist()} mm, cosine {match.similarity:.3f}"
         figure = semantic_search_figure(

@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from numpy.typing import ArrayLike
 from scipy.ndimage import map_coordinates
 from torch import nn
 
@@ -33,15 +34,15 @@ from ctfm.transforms.preprocess import CTPreprocessing
 Aggregation = Literal["mean", "max"]
 
 
-def world_to_voxel(affine: np.ndarray, points_mm: np.ndarray) -> np.ndarray:
+def world_to_voxel(affine: ArrayLike, points_mm: ArrayLike) -> np.ndarray:
     """Continuous voxel indices of world points under a voxel -> world ``affine``."""
     points = np.atleast_2d(np.asarray(points_mm, dtype=np.float64))
     return (np.c_[points, np.ones(len(points))] @ np.linalg.inv(np.asarray(affine, dtype=np.float64)).T)[:, :3]
 
 
-def voxel_to_world(affine: np.ndarray, voxels: np.ndarray) -> np.ndarray:
-    voxels = np.atleast_2d(np.asarray(voxels, dtype=np.float64))
-    return (np.c_[voxels, np.ones(len(voxels))] @ np.asarray(affine, dtype=np.float64).T)[:, :3]
+def voxel_to_world(affine: ArrayLike, voxels: ArrayLike) -> np.ndarray:
+    points = np.atleast_2d(np.asarray(voxels, dtype=np.float64))
+    return (np.c_[points, np.ones(len(points))] @ np.asarray(affine, dtype=np.float64).T)[:, :3]
 
 
 #: Default budget of :attr:`TargetCache.volumes`: five clinical 200 x 512 x 512 targets, read and preprocessed.
@@ -125,7 +126,8 @@ class TargetCache:
         disk = self.folder / f"{key}.npz" if self.folder else None
         if disk is not None and disk.exists():
             with np.load(disk, allow_pickle=False) as stored:
-                patches = PatchEmbeddings(*(torch.from_numpy(stored[n]) for n in ("e", "v", "m")), self.patch_size)
+                embeddings, voxels, mm = (torch.from_numpy(stored[n]) for n in ("e", "v", "m"))
+                patches = PatchEmbeddings(embeddings, voxels, mm, self.patch_size)
         else:
             patches = embed_patches(
                 self.model, volume, patch_size=self.patch_size, overlap=self.overlap, batch_size=self.batch_size,
@@ -209,7 +211,7 @@ def _spread_grid(starts: np.ndarray, size: np.ndarray, flat: np.ndarray, shape: 
     corners = [np.unique(starts[:, axis]) for axis in range(3)]
     index = tuple(np.searchsorted(corners[axis], starts[:, axis]) for axis in range(3))
     result = np.zeros((flat.shape[1], *(len(c) for c in corners)))
-    result[(slice(None), *index)] = flat.T
+    result[(slice(None),) + index] = flat.T
     count = np.ones(())
     for axis in range(3):
         expanded_shape = list(result.shape)
@@ -235,16 +237,17 @@ def _spread_each(starts: np.ndarray, size: np.ndarray, flat: np.ndarray, shape: 
     count = np.zeros(shape, dtype=np.float64)
     for (z, y, x), value in zip(starts, flat):
         region = np.s_[z : z + size[0], y : y + size[1], x : x + size[2]]
+        channels = (slice(None),) + region
         if how == "mean":
-            total[(slice(None), *region)] += value[:, None, None, None]
+            total[channels] += value[:, None, None, None]
         else:
-            np.maximum(total[(slice(None), *region)], value[:, None, None, None], out=total[(slice(None), *region)])
+            np.maximum(total[channels], value[:, None, None, None], out=total[channels])
         count[region] += 1
     return total, count
 
 
 def resample_to_grid(
-    values: np.ndarray, values_affine: np.ndarray, grid: MetaTensor, fill: float | None = None
+    values: np.ndarray, values_affine: ArrayLike, grid: MetaTensor, fill: float | None = None
 ) -> np.ndarray:
     """``values`` (on ``values_affine``; optionally a leading channel axis) sampled trilinearly at every voxel of
     ``grid``. Voxels of ``grid`` outside ``values`` take the nearest edge value, or ``fill``.

@@ -83,8 +83,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         transform = np.eye(4)
         transform[:3, 3] = args.shift
+        first, second = args.scans
         numbers, png = pictures.stability_picture(
-            model, *args.scans, args.out, world_transform=transform, patch_size=patch
+            model, first, second, args.out, world_transform=transform, patch_size=patch
         )
         print(", ".join(f"{k} {v:.3f}" for k, v in numbers.items()) + f"; wrote {png}")
     record_command(out, args, inputs=[args.scan] if args.analysis == "saliency" else args.scans, model=model)

@@ -7,6 +7,7 @@ saved with ``--save-query``, or ``--query-embedding TABLE SCAN PATCH``: a patch 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 
 
 class _IntermixedParser(argparse.ArgumentParser):
@@ -15,7 +16,10 @@ class _IntermixedParser(argparse.ArgumentParser):
 
     _inside = False
 
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+    # one signature where typeshed has three overloads (for namespace subclasses, which ctfm never passes)
+    def parse_known_args(  # type: ignore[override]
+        self, args: Iterable[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
         if self._inside:
             return super().parse_known_args(args, namespace)
         self._inside = True

@@ -10,6 +10,7 @@ the same crop of the same scan with the same noise, so every validation epoch sc
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,8 @@ class LowDoseDataset(Dataset):
         size = [1] * (3 - self.spatial_dims) + [max(1, round(s * zoom)) for s in self.image_size]
         size = [min(s, extent) for s, extent in zip(size, shape)]
         start = [int(rng.randint(extent - s + 1)) for s, extent in zip(size, shape)]
-        region = volume[(0, *(slice(b, b + s) for b, s in zip(start, size)))]
+        box = tuple(slice(b, b + s) for b, s in zip(start, size))
+        region = volume[0][box]
         return region[0] if self.spatial_dims == 2 else region
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -136,12 +138,15 @@ class LowDoseDataModule(DatalistDataModule):
     ):
         super().__init__(num_workers=num_workers, seed=seed)
         require_datalist(datalist)
+        assert datalist is not None  # for the type checker: require_datalist refused None
+        self.datalist = Path(datalist)
         check_image_size(spatial_dims, image_size)
         spacing = tuple(float(s) for s in spacing)
-        self.simulation = {"noise": noise, "i0": i0, "sigma": sigma, "pixel_mm": spacing[-1], "views": views}
-        SimulateLowDose(spatial_dims, **self.simulation)  # refuses bad settings before anything is cached
+        self.simulation = functools.partial(
+            SimulateLowDose, spatial_dims, noise=noise, i0=i0, sigma=sigma, pixel_mm=spacing[-1], views=views
+        )
+        self.simulation()  # refuses bad settings before anything is cached
         self.window = check_window(*window)
-        self.datalist = Path(datalist)
         self.spatial_dims = spatial_dims
         self.image_size = tuple(int(s) for s in image_size)
         self.batch_size = batch_size
@@ -179,7 +184,6 @@ class LowDoseDataModule(DatalistDataModule):
         report = self.cache.prepare(table["image"].tolist())
         cached = {scan.source: scan for scan in report.scans}
         rank_zero_info(f"low-dose data in {self.cache.root}: {len(cached)} usable scans; {report.summary()}")
-        common = {"spatial_dims": self.spatial_dims, "image_size": self.image_size, "window": self.window}
         for split in ("train", "val", "test"):
             scans = [cached[s] for s in table.loc[table["split"] == split, "image"] if s in cached]
             if not scans:
@@ -187,8 +191,10 @@ class LowDoseDataModule(DatalistDataModule):
             fixed = split != "train"
             length = self.cases[split] if fixed else self.steps_per_epoch * self.batch_size
             seed = self.seed + {"train": 0, "val": 1, "test": 2}[split]
-            simulator = SimulateLowDose(self.spatial_dims, **self.simulation)
-            dataset = LowDoseDataset(scans, simulator=simulator, length=length, fixed=fixed, seed=seed, **common)
+            dataset = LowDoseDataset(
+                scans, self.spatial_dims, self.image_size, self.simulation(),
+                window=self.window, length=length, fixed=fixed, seed=seed,
+            )  # fmt: skip
             self.datasets[split] = self.skipping(split, dataset, [scan.source for scan in scans])
         self.datasets["train"].set_random_state(self.rank_seed())
 

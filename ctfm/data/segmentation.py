@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from monai.data import Dataset, MetaTensor
@@ -78,7 +78,7 @@ class LabelsBelow(MapTransform):
             label = data[key]
             highest = int(label.max()) if label.numel() else 0
             if highest >= self.num_classes:
-                source = label.meta.get("filename_or_obj", key) if isinstance(label, MetaTensor) else key
+                source = str(label.meta.get("filename_or_obj", key) if isinstance(label, MetaTensor) else key)
                 raise InvalidScanError(
                     source, f"holds label {highest}, outside the {self.num_classes - 1} selected classes (1..K)"
                 )
@@ -100,6 +100,7 @@ def check_label_values(items: Iterable[Mapping[str, Any]], allowed: Iterable[int
     """
     import nibabel as nib
     import numpy as np
+    from nibabel.spatialimages import SpatialImage
 
     cache_path = Path(cache_dir) / LABEL_VALUES_CACHE
     try:
@@ -115,7 +116,10 @@ def check_label_values(items: Iterable[Mapping[str, Any]], allowed: Iterable[int
         entry = cache.get(key)
         if entry is None or entry["size"] != stat.st_size or entry["mtime_ns"] != stat.st_mtime_ns:
             try:
-                values = np.unique(np.asarray(nib.load(path).dataobj))
+                image = nib.load(path)
+                if not isinstance(image, SpatialImage):
+                    raise TypeError(f"a {type(image).__name__} holds no voxels")
+                values = np.unique(np.asarray(image.dataobj))
             except Exception as err:  # nibabel raises several types for a damaged file
                 raise InvalidScanError(
                     path, f"case {item.get('image_id', path.name)}: unreadable label ({err})"
@@ -207,4 +211,4 @@ class SegmentationDataModule(DatalistDataModule):
         inverted = Invertd(keys="pred", transform=self.predict_transform, orig_keys="image", nearest_interp=True)(
             dict(item)
         )["pred"]
-        return inverted.to(torch.int64) if isinstance(inverted, torch.Tensor) else inverted
+        return cast(MetaTensor, inverted.to(torch.int64) if isinstance(inverted, torch.Tensor) else inverted)

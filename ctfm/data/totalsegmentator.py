@@ -131,12 +131,12 @@ def merged_label_map(subject: Subject, class_names: Sequence[str], cache_dir: st
     if target.is_file() and manifest_path.is_file() and json.loads(manifest_path.read_text()) == manifest:
         return target
     check_subject(subject, class_names)
-    ct = nib.load(subject.ct)
+    ct = _header(subject.ct, subject)
     dtype = np.uint8 if len(class_names) <= 256 else np.int16
     labels = np.zeros(ct.shape[:3], dtype=dtype)
     for value, name in enumerate(class_names[1:], start=1):
         path = subject.mask(name)
-        mask = np.asarray(nib.load(path).dataobj)
+        mask = np.asarray(_header(path, subject).dataobj)
         while mask.ndim > 3 and mask.shape[-1] == 1:
             mask = mask[..., 0]
         if mask.size and (mask.min() < 0 or mask.max() > 1):
@@ -155,9 +155,12 @@ def _header(path: Path, subject: Subject) -> nib.Nifti1Image:
     if not path.is_file():
         raise InvalidScanError(path, f"subject {subject.image_id}: file is missing")
     try:
-        return nib.load(path)
+        image = nib.load(path)
     except Exception as err:  # nibabel raises several types for a damaged header
         raise InvalidScanError(path, f"subject {subject.image_id}: cannot be read as NIfTI ({err})") from err
+    if not isinstance(image, nib.Nifti1Image):  # Nifti2Image is one too
+        raise InvalidScanError(path, f"subject {subject.image_id}: is a {type(image).__name__}, not NIfTI")
+    return image
 
 
 class TotalSegmentatorDataModule(SegmentationDataModule):

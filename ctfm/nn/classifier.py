@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from monai.networks.nets.segresnet_ds import SegResEncoder
 from torch import nn
@@ -29,7 +31,7 @@ class ScanClassifier(nn.Module):
 
     @property
     def num_classes(self) -> int:
-        return self.head[-1].out_features
+        return cast(nn.Linear, self.head[-1]).out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(pooled_features(self.encoder, x))

@@ -202,8 +202,9 @@ class ScanClassification(ClassLogits, FineTuneModule):
 
 def _outputs_of(network: nn.Module) -> int:
     """The number of outputs of ``network``: its ``num_classes``, else the last Linear layer's width."""
-    if hasattr(network, "num_classes"):
-        return int(network.num_classes)
+    num_classes = getattr(network, "num_classes", None)
+    if num_classes is not None:
+        return int(num_classes)
     linear = [module for module in network.modules() if isinstance(module, nn.Linear)]
     if not linear:
         raise ValueError(f"cannot tell how many outputs {type(network).__name__} has: give it a num_classes")

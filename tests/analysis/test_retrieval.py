@@ -48,6 +48,12 @@ def test_leave_one_out_never_retrieves_the_query():
     assert summary["P"].iloc[0] == 1.0 and summary["F1"].iloc[0] == 1.0
 
 
+def test_queries_without_their_labels_are_refused():
+    data = np.random.default_rng(0).normal(size=(6, 4))
+    with pytest.raises(ValueError, match="queries need their query_labels"):
+        evaluate_retrieval(data, [0, 1] * 3, queries=data[:2], ks=(3,))
+
+
 def _fake_organmnist(path, shape=(12, 12, 12)):
     """Two classes that differ in where the bright block sits; 6 train, 2 val, 2 test volumes."""
     rng = np.random.default_rng(0)

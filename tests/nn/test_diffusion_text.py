@@ -75,6 +75,11 @@ def test_a_caption_without_a_text_encoder_is_refused(spatial_dims):
         network(x, torch.tensor([1]), None, texts=["chest ct"])
 
 
+def test_a_text_encoder_without_its_token_width_is_refused():
+    with pytest.raises(CTFMError, match="text_encoder Identity needs an int `dim`"):
+        diffusion_unet(2, "tiny", text_encoder=torch.nn.Identity())
+
+
 def test_missing_transformers_or_model_is_one_line(tiny_bert, tmp_path, monkeypatch):
     with pytest.raises(CTFMError, match=r"could not be loaded") as error:
         HuggingFaceTextEncoder(str(tmp_path / "no-such-model"), local_files_only=True)

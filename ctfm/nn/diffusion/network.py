@@ -14,7 +14,7 @@ sampling agree.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from monai.networks.nets import DiffusionModelUNet
@@ -112,13 +112,19 @@ class WindowConditionedUNet(nn.Module):
         )
         # MONAI adds ``class_embedding(class_labels)`` to the timestep embedding; a linear map of the window vector
         # takes the lookup table's place.
-        self.unet.class_embedding = nn.Linear(context_dim, self.unet.time_embed[-1].out_features)
+        time_embed = cast(nn.Linear, self.unet.time_embed[-1])
+        self.unet.add_module("class_embedding", nn.Linear(context_dim, time_embed.out_features))
         if isinstance(text_encoder, str):
             from ctfm.nn.diffusion.text import HuggingFaceTextEncoder
 
             text_encoder = HuggingFaceTextEncoder(text_encoder)
         self.text_encoder = text_encoder
-        self.text_projection = nn.Linear(text_encoder.dim, context_dim) if text_encoder is not None else None
+        self.text_projection: nn.Linear | None = None
+        if text_encoder is not None:
+            dim = getattr(text_encoder, "dim", None)
+            if not isinstance(dim, int):
+                raise CTFMError(f"text_encoder {type(text_encoder).__name__} needs an int `dim` (its token width)")
+            self.text_projection = nn.Linear(dim, context_dim)
 
     @property
     def downsampling(self) -> int:

@@ -90,7 +90,7 @@ class ParallelBeam(LinearOperator):
     @classmethod
     def sparse(cls, views: int, **kwargs) -> ParallelBeam:
         """``views`` angles evenly spread over 180 degrees."""
-        return cls(np.linspace(0.0, 180.0, views, endpoint=False), **kwargs)
+        return cls(np.linspace(0.0, 180.0, views, endpoint=False).tolist(), **kwargs)
 
     def _slices(self, x: torch.Tensor) -> np.ndarray:
         if x.ndim != 4 or x.shape[1] != 1 or x.shape[2] != x.shape[3]:

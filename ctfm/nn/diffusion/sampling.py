@@ -31,15 +31,16 @@ METHODS = ("ddim", "ddpm")
 
 def sampling_scheduler(method: str, steps: int) -> DDIMScheduler | DDPMScheduler:
     """The training schedule walked backwards: DDIM in ``steps`` steps, or DDPM over all 1000."""
-    common = {"schedule": "linear_beta", "beta_start": BETA_START, "beta_end": BETA_END, "clip_sample": False}
+    kind: type[DDIMScheduler] | type[DDPMScheduler]
     if method == "ddim":
-        scheduler = DDIMScheduler(NUM_TRAIN_TIMESTEPS, **common)
+        kind = DDIMScheduler
     elif method == "ddpm":
         if steps != NUM_TRAIN_TIMESTEPS:
             raise CTFMError(f"DDPM sampling walks all {NUM_TRAIN_TIMESTEPS} steps (got {steps}); use ddim for fewer")
-        scheduler = DDPMScheduler(NUM_TRAIN_TIMESTEPS, **common)
+        kind = DDPMScheduler
     else:
         raise CTFMError(f"unknown sampling method {method!r}; known: {', '.join(METHODS)}")
+    scheduler = kind(NUM_TRAIN_TIMESTEPS, "linear_beta", clip_sample=False, beta_start=BETA_START, beta_end=BETA_END)
     scheduler.set_timesteps(steps)
     return scheduler
 
@@ -85,7 +86,7 @@ def sample(
     if init is not None and tuple(init.shape) != (n, network.in_channels, *shape):
         raise CTFMError(f"init has shape {list(init.shape)}; expected {[n, network.in_channels, *shape]}")
     device = next(network.parameters()).device
-    if operator is not None:
+    if operator is not None and measurement is not None:
         operator.check(measurement, (n, network.in_channels, *shape))
         measurement = measurement.to(device)
     scheduler = sampling_scheduler(method, steps)
@@ -115,7 +116,7 @@ def sample(
             eps = network(x, timesteps, condition, texts=captions)
         alpha = alphas[int(t)]
         x0 = ((x - (1 - alpha).sqrt() * eps) / alpha.sqrt()).clamp(-1, 1)
-        if operator is not None:
+        if operator is not None and measurement is not None:
             x0 = operator.project(x0, measurement)
         eps = (x - alpha.sqrt() * x0) / (1 - alpha).sqrt()
         x = scheduler.step(eps, int(t), x, generator=generator)[0]
