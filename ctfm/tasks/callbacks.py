@@ -79,12 +79,15 @@ class FreshCheckpointFolder(pl.Callback):
         if trainer.ckpt_path is not None:  # resuming: set before on_fit_start for the single-device and DDP strategies
             return
         for callback in trainer.checkpoint_callbacks:
-            folder = getattr(callback, "dirpath", None)
-            earlier = sorted(Path(folder).glob("*.ckpt")) if folder else []
+            dirpath = getattr(callback, "dirpath", None)
+            if dirpath is None:
+                continue
+            folder = Path(dirpath)
+            earlier = sorted(folder.glob("*.ckpt"))
             if earlier:
                 raise OutputExistsError(
                     f"{folder}: holds checkpoints of an earlier run ({', '.join(path.name for path in earlier[:3])}"
-                    f"{', ...' if len(earlier) > 3 else ''}); resume it with --ckpt_path {Path(folder) / 'last.ckpt'}"
+                    f"{', ...' if len(earlier) > 3 else ''}); resume it with --ckpt_path {folder / 'last.ckpt'}"
                     ", or start this run in another vars::output_dir"
                 )
 
