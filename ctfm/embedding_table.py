@@ -717,7 +717,7 @@ def embed_regions_into(
         report.skipped.append((region_key(name, region), reason))
     series = series_uid(name)
     for region, result in found.items():
-        writer.add_region(name, region, result, str(mask), series)
+        writer.add_region(name, region, result, str(Path(mask).resolve()), series)
         report.embedded_paths.append(region_key(name, region))
     if not found:
         writer.release(name)
