@@ -163,7 +163,8 @@ def run_semantic_search(
     ``lps=True``. With ``mask_dir``, the mask named like each target gives ``ocd_cm`` and ``inside_mask``. A
     ``cache`` brings its own model settings (patch size, overlap, preprocessing) and embeddings. With a ``skipped``
     list, an unreadable target is added to it as ``(target, reason)`` and the search goes on; without, it stops the
-    search. Returns the matches table."""
+    search. A ``query`` may come with the ``source`` and ``point`` it was made from, which the pictures then show.
+    Returns the matches table."""
     import nibabel as nib
     import pandas as pd
 
