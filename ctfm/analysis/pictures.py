@@ -38,9 +38,8 @@ def saliency_picture(
 ) -> tuple[Path, Path]:
     """Occlusion saliency of the patch at ``point_mm`` (RAS; default the scan centre): ``saliency.nii.gz`` on the
     scan's grid (0 outside the patch) and ``saliency.png`` over the preprocessed CT through the point, marked, its
-    colour bar in 1 - cosine;
-    a map whose range is float noise (below :data:`ctfm.plotting.NOISE_FLOOR`) is said to be so in the title and a
-    warning."""
+    colour bar in 1 - cosine; a map whose range is float noise (below :data:`ctfm.plotting.NOISE_FLOOR`) is said to
+    be so in the title and a warning."""
     import nibabel as nib
 
     from ctfm.analysis.saliency import occlusion_saliency
