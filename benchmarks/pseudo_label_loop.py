@@ -1,7 +1,7 @@
 """The seed-004 loop on sample data: prototypes from 2 labelled scans -> pseudo-labels on unlabelled ones ->
 fine-tune the segmentation recipe on them, next to the same fine-tuning on the true labels.
 
-    python benchmarks/pseudo_label_loop.py [--encoder DIR] [--steps 40] [--picture docs/labels/pseudo_labels.png]
+    python benchmarks/pseudo_label_loop.py [--encoder DIR] [--steps 40] [--picture overlay.png]
 
 1. Pretrains the quickstart encoder on synthetic scans (benchmarks/learning_check.py's ``pretrain``) unless
    ``--encoder`` gives an exported one.

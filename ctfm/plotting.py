@@ -413,19 +413,23 @@ def concept_pair(
     *,
     titles: Sequence[str] = (),
     window: tuple[float, float] = (0.0, 1.0),
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
     title: str = "",
 ) -> Path:
     """Middle axial and coronal slices of ``(z, y, x)`` volumes side by side, RGB ``(z, y, x, 3)`` (NaN clear) over;
-    ``title`` says what the colours mean."""
-    figure = Figure(figsize=(4 * len(volumes), 7))
+    ``spacing`` (z, y, x mm) keeps the anatomy in proportion; ``title`` says what the colours mean."""
+    depth, height, width = (n * float(s) for n, s in zip(np.shape(volumes[0]), spacing))
+    figure = Figure(figsize=(4 * len(volumes), 4 * (height + depth) / width + 0.8))
+    grid = figure.add_gridspec(2, len(volumes), height_ratios=[height, depth])
+    dz, dy, dx = (float(s) for s in spacing)
     for column, (volume, rgb) in enumerate(zip(volumes, colours)):
         slices: tuple[Any, ...] = (np.s_[volume.shape[0] // 2], np.s_[::-1, volume.shape[1] // 2])
-        for row, where in enumerate(slices):
-            axes = figure.add_subplot(2, len(volumes), row * len(volumes) + column + 1)
-            axes.imshow(volume[where], cmap="gray", vmin=window[0], vmax=window[1], aspect="auto")
+        for row, (where, aspect) in enumerate(zip(slices, (dy / dx, dz / dx))):
+            axes = figure.add_subplot(grid[row, column])
+            axes.imshow(volume[where], cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect)
             layer = rgb[where]
             alpha = np.where(np.isnan(layer[..., 0]), 0.0, 0.6)
-            axes.imshow(np.nan_to_num(layer), alpha=alpha, aspect="auto", interpolation="nearest")
+            axes.imshow(np.nan_to_num(layer), alpha=alpha, aspect=aspect, interpolation="nearest")
             axes.set_axis_off()
             if row == 0 and column < len(titles):
                 axes.set_title(titles[column])

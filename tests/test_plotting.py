@@ -48,3 +48,12 @@ def test_a_heat_overlay_must_say_its_scale_and_noise_is_not_stretched(caplog):
     assert plotting.noise_checked_title("map", noise, "the map").endswith(plotting.NO_SIGNAL)
     assert "the map spans only" in caplog.text
     assert plotting.noise_checked_title("map", noise * 1e5, "the map") == "map"
+
+
+def test_concept_slices_keep_the_anatomy_in_proportion(monkeypatch, tmp_path):
+    figures = []
+    monkeypatch.setattr(plotting, "save_figure", lambda figure, path, **_: figures.append(figure) or path)
+    volume, rgb = np.zeros((10, 40, 50)), np.full((10, 40, 50, 3), 0.5)
+    plotting.concept_pair([volume, volume], [rgb, rgb], tmp_path / "c.png", spacing=(3.0, 1.0, 1.0))
+    aspects = [axes.get_aspect() for axes in figures[0].axes]
+    assert aspects == [1.0, 3.0, 1.0, 3.0]  # axial (y, x) at 1 x 1 mm, coronal (z, x) at 3 x 1 mm

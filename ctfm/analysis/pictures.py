@@ -37,9 +37,9 @@ def saliency_picture(
     preprocess: CTPreprocessing = CTPreprocessing(),
 ) -> tuple[Path, Path]:
     """Occlusion saliency of the patch at ``point_mm`` (RAS; default the scan centre): ``saliency.nii.gz`` on the
-    scan's grid (0 outside the patch) and ``saliency.png`` over the preprocessed CT, its colour bar in 1 - cosine;
-    a map whose range is float noise (below :data:`ctfm.plotting.NOISE_FLOOR`) is said to be so in the title and a
-    warning.
+    scan's grid (0 outside the patch) and ``saliency.png`` over the preprocessed CT through the point, marked, its
+    colour bar in 1 - cosine; a map whose range is float noise (below :data:`ctfm.plotting.NOISE_FLOOR`) is said to
+    be so in the title and a warning.
 
     Args:
         model: the encoder.
@@ -57,7 +57,7 @@ def saliency_picture(
 
     from ctfm.analysis.saliency import occlusion_saliency
     from ctfm.analysis.semantic_search import check_inside, patch_at
-    from ctfm.analysis.windows import resample_to_grid
+    from ctfm.analysis.windows import resample_to_grid, world_to_voxel
     from ctfm.plotting import heat_range, noise_checked_title, orthogonal_slices, scaled_window
 
     out = Path(out)
@@ -76,10 +76,11 @@ def saliency_picture(
     on_scan = resample_to_grid(full, volume.affine, scan)
     image = nib.Nifti1Image(on_scan, np.asarray(scan.affine, dtype=np.float64))
     nifti = write_atomically(out / "saliency.nii.gz", lambda tmp: nib.save(image, str(tmp)))
-    centre = np.clip(start + size // 2, 0, np.array(full.shape) - 1)
+    query = np.clip(np.round(world_to_voxel(volume.affine, point)[0]).astype(int), 0, np.array(full.shape) - 1)
     title = noise_checked_title("occlusion saliency (1 - cosine)", saliency, f"saliency of {scan_path}")
     png = orthogonal_slices(
-        np.asarray(volume[0]), out / "saliency.png", point=centre, overlay=full, overlay_kind="heat",
+        np.asarray(volume[0]), out / "saliency.png", point=query, markers=[("query point", query, "cyan")],
+        overlay=full, overlay_kind="heat",
         value_range=heat_range(saliency, low=0.0), colorbar_label="1 - cosine (embedding change when occluded)",
         window=scaled_window(preprocess.hu_range), spacing=preprocess.spacing or (1.0, 1.0, 1.0), title=title,
     )  # fmt: skip
@@ -120,6 +121,7 @@ def pca_picture(
     return concept_pair(
         [m.volume for m in maps], [m.rgb for m in maps], Path(out) / "pca_concepts.png",
         titles=output_names(scans), window=scaled_window(preprocess.hu_range),
+        spacing=[float(s) for s in volumes[0].pixdim],
         title="colour = one PCA of both scans' patch embeddings (lightness PC1, a* PC2, b* PC3); air uncoloured",
     )  # fmt: skip
 

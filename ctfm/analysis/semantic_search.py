@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ from ctfm.io.reader import read_ct
 from ctfm.nn.encoder import pooled_features
 from ctfm.outputs import output_folder, refuse_overwrite
 from ctfm.transforms.preprocess import CTPreprocessing
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: RAS <-> LPS: negate the first two world axes.
 LPS_FLIP = np.array([-1.0, -1.0, 1.0])
@@ -166,7 +170,7 @@ def run_semantic_search(
     query: QueryVector | None = None,
     overwrite: bool = False,
     skipped: list[tuple[str, str]] | None = None,
-):
+) -> pd.DataFrame:
     """Search each target for the anatomy at ``point`` of ``source`` (or for ``query``, an embedded patch, with
     ``source`` and ``point`` None); write ``out/matches.csv`` and per target a heat-map NIfTI (the target's shape and
     affine; its peak is the reported match) and a PNG (the query marked in its source, the match in the target, the
@@ -175,7 +179,7 @@ def run_semantic_search(
     ``lps=True``. With ``mask_dir``, the mask named like each target gives ``ocd_cm`` and ``inside_mask``. A
     ``cache`` brings its own model settings (patch size, overlap, preprocessing) and embeddings. With a ``skipped``
     list, an unreadable target is added to it as ``(target, reason)`` and the search goes on; without, it stops the
-    search.
+    search. A ``query`` may come with the ``source`` and ``point`` it was made from, which the pictures then show.
 
     Args:
         source: the scan holding the anatomy to look for (None with ``query``).
@@ -194,7 +198,7 @@ def run_semantic_search(
         skipped: collects unreadable targets instead of stopping.
 
     Returns:
-        (pd.DataFrame): The matches table, per target ``target``: the best match's ``x_mm, y_mm, z_mm`` (in the
+        The matches table, per target ``target``: the best match's ``x_mm, y_mm, z_mm`` (in the
             points' convention), its cosine ``similarity`` and, with ``mask_dir``, ``ocd_cm`` and ``inside_mask``.
     """
     import nibabel as nib

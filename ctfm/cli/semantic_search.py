@@ -100,9 +100,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         query = read_query(args.query_embedding)
     skipped: list[tuple[str, str]] = []
+    # The source and point go along with their query so that each picture shows where the query lies.
     table = run_semantic_search(
-        None, None, targets, model, out, lps=args.lps, mask_dir=args.mask_dir, cache=cache, query=query,
-        overwrite=args.overwrite, skipped=skipped,
+        args.source if args.point is not None else None, args.point, targets, model, out, lps=args.lps,
+        mask_dir=args.mask_dir, cache=cache, query=query, overwrite=args.overwrite, skipped=skipped,
     )  # fmt: skip
     record_command(out, args, inputs=targets, output_names=output_names(targets), model=model, preprocessing=preprocess)
     if len(table):

@@ -132,3 +132,21 @@ def test_saliency_of_a_near_constant_encoder_is_reported_as_below_the_noise_floo
     assert NO_SIGNAL not in figures[-1]._suptitle.get_text() and "no signal" not in caplog.text
     bar = next(axes for axes in figures[-1].axes if axes.get_ylabel())
     assert bar.get_ylim()[1] == pytest.approx(nib.load(nifti).get_fdata().max(), rel=1e-4)  # the scale is the map's
+
+
+def test_saliency_picture_is_drawn_through_the_query_point_and_marks_it(encoder, sample_nifti, tmp_path, monkeypatch):
+    from ctfm.analysis.windows import world_to_voxel
+    from ctfm.transforms.preprocess import CTPreprocessing
+
+    scan = nib.load(sample_nifti)
+    point = nib.affines.apply_affine(scan.affine, (np.array(scan.shape) - 1) * [0.4, 0.6, 0.5])
+    figures = capture_figures(monkeypatch)
+    pictures.saliency_picture(encoder, sample_nifti, tmp_path, point_mm=point, patch_size=PATCH, window=(4, 8, 8))
+    assert [text.get_text() for legend in figures[-1].legends for text in legend.get_texts()] == ["query point"]
+    volume = CTPreprocessing()(sample_nifti)
+    z, y, x = np.round(world_to_voxel(volume.affine, point)[0]).astype(int)
+    axial = figures[-1].axes[0]
+    assert axial.get_title() == "axial"
+    np.testing.assert_array_equal(axial.get_images()[0].get_array(), np.asarray(volume[0, z]))
+    (marker,) = axial.get_lines()
+    assert (marker.get_xdata()[0], marker.get_ydata()[0]) == (x, y)

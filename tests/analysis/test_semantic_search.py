@@ -178,6 +178,29 @@ def test_cli_writes_matches_and_caches_target_embeddings(encoder, pair, tmp_path
     assert (tmp_path / "out" / "sample_heatmap.nii.gz").exists()
 
 
+def test_cli_pictures_mark_the_query_in_its_source(encoder, pair, tmp_path, monkeypatch):
+    """`SOURCE --point` draws the source with the query marked above each target's map, as the API does."""
+    import ctfm.plotting
+    from ctfm.cli import main
+    from ctfm.hub import save_pretrained
+
+    legends = []
+    draw = ctfm.plotting.semantic_search_figure
+
+    def spy(*args, **kwargs):
+        figure = draw(*args, **kwargs)
+        legends.append([text.get_text() for legend in figure.legends for text in legend.get_texts()])
+        return figure
+
+    monkeypatch.setattr(ctfm.plotting, "semantic_search_figure", spy)
+    source, target = pair
+    model = save_pretrained(encoder, tmp_path / "model")
+    centre = nib.affines.apply_affine(nib.load(source).affine, np.array(nib.load(source).shape) / 2)
+    args = ["semantic-search", str(source), "--point", *map(str, centre), str(target), "--model", str(model)]
+    assert main([*args, "--out", str(tmp_path / "out"), "--patch-size", *map(str, PATCH)]) == 0
+    assert legends == [["query", "best match"]]
+
+
 def test_cli_same_named_targets_a_bad_target_and_the_exit_codes(encoder, pair, tmp_path, capsys):
     import json
     import shutil
