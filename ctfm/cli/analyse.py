@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from ctfm.analysis import pictures
     from ctfm.outputs import output_folder, refuse_overwrite
     from ctfm.provenance import describe_input, record_command
+    from ctfm.transforms.preprocess import CTPreprocessing
 
     out = output_folder(args.out)
     refuse_overwrite([out / name for name in OUTPUTS[args.analysis]], args.overwrite)
@@ -87,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         numbers, png = pictures.stability_picture(
             model, first, second, args.out, world_transform=transform, patch_size=patch
         )
-        print(", ".join(f"{k} {v:.3f}" for k, v in numbers.items()) + f"; wrote {png}")
-    record_command(out, args, inputs=[args.scan] if args.analysis == "saliency" else args.scans, model=model)
+        print(", ".join(f"{k} {v:.0f}" if k == "patches" else f"{k} {v:.3f}" for k, v in numbers.items()), end="")
+        print(f"; wrote {png}")
+    inputs = [args.scan] if args.analysis == "saliency" else args.scans
+    record_command(out, args, inputs=inputs, model=model, preprocessing=CTPreprocessing())
     return 0
