@@ -24,10 +24,12 @@ from torch.utils.data import DataLoader, Dataset
 from ctfm.data.base import DatalistDataModule, SkipBadItems, assign_splits, require_datalist
 from ctfm.data.cache import CachedScan, PreprocessCache, default_cache_dir
 from ctfm.data.datalist import read_datalist
-from ctfm.data.diffusion import apply_window, cached_to_hu, check_image_size
+from ctfm.data.diffusion import check_image_size
 from ctfm.errors import CTFMError
 from ctfm.transforms.low_dose import SimulateLowDose
 from ctfm.transforms.preprocess import PRETRAINING_SPACING, CTPreprocessing
+from ctfm.transforms.quantise import dequantise_hu
+from ctfm.transforms.width_level import apply_window
 from ctfm.transforms.window import check_window
 
 #: The whole canonical HU range [-1024, 2048] as a window (width, level): windowing only rescales.
@@ -88,7 +90,7 @@ class LowDoseDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = np.random.RandomState([self.seed, index]) if self.fixed else self.R
         scan = self.scans[index % len(self.scans)] if self.fixed else self.scans[int(rng.randint(len(self.scans)))]
-        hu = torch.from_numpy(cached_to_hu(np.asarray(self._crop(scan.read(), rng))))[None, None]
+        hu = torch.from_numpy(dequantise_hu(np.asarray(self._crop(scan.read(), rng))))[None, None]
         mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
         hu = F.interpolate(hu, size=self.image_size, mode=mode, align_corners=False)[0]
         if not self.fixed and rng.rand() < 0.5:

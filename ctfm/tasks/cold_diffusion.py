@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 from ctfm.atomic import write_atomically
-from ctfm.data.diffusion import remove_window
 from ctfm.errors import CTFMError
 from ctfm.image_quality import METRICS, restoration_metrics
 from ctfm.nn.diffusion.network import WindowConditionedUNet
 from ctfm.nn.diffusion.schedule import NUM_TRAIN_TIMESTEPS
 from ctfm.tasks.base import NONFINITE_PATIENCE, CTFMModule
+from ctfm.transforms.width_level import remove_window
 
 
 class ColdDiffusion(CTFMModule):
