@@ -67,7 +67,7 @@ class ColdDiffusion(CTFMModule):
         self.case_rows: list[dict[str, Any]] = []
 
     def _load_pretrained(self, checkpoint: str | Path) -> None:
-        from ctfm.tasks.ddpm import load_denoiser
+        from ctfm.hub.checkpoint import load_denoiser
 
         prior, _ = load_denoiser(checkpoint, spatial_dims=self.network.spatial_dims)
         try:

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from monai.data import MetaTensor, decollate_batch
 from monai.inferers import SlidingWindowInferer
-from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.metrics import DiceMetric, compute_average_surface_distance
 from monai.networks.utils import one_hot
 from torch import nn
@@ -31,17 +30,13 @@ from ctfm.atomic import write_atomically
 from ctfm.errors import InvalidScanError
 from ctfm.hub.safe_config import CLASS_NAMES_CHECKPOINT_KEY
 from ctfm.io.dicom_seg import OutputType, check_output_type, write_dicom_seg
+from ctfm.losses.segmentation import deep_supervision_dice_ce
 from ctfm.tasks.finetune import FineTuneModule
 
 logger = logging.getLogger(__name__)
 
 #: The published sliding-window overlap of every CT-FM segmentation setting.
 SW_OVERLAP = 0.625
-
-
-def deep_supervision_dice_ce() -> DeepSupervisionLoss:
-    """DiceCE (softmax, one-hot targets) over every deep-supervision level, as the published recipes train."""
-    return DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True), weight_mode="exp")
 
 
 def write_label_map(labels: np.ndarray, affine: np.ndarray, path: str | Path, class_names: Sequence[str]) -> Path:

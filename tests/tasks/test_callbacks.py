@@ -70,7 +70,7 @@ def test_an_interruption_before_the_first_step_writes_nothing(tmp_path, capsys):
 def test_the_recipes_trainer_writes_it_on_sigterm(tmp_path):
     """The shared trainer piece has the callback: a tiny pretraining fit stopped by SIGTERM resumes from it."""
     from ctfm.data.sample import make_sample_dataset
-    from ctfm.export import read_checkpoint
+    from ctfm.hub.checkpoint import read_checkpoint
 
     datalist = make_sample_dataset(tmp_path / "data", n_scans=2, shape=(24, 80, 80), seed=0)
     run_dir = tmp_path / "run"
