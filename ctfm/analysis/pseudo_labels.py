@@ -39,10 +39,10 @@ from ctfm.analysis.windows import Aggregation
 from ctfm.atomic import write_atomically
 from ctfm.errors import CTFMError, InvalidScanError
 from ctfm.io.dicom_seg import OutputType, check_output_type, require_dicom_series, write_dicom_seg
+from ctfm.io.label_maps import write_label_map
 from ctfm.io.naming import output_names
 from ctfm.outputs import output_folder, refuse_overwrite
 from ctfm.reports import ReportRow, RunReport
-from ctfm.tasks.segmentation import write_label_map
 
 logger = logging.getLogger(__name__)
 Threshold = Literal["global", "otsu", "multi-level"]

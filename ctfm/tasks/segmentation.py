@@ -10,14 +10,12 @@ as ``<output_dir>/predictions/<image_id>.nii.gz`` with the class names in a JSON
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor, decollate_batch
@@ -30,6 +28,7 @@ from ctfm.atomic import write_atomically
 from ctfm.errors import InvalidScanError
 from ctfm.hub.safe_config import CLASS_NAMES_CHECKPOINT_KEY
 from ctfm.io.dicom_seg import OutputType, check_output_type, write_dicom_seg
+from ctfm.io.label_maps import write_label_map
 from ctfm.losses.segmentation import deep_supervision_dice_ce
 from ctfm.tasks.finetune import FineTuneModule
 
@@ -37,27 +36,6 @@ logger = logging.getLogger(__name__)
 
 #: The published sliding-window overlap of every CT-FM segmentation setting.
 SW_OVERLAP = 0.625
-
-
-def write_label_map(labels: np.ndarray, affine: np.ndarray, path: str | Path, class_names: Sequence[str]) -> Path:
-    """Write an integer ``(I, J, K)`` label map as NIfTI (atomically) with ``<name>.json`` naming its values."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dtype = np.uint8 if len(class_names) <= 256 else np.int16
-    image = nib.Nifti1Image(np.asarray(labels).astype(dtype), np.asarray(affine, dtype=np.float64))
-    image.header.set_xyzt_units("mm")
-    write_atomically(path, lambda tmp: nib.save(image, str(tmp)))
-    sidecar = {"labels": {str(value): name for value, name in enumerate(class_names)}}
-    document = json.dumps(sidecar, indent=2) + "\n"
-    write_atomically(sidecar_path(path), lambda tmp: tmp.write_text(document))
-    return path
-
-
-def sidecar_path(path: str | Path) -> Path:
-    """``x.nii.gz`` -> ``x.json``: where the class names of a label map live."""
-    path = Path(path)
-    stem = path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
-    return path.with_name(f"{stem}.json")
 
 
 class SegmentationModule(FineTuneModule):
