@@ -186,7 +186,8 @@ def add_totalsegmentator_subject(
 ) -> None:  # fmt: skip
     """Write one subject (``<id>/ct.nii.gz``, ``<id>/segmentations/<class>.nii.gz``) into a TotalSegmentator v2
     folder and add (or replace) its row of ``meta.csv``: the folder ``totalsegmentator.yaml`` trains on."""
-    from ctfm.data.totalsegmentator import META_NAME, SPLITS
+    from ctfm.data.datalist import SPLITS
+    from ctfm.data.totalsegmentator import META_NAME
 
     if split not in SPLITS:
         raise CTFMError(f"split must be one of {SPLITS}, got {split!r}")

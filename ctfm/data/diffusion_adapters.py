@@ -33,9 +33,8 @@ from monai.transforms import (
 )
 from torch.utils.data import DataLoader, RandomSampler
 
-from ctfm.data.base import DatalistDataModule, SkipBadItems, assign_splits, load_problem, require_datalist
-from ctfm.data.classification import LabelEncoding
-from ctfm.data.datalist import read_datalist
+from ctfm.data.base import DatalistDataModule, SkipBadItems, load_problem, require_datalist
+from ctfm.data.datalist import LabelEncoding, assign_splits, read_datalist
 from ctfm.data.diffusion import check_image_size
 from ctfm.data.segmentation import LabelsBelow
 from ctfm.errors import CTFMError

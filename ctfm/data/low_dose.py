@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from ctfm.data.base import DatalistDataModule, SkipBadItems, assign_splits, require_datalist
+from ctfm.data.base import DatalistDataModule, SkipBadItems, require_datalist
 from ctfm.data.cache import CachedScan, PreprocessCache, default_cache_dir
-from ctfm.data.datalist import read_datalist
+from ctfm.data.datalist import assign_splits, read_datalist
 from ctfm.data.diffusion import check_image_size
 from ctfm.errors import CTFMError
 from ctfm.transforms.low_dose import SimulateLowDose

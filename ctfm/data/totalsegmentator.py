@@ -22,11 +22,11 @@ import pandas as pd
 
 from ctfm.atomic import write_atomically
 from ctfm.data.classes import TOTALSEGMENTATOR_CLASSES
+from ctfm.data.datalist import SPLITS
 from ctfm.data.segmentation import SegmentationDataModule
 from ctfm.errors import CTFMError, InvalidScanError
 from ctfm.transforms.preprocess import CTPreprocessing
 
-SPLITS = ("train", "val", "test")
 META_NAME = "meta.csv"
 #: Largest distance (mm) between a mask's affine and its CT's that still counts as the same grid.
 GRID_TOLERANCE_MM = 1e-3

@@ -16,7 +16,7 @@ from torch import nn
 from torchmetrics import AUROC, Accuracy, F1Score, MetricCollection, Recall, Specificity
 
 from ctfm.atomic import write_atomically
-from ctfm.data.classification import UNKNOWN_LABEL
+from ctfm.data.datalist import UNKNOWN_LABEL
 from ctfm.errors import CTFMError
 from ctfm.tasks.finetune import FineTuneModule
 
