@@ -37,6 +37,10 @@ class ColdDiffusion(CTFMModule):
             its pretrained model) except the output layer, zeroed so that training starts from the identity; it
             must be of the network's dimension and preset.
         output_dir: per-case metrics go to ``<output_dir>/<stage>_cases.csv``.
+        optimizer: the optimizer (recipes build it with the network's parameters).
+        scheduler: a learning-rate scheduler, or None.
+        gradient_clip: gradient norm clip; None or 0 does not clip.
+        nonfinite_patience: non-finite losses in a row that stop the run (each one skips its step).
     """
 
     def __init__(

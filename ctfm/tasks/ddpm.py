@@ -24,7 +24,19 @@ from ctfm.tasks.base import NONFINITE_PATIENCE, CTFMModule, expect_frozen_module
 
 
 class DDPMPretraining(CTFMModule):
-    """Batches ``{"image": (B, 1, *spatial) in [-1, 1], "window": (B, 2) HU}`` -> noise-prediction MSE."""
+    """Batches ``{"image": (B, 1, *spatial) in [-1, 1], "window": (B, 2) HU}`` -> noise-prediction MSE.
+
+    Args:
+        network: a window-conditioned denoiser (``ctfm.nn.diffusion.diffusion_unet``), 2D or 3D.
+        optimizer: the optimizer (recipes build it with the network's parameters).
+        scheduler: a learning-rate scheduler, or None.
+        num_train_timesteps: the noise schedule's steps (LCTfound: 1000).
+        condition_dropout: probability that a row's window (and caption) is replaced by the null condition.
+        gradient_clip: gradient norm clip; None or 0 does not clip.
+        ema_decay: keeps an exponential moving average of the weights in ``ema_network``; None keeps none.
+        scheduler_interval: ``"epoch"`` or ``"step"``, how often the scheduler steps.
+        nonfinite_patience: non-finite losses in a row that stop the run (each one skips its step).
+    """
 
     validation_step = None  # pretraining has no validation data
 

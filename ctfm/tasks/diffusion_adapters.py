@@ -115,8 +115,14 @@ class DiffusionSegmentationAdapter(_AdapterModule):
         network: :func:`~ctfm.nn.diffusion.adapter.segmentation_adapter`.
         class_names: names of the output channels, background first (default ``class_1 ...``).
         pixels_per_image: pixels (2D) or voxels (3D) per training crop that the loss sees; None = all.
-        focal_weight, focal_gamma: the loss is CE + focal_weight x focal(gamma).
-        sw_batch_size, overlap: the sliding window over whole scans, whose window is the training crop.
+        roi_size: the sliding window over whole scans (the training crop size), one value per spatial dimension.
+        optimizer: the optimizer (recipes build it with the network's parameters).
+        scheduler: a learning-rate scheduler, or None.
+        focal_weight: the loss is CE + focal_weight x focal.
+        focal_gamma: the focal loss's focusing exponent.
+        sw_batch_size: windows per forward pass over a whole scan.
+        overlap: the sliding window's overlap, Gaussian blending.
+        output_dir: where ``<stage>_cases.csv`` goes; None writes none.
     """
 
     def __init__(
@@ -220,6 +226,13 @@ class DiffusionClassificationAdapter(ClassLogits, _AdapterModule):
     centre ``(1, 1, z, y, x)``, scored slice by slice (``eval_batch_size`` slices a pass, scores averaged) in 2D and
     as one patch in 3D. AUROC, F1, accuracy, sensitivity and specificity are over cases; ``lighter test`` writes
     ``<output_dir>/test_cases.csv`` (case_id, probability or probability_<c>, label).
+
+    Args:
+        network: :func:`~ctfm.nn.diffusion.adapter.classification_adapter`.
+        optimizer: the optimizer (recipes build it with the network's parameters).
+        scheduler: a learning-rate scheduler, or None.
+        eval_batch_size: slices per forward pass when a 2D case is scored.
+        output_dir: where ``<stage>_cases.csv`` goes; None writes none.
     """
 
     def __init__(

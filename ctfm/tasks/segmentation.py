@@ -55,6 +55,10 @@ class SegmentationModule(FineTuneModule):
         freeze_encoder: see :class:`~ctfm.tasks.finetune.FineTuneModule`.
         output_type: ``"dicom-seg"`` writes the prediction of a DICOM series input as a DICOM SEG of it (override
             ``model::output_type=dicom-seg``); other inputs, and maps a SEG cannot hold, stay NIfTI with a warning.
+        optimizer: the optimizer (recipes build it with the network's parameters).
+        scheduler: a learning-rate scheduler, or None.
+        criterion: the training loss; default DiceCE over every deep-supervision level
+            (:func:`ctfm.losses.deep_supervision_dice_ce`).
     """
 
     def __init__(
