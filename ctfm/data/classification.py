@@ -36,6 +36,10 @@ class ClassificationDataModule(DatalistDataModule):
         eval_transforms: the same without augmentation, for validation, test and predict.
         predict_split: the rows ``lighter predict`` scores: ``all`` or one of train / val / test.
         external_test: every row is a test scan (an external test set such as CQ500), whatever its split column.
+        label_column: the column of labels.
+        batch_size: items per batch.
+        num_workers: DataLoader worker processes.
+        seed: seeds the 8:1:1 split drawn when there is no ``split`` column, and the workers.
     """
 
     def __init__(

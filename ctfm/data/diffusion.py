@@ -114,6 +114,20 @@ class DiffusionDataModule(DatalistDataModule):
     ``spacing``; bad scans are skipped and reported, :mod:`ctfm.data.base`). An epoch is ``steps_per_epoch``
     batches of random items.
     ``text_column`` names a datalist column of captions for a denoiser with a text encoder (empty cells: no caption).
+
+    Args:
+        datalist: a CSV with an ``image`` column; None is refused naming ``vars::datalist``.
+        spatial_dims: 2 (axial slices) or 3 (patches).
+        image_size: the item size, ``(y, x)`` in 2D or ``(z, y, x)`` in 3D, in voxels at ``spacing``.
+        batch_size: items per batch.
+        num_workers: DataLoader worker processes.
+        windows: the ``(width, level)`` windows in HU an item is windowed by (one drawn per item; its condition).
+        cache_dir: the preprocessing cache; default ``ctfm_cache/`` beside the datalist.
+        spacing: the preprocessing's voxel spacing (z, y, x) in mm.
+        steps_per_epoch: batches per epoch.
+        max_zoom: crops are 1 to ``max_zoom`` times ``image_size`` before resizing to it.
+        seed: seeds the draws.
+        text_column: a datalist column of captions, or None.
     """
 
     def __init__(

@@ -58,6 +58,10 @@ class DiffusionAdapterData(DatalistDataModule):
         steps_per_epoch: training batches per epoch, drawn with replacement (a few labelled scans make short
             epochs otherwise, and validation would run every other step).
         cache_rate: the fraction of scans kept in memory after preprocessing (``monai.data.CacheDataset``).
+        spacing: the preprocessing's voxel spacing (z, y, x) in mm, as in pretraining.
+        batch_size: items per batch.
+        num_workers: DataLoader worker processes.
+        seed: seeds the 8:1:1 split drawn when there is no ``split`` column, and the crops.
     """
 
     def __init__(

@@ -111,10 +111,22 @@ class LowDoseDataModule(DatalistDataModule):
     Args:
         datalist: CSV with an ``image`` column and an optional ``split`` column (train / val / test); without
             one, scans are split 8:1:1 (seeded; at least one val and one test scan, so three scans or more).
-        noise, i0, sigma, views: the simulator (:class:`~ctfm.transforms.low_dose.SimulateLowDose`); its pixel
-            size is the in-plane ``spacing``.
         window: (width, level) in HU mapped to [-1, 1] for the network.
-        val_cases / test_cases: held-out pairs per epoch.
+        spatial_dims: 2 (axial slices) or 3 (patches).
+        image_size: the item size, ``(y, x)`` in 2D or ``(z, y, x)`` in 3D, in voxels at ``spacing``.
+        batch_size: items per batch.
+        noise: the simulator's noise model (:class:`~ctfm.transforms.low_dose.SimulateLowDose`); its pixel size is the
+            in-plane ``spacing``.
+        i0: the simulator's incident photon count.
+        sigma: the simulator's image-domain noise level.
+        views: the simulator's projection views.
+        cache_dir: the preprocessing cache; default ``ctfm_cache/`` beside the datalist.
+        spacing: the preprocessing's voxel spacing (z, y, x) in mm.
+        steps_per_epoch: training batches per epoch.
+        val_cases: held-out validation pairs per epoch.
+        test_cases: held-out test pairs.
+        num_workers: DataLoader worker processes.
+        seed: seeds the split, the crops and the simulated noise.
     """
 
     def __init__(

@@ -33,7 +33,14 @@ GRID_TOLERANCE_MM = 1e-3
 
 
 def selected_class_names(classes: Sequence[str] | None = None) -> tuple[str, ...]:
-    """Output channel names, background first: ``classes`` in the order given, or all 117 in published order."""
+    """Output channel names, background first: ``classes`` in the order given, or all 117 in published order.
+
+    Args:
+        classes: TotalSegmentator class names, or None for all 117.
+
+    Returns:
+        ``("background", ...)``; an unknown name is refused.
+    """
     if classes is None:
         return ("background", *TOTALSEGMENTATOR_CLASSES)
     if isinstance(classes, str):
@@ -169,7 +176,9 @@ class TotalSegmentatorDataModule(SegmentationDataModule):
         fewshot: train on the first N training subjects of ``meta.csv`` (the paper's 5, 10, 20), None for all.
         cache_dir: where merged label maps go; default ``<data_dir>/ctfm_cache``.
         predict_split: the split ``predict`` segments (``train``, ``val``, ``test`` or ``all``).
-        Other arguments: see :class:`~ctfm.data.segmentation.SegmentationDataModule`.
+        preprocessing: the canonical preprocessing (:class:`~ctfm.transforms.preprocess.CTPreprocessing`).
+        patch_size: the training patch (z, y, x) in voxels.
+        kwargs: passed to :class:`~ctfm.data.segmentation.SegmentationDataModule` (``batch_size``, ...).
     """
 
     def __init__(
