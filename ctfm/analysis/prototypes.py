@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ctfm.analysis.windows import TargetCache, world_to_voxel
+from ctfm.analysis.tiles import TargetCache, world_to_voxel
 from ctfm.atomic import write_atomically
 from ctfm.embedding_table import model_fingerprint
 from ctfm.errors import CTFMError

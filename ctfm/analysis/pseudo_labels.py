@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ctfm.analysis.prototypes import Prototypes
 from ctfm.analysis.similarity_maps import Normalisation, SimilarityMaps, prototype_cache, similarity_maps
-from ctfm.analysis.windows import Aggregation
+from ctfm.analysis.tiles import Aggregation
 from ctfm.atomic import write_atomically
 from ctfm.errors import CTFMError, InvalidScanError
 from ctfm.io.dicom_seg import OutputType, check_output_type, require_dicom_series, write_dicom_seg
