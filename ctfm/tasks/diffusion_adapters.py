@@ -120,7 +120,7 @@ class DiffusionSegmentationAdapter(_AdapterModule):
         scheduler: a learning-rate scheduler, or None.
         focal_weight: the loss is CE + focal_weight x focal.
         focal_gamma: the focal loss's focusing exponent.
-        sw_batch_size: windows per forward pass over a whole scan.
+        sw_batch_size: sliding-window crops (``roi_size``) per forward pass over a whole scan.
         overlap: the sliding window's overlap, Gaussian blending.
         output_dir: where ``<stage>_cases.csv`` goes; None writes none.
     """
@@ -155,7 +155,7 @@ class DiffusionSegmentationAdapter(_AdapterModule):
             sw_batch_size=sw_batch_size,
             overlap=overlap,
             mode="gaussian",
-            # Whole-scan validation can take minutes per scan on a CPU: show its windows.
+            # Whole-scan validation can take minutes per scan on a CPU: show its progress.
             progress=True,
         )
         self.scores: list[torch.Tensor] = []

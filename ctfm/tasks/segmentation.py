@@ -45,7 +45,7 @@ class SegmentationModule(FineTuneModule):
         network: a SegResNetDS (``ctfm.nn.ct_fm_segresnet``) with one output channel per class, background first.
         class_names: names of the output channels, background first (logged Dice uses them).
         roi_size: the sliding window (z, y, x) of validation, test and predict; the training patch is usual.
-        sw_batch_size: windows per forward pass during inference.
+        sw_batch_size: sliding-window crops (``roi_size``) per forward pass during inference.
         overlap: sliding-window overlap (published: 0.625), Gaussian blending.
         output_dir: predictions go to ``<output_dir>/predictions``, per-case metrics to
             ``<output_dir>/<stage>_cases.csv``.
@@ -98,7 +98,7 @@ class SegmentationModule(FineTuneModule):
             sw_batch_size=sw_batch_size,
             overlap=overlap,
             mode="gaussian",
-            # Whole-scan validation can take minutes per scan on a CPU: show its windows.
+            # Whole-scan validation can take minutes per scan on a CPU: show its progress.
             progress=True,
         )
         self.output_dir = None if output_dir is None else Path(output_dir)
