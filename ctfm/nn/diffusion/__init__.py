@@ -1,4 +1,5 @@
-"""LCTfound-style diffusion networks, sampling and restoration operators, one code path for 2D and 3D."""
+"""LCTfound-style diffusion networks, the adapters on a frozen denoiser, sampling and restoration operators, one
+code path for 2D and 3D."""
 
 from ctfm.nn.diffusion.adapter import FrozenDiffusionAdapter, classification_adapter, segmentation_adapter
 from ctfm.nn.diffusion.network import (
