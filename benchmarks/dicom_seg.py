@@ -86,8 +86,8 @@ def main() -> None:
 
     from ctfm.data.classes import TOTALSEGMENTATOR_CLASSES
     from ctfm.io.dicom_seg import write_dicom_seg
+    from ctfm.io.label_maps import write_label_map
     from ctfm.io.reader import read_ct
-    from ctfm.tasks.segmentation import write_label_map
 
     names = ("background", *TOTALSEGMENTATOR_CLASSES)
     with tempfile.TemporaryDirectory() as tmp:

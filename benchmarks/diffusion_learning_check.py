@@ -24,9 +24,9 @@ import torch
 
 from ctfm.data.diffusion import DiffusionDataset
 from ctfm.data.sample import make_sample_dataset
+from ctfm.hub.checkpoint import load_denoiser
 from ctfm.nn.diffusion.sampling import sample
 from ctfm.recipes import recipes_dir, run_recipe
-from ctfm.tasks.ddpm import load_denoiser
 
 WINDOWS = {"lung 1500/-500": (1500.0, -500.0), "mediastinal 400/0": (400.0, 0.0)}
 SIZE = 64

@@ -27,14 +27,15 @@ from diffusion_learning_check import SHAPES, SIZE, SPACING
 
 from ctfm.data.cache import PreprocessCache
 from ctfm.data.datalist import read_datalist
-from ctfm.data.diffusion import DiffusionDataset, remove_window
+from ctfm.data.diffusion import DiffusionDataset
 from ctfm.data.sample import make_sample_dataset
+from ctfm.hub.checkpoint import load_denoiser
 from ctfm.image_quality import restoration_metrics
 from ctfm.nn.diffusion import diffusion_unet
 from ctfm.nn.diffusion.operators import Downsample, ParallelBeam
 from ctfm.nn.diffusion.sampling import sample
-from ctfm.tasks.ddpm import load_denoiser
 from ctfm.transforms.preprocess import CTPreprocessing
+from ctfm.transforms.width_level import remove_window
 
 WINDOW = (1500.0, -500.0)
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ctfm.analysis.semantic_search import check_inside, embed_point, search_target
-from ctfm.analysis.windows import TargetCache
+from ctfm.analysis.tiles import TargetCache
 from ctfm.data.sample import generate_ct, write_nifti
 from ctfm.io.reader import read_ct
 from ctfm.nn import ct_fm_encoder

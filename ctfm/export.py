@@ -16,28 +16,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ctfm.atomic import write_atomically
 from ctfm.errors import ModelLoadError
+from ctfm.hub.checkpoint import read_checkpoint
 
 #: Where exportable networks sit in ctfm's recipes, tried in order (the first SegResEncoder/SegResNetDS wins): the
 #: narrowest first, so exporting a distilled student never builds its teacher, nor SimCLR's encoder its head.
 EXPORT_CANDIDATES = ("model::network::student", "model::network::encoder", "model::network")
 #: Where the segmentation recipes compute their class names.
 CLASS_NAMES_KEY = "model::class_names"
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """Load a Lightning checkpoint without unpickling arbitrary objects."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: no such checkpoint file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or foreign files
-        raise ModelLoadError(f"{path}: cannot be read as a PyTorch checkpoint: {err}") from err
 
 
 def network_from_checkpoint(path: str | Path, config_key: str | None = None) -> nn.Module:

@@ -27,12 +27,12 @@ from tqdm.auto import tqdm
 from ctfm.atomic import write_atomically
 from ctfm.errors import CTFMError, InvalidScanError
 from ctfm.io.dicom_seg import OutputType, check_output_type, model_name, require_dicom_series, write_dicom_seg
+from ctfm.io.label_maps import write_label_map
 from ctfm.io.naming import output_names
 from ctfm.io.reader import read_ct
 from ctfm.outputs import output_folder, refuse_overwrite
 from ctfm.reports import ReportRow, RunReport
 from ctfm.segmentation import OVERLAP, ROI_SIZE, Segmenter, load_segmenter, segment
-from ctfm.tasks.segmentation import write_label_map
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ def make_labelled(folder):
     import nibabel as nib
 
     from ctfm.data.sample import generate_ct, write_nifti
-    from ctfm.tasks.segmentation import write_label_map
+    from ctfm.io.label_maps import write_label_map
 
     sample = generate_ct(SHAPE, SPACING, seed=7)
     reference = write_nifti(sample, folder / "reference.nii.gz")

@@ -118,16 +118,16 @@ def test_diffusion_sampling_of_a_tampered_checkpoint_runs_nothing(diffusion_chec
 
 @pytest.mark.parametrize("attack", ["target", "expression"])
 def test_adapters_and_cold_diffusion_refuse_a_tampered_prior(diffusion_checkpoint, tmp_path, attack):
+    from ctfm.hub.checkpoint import pretrained_denoiser
     from ctfm.nn.diffusion import diffusion_unet
     from ctfm.tasks.cold_diffusion import ColdDiffusion
-    from ctfm.tasks.diffusion_adapters import classification_adapter, segmentation_adapter
 
     tampered, message = _tamper(diffusion_checkpoint, tmp_path, attack)
     with pytest.raises(ModelLoadError) as refused:
-        segmentation_adapter(str(tampered), spatial_dims=2, num_classes=2)
+        pretrained_denoiser(str(tampered), spatial_dims=2)
     assert all(fragment in str(refused.value) for fragment in message)
     with pytest.raises(ModelLoadError, match="is not an allowed network class|is an expression"):
-        classification_adapter(str(tampered), spatial_dims=2, num_classes=2)
+        pretrained_denoiser(str(tampered), spatial_dims=2, ema=True)
     with pytest.raises(ModelLoadError, match="is not an allowed network class|is an expression"):
         ColdDiffusion(diffusion_unet(2, "tiny"), pretrained=str(tampered))
     assert not (tmp_path / "PWNED").exists()
@@ -172,7 +172,7 @@ def test_the_rebuilder_computes_the_arithmetic_recipes_store():
 
 
 def test_genuine_diffusion_checkpoints_still_sample_and_load(diffusion_checkpoint, tmp_path):
-    from ctfm.tasks.ddpm import load_denoiser
+    from ctfm.hub.checkpoint import load_denoiser
 
     network, variables = load_denoiser(diffusion_checkpoint, spatial_dims=2)
     assert network.spatial_dims == 2 and variables == {"image_size": [256, 256], "spacing": [3.0, 1.0, 1.0]}

@@ -22,8 +22,9 @@ LAYERS = [
     ("ctfm.embedding",),
     ("ctfm.embedding_table", "ctfm.export", "ctfm.idc", "ctfm.segmentation"),
     ("ctfm.provenance",),  # names the model by its weights' fingerprint, which the table module computes
-    ("ctfm.tasks", "ctfm.recipes"),
-    ("ctfm.analysis", "ctfm.segmentation_files"),
+    # Side by side, so neither imports the other: training tasks, and analyses of trained models (which read
+    # checkpoints through ctfm.hub and write label maps through ctfm.io, never through a task).
+    ("ctfm.tasks", "ctfm.recipes", "ctfm.analysis", "ctfm.segmentation_files"),
     ("ctfm.ssl",),  # kept so configs naming ctfm.ssl.IntraSampleSimCLR resolve; re-exports ctfm.tasks
     ("ctfm",),  # the package root: lazy attributes for the public API of the layers below
     ("ctfm.quickstart",),
@@ -79,3 +80,13 @@ def test_imports_only_reach_down(name, path):
         if target_unit != unit and target_layer >= layer:
             upward.append(target)
     assert not upward, f"{name} (layer {layer}) imports {sorted(upward)} from its own layer or above"
+
+
+def test_analysis_does_not_import_tasks():
+    """The rule the shared layer above encodes, said plainly: an analysis needs no training code."""
+    reaching = {
+        name: sorted(t for t in imported(path, name) if unit_of(t)[1] == "ctfm.tasks")
+        for name, path in modules()
+        if unit_of(name)[1] in ("ctfm.analysis", "ctfm.segmentation_files")
+    }
+    assert not {name: found for name, found in reaching.items() if found}

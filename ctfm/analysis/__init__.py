@@ -31,7 +31,7 @@ _LAZY = {
     "run_scan_retrieval_eval": "ctfm.analysis.retrieval_eval",
     "point_query": "ctfm.analysis.semantic_search",
     "run_semantic_search": "ctfm.analysis.semantic_search",
-    "TargetCache": "ctfm.analysis.windows",
+    "TargetCache": "ctfm.analysis.tiles",
     "sample_to_folder": "ctfm.analysis.diffusion",
     "saliency_picture": "ctfm.analysis.pictures",
     "pca_picture": "ctfm.analysis.pictures",

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 
 from ctfm.atomic import write_atomically
-from ctfm.data.diffusion import remove_window
 from ctfm.errors import CTFMError
+from ctfm.hub.checkpoint import load_denoiser
 from ctfm.nn.diffusion.sampling import sample
 from ctfm.outputs import output_folder, refuse_overwrite
 from ctfm.plotting import image_grid
-from ctfm.tasks.ddpm import load_denoiser
+from ctfm.transforms.width_level import remove_window
 from ctfm.transforms.window import check_window
 
 

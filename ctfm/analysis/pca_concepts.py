@@ -18,7 +18,7 @@ from monai.data import MetaTensor
 from sklearn.decomposition import PCA
 from torch import nn
 
-from ctfm.analysis.windows import nearest_window
+from ctfm.analysis.tiles import nearest_tile
 from ctfm.embedding import PatchEmbeddings, embed_patches
 from ctfm.transforms.preprocess import CTPreprocessing
 
@@ -47,7 +47,7 @@ def _paint(patches: PatchEmbeddings, colours: np.ndarray, volume: np.ndarray, bo
     from scipy.ndimage import binary_fill_holes
 
     body = np.stack([binary_fill_holes(plane) for plane in volume > body_threshold])
-    rgb = nearest_window(patches, colours, volume.shape).astype(np.float64)
+    rgb = nearest_tile(patches, colours, volume.shape).astype(np.float64)
     rgb[~body] = np.nan
     return rgb
 

@@ -21,7 +21,7 @@ from ctfm.transforms.preprocess import CTPreprocessing
 
 
 def _centre_mm(scan) -> np.ndarray:
-    from ctfm.analysis.windows import voxel_to_world
+    from ctfm.analysis.tiles import voxel_to_world
 
     return voxel_to_world(scan.affine, (np.array(scan.shape[1:]) - 1) / 2)[0]
 
@@ -57,7 +57,7 @@ def saliency_picture(
 
     from ctfm.analysis.saliency import occlusion_saliency
     from ctfm.analysis.semantic_search import check_inside, patch_at
-    from ctfm.analysis.windows import resample_to_grid, world_to_voxel
+    from ctfm.analysis.tiles import resample_to_grid, world_to_voxel
     from ctfm.plotting import heat_range, noise_checked_title, orthogonal_slices, scaled_window
 
     out = Path(out)

@@ -25,12 +25,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ctfm.analysis.windows import TargetCache, world_to_voxel
+from ctfm.analysis.tiles import TargetCache, world_to_voxel
 from ctfm.atomic import write_atomically
 from ctfm.embedding_table import model_fingerprint
 from ctfm.errors import CTFMError
+from ctfm.io.label_maps import read_label_names
 from ctfm.io.reader import read_ct, read_label_map
-from ctfm.tasks.segmentation import sidecar_path
 from ctfm.transforms.preprocess import CTPreprocessing
 
 BACKGROUND = "background"
@@ -163,24 +163,13 @@ def _settings(
     }
 
 
-def class_names_from_sidecar(label_map: str | Path) -> dict[int, str] | None:
-    """``{value: name}`` from the JSON ``ctfm segment`` writes beside a label map, or None when there is none."""
-    path = sidecar_path(label_map)
-    if not path.is_file():
-        return None
-    try:
-        return {int(value): str(name) for value, name in json.loads(path.read_text())["labels"].items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise CTFMError(f"{path}: not a label sidecar ({{'labels': {{value: name}}}}): {err}") from err
-
-
 def resolve_classes(classes: Mapping[int, str] | None, label_maps: Sequence[str | Path]) -> dict[int, str]:
     """The classes to learn: ``classes`` as given, else every named non-zero value of the first map's sidecar."""
     if classes:
         chosen = {int(value): str(name) for value, name in classes.items()}
     else:
-        named = class_names_from_sidecar(label_maps[0]) if label_maps else None
-        if named is None:
+        named = read_label_names(label_maps[0]) if label_maps else {}
+        if not named:
             raise CTFMError(
                 f"{label_maps[0] if label_maps else 'labels'}: no sidecar naming the labels; give --classes 1=name ..."
             )

@@ -39,14 +39,14 @@ from tqdm.auto import tqdm
 
 from ctfm.analysis.prototypes import Prototypes
 from ctfm.analysis.similarity_maps import Normalisation, SimilarityMaps, prototype_cache, similarity_maps
-from ctfm.analysis.windows import Aggregation
+from ctfm.analysis.tiles import Aggregation
 from ctfm.atomic import write_atomically
 from ctfm.errors import CTFMError, InvalidScanError
 from ctfm.io.dicom_seg import OutputType, check_output_type, require_dicom_series, write_dicom_seg
+from ctfm.io.label_maps import write_label_map
 from ctfm.io.naming import output_names
 from ctfm.outputs import output_folder, refuse_overwrite
 from ctfm.reports import ReportRow, RunReport
-from ctfm.tasks.segmentation import write_label_map
 
 logger = logging.getLogger(__name__)
 Threshold = Literal["global", "otsu", "multi-level"]
@@ -197,7 +197,8 @@ def add_totalsegmentator_subject(
 ) -> None:  # fmt: skip
     """Write one subject (``<id>/ct.nii.gz``, ``<id>/segmentations/<class>.nii.gz``) into a TotalSegmentator v2
     folder and add (or replace) its row of ``meta.csv``: the folder ``totalsegmentator.yaml`` trains on."""
-    from ctfm.data.totalsegmentator import META_NAME, SPLITS
+    from ctfm.data.datalist import SPLITS
+    from ctfm.data.totalsegmentator import META_NAME
 
     if split not in SPLITS:
         raise CTFMError(f"split must be one of {SPLITS}, got {split!r}")

@@ -5,7 +5,7 @@ centres; LPS on request) of a source scan, or a patch embedded before (:mod:`ctf
 vector or a row of a patch table, refused when another model or other patch settings made it). Each target is
 embedded on a dense sliding window once (cached in memory and, with ``cache_dir``, on disk, so ten queries cost one
 embedding per target); the cosine similarity of every window to the query is painted on the voxels nearest its
-centre (:func:`ctfm.analysis.windows.nearest_window`) and resampled onto the target's own grid, so the map's
+centre (:func:`ctfm.analysis.tiles.nearest_tile`) and resampled onto the target's own grid, so the map's
 brightest voxels surround the best window's centre, which is the match reported in ``matches.csv`` (a mean over
 overlapping windows would favour the scan's edges, covered by fewer windows, and put the map's peak elsewhere than
 the match). With an organ mask on the target's grid, the organ
@@ -26,7 +26,7 @@ from monai.data import MetaTensor
 from torch import nn
 
 from ctfm.analysis.query_vectors import QueryVector, check_query
-from ctfm.analysis.windows import TargetCache, nearest_window, resample_to_grid, voxel_to_world, world_to_voxel
+from ctfm.analysis.tiles import TargetCache, nearest_tile, resample_to_grid, voxel_to_world, world_to_voxel
 from ctfm.atomic import write_atomically
 from ctfm.errors import CTFMError, InvalidScanError
 from ctfm.io.naming import output_names
@@ -107,7 +107,7 @@ def search_target(query: torch.Tensor, target: str | Path, cache: TargetCache, q
         )
     similarity = torch.nn.functional.cosine_similarity(patches.embeddings, query[None], dim=1).numpy()
     best = int(np.argmax(similarity))
-    heat_pre = nearest_window(patches, similarity.astype(np.float32), volume.shape[1:])
+    heat_pre = nearest_tile(patches, similarity.astype(np.float32), volume.shape[1:])
     heat = resample_to_grid(heat_pre, volume.affine, scan)
     return Match(str(target), patches.centers_mm[best].numpy(), float(similarity[best]), heat, heat_pre, volume, scan)
 

@@ -23,7 +23,7 @@ from monai.data import MetaTensor
 from torch import nn
 
 from ctfm.analysis.prototypes import PrototypeMismatchError, Prototypes
-from ctfm.analysis.windows import Aggregation, TargetCache, aggregate_windows, resample_to_grid
+from ctfm.analysis.tiles import Aggregation, TargetCache, aggregate_tiles, resample_to_grid
 from ctfm.nn.encoder import pooled_features
 from ctfm.transforms.preprocess import CTPreprocessing
 
@@ -139,7 +139,7 @@ def similarity_maps(
     scan, volume = cache.load(target)
     patches = cache.get(target, volume)
     per_window = class_similarity(prototypes, patches.embeddings)
-    raw = aggregate_windows(patches, per_window, volume.shape[1:], how=aggregation)
+    raw = aggregate_tiles(patches, per_window, volume.shape[1:], how=aggregation)
     preprocessed = normalise(raw, normalisation, temperature)
     maps = resample_to_grid(preprocessed, volume.affine, scan, fill=np.nan)
     outside = np.isnan(maps)

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ctfm.analysis.query_vectors import read_query, save_query_vector
     from ctfm.analysis.semantic_search import point_query, run_semantic_search, search_outputs
-    from ctfm.analysis.windows import TargetCache
+    from ctfm.analysis.tiles import TargetCache
     from ctfm.errors import UsageError
     from ctfm.hub import load
     from ctfm.io.naming import output_names

@@ -31,54 +31,19 @@ from monai.utils import MAX_SEED
 from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ctfm.data.datalist import DatalistError, csv_line, label_key
 from ctfm.errors import CTFMError, InvalidScanError
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-_SPLIT_ALIASES = {"training": "train", "validation": "val", "valid": "val", "testing": "test"}
-#: The default 8:1:1 split of SinoCT.
-SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 #: Errors that are bugs in the code, not bad data: raised, never skipped.
 _CODE_ERRORS = (TypeError, AttributeError, NameError, ImportError, NotImplementedError, AssertionError, MemoryError)
-
-
-class DatalistError(CTFMError, ValueError):
-    """A datalist whose structure is wrong (a missing column, an unknown split value): the run cannot start."""
-
-
-def csv_line(index: int) -> int:
-    """The CSV line of table row ``index`` (0-based, as ``pd.read_csv`` numbers it): the header is line 1."""
-    return int(index) + 2
 
 
 def require_datalist(datalist: Any, columns: str = "a CSV with an 'image' column") -> None:
     """Refuse a recipe run without ``vars::datalist``, saying what the CSV holds."""
     if datalist is None:
         raise CTFMError(f"no datalist given: set vars::datalist=path/to/datalist.csv ({columns})")
-
-
-def assign_splits(table: pd.DataFrame, csv: str | Path, seed: int = 0) -> pd.Series:
-    """The ``split`` column (aliases accepted), or a seeded 8:1:1 draw with at least one val and test scan.
-
-    A split value other than train / val / test (or an alias) is a :class:`DatalistError` naming its line.
-    """
-    if "split" in table.columns:
-        splits = table["split"].astype(str).str.strip().str.lower().replace(_SPLIT_ALIASES)
-        bad = splits.index[~splits.isin(SPLITS)]
-        if len(bad):
-            raise DatalistError(
-                f"{csv}: line {csv_line(bad[0])}: split {table['split'][bad[0]]!r} is not one of {', '.join(SPLITS)}"
-            )
-        return splits
-    n = len(table)
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, round(SPLIT_FRACTIONS[1] * n)) if n >= 3 else 0
-    n_test = max(1, round(SPLIT_FRACTIONS[2] * n)) if n >= 3 else 0
-    names = np.array(["train"] * n, dtype=object)
-    names[order[:n_val]] = "val"
-    names[order[n_val : n_val + n_test]] = "test"
-    return pd.Series(names, index=table.index, name="split")
 
 
 def load_problem(err: BaseException) -> str | None:
@@ -234,7 +199,7 @@ class DatalistDataModule(pl.LightningDataModule):
             raise DatalistError(
                 f"{csv}: no column {', '.join(repr(c) for c in missing)}; found columns {list(table.columns)}"
             )
-        known = None if known_labels is None else {_label_key(v) for v in known_labels}
+        known = None if known_labels is None else {label_key(v) for v in known_labels}
         keep = []
         for index, row in table.iterrows():
             problem = None
@@ -242,7 +207,7 @@ class DatalistDataModule(pl.LightningDataModule):
                 value = row[label_column]
                 if pd.isna(value) or not str(value).strip():
                     problem = f"no {label_column!r} value"
-                elif known is not None and _label_key(value) not in known:
+                elif known is not None and label_key(value) not in known:
                     problem = f"{label_column} {value!r} is not one of {sorted(known, key=str)}"
             for column in file_columns if problem is None else ():
                 if pd.isna(row[column]) or not str(row[column]).strip():
@@ -328,14 +293,6 @@ class DatalistDataModule(pl.LightningDataModule):
         if new:
             shown = ", ".join(new[:10]) + (f" and {len(new) - 10} more" if len(new) > 10 else "")
             _warn(f"{len(new)} items skipped because they failed to load (see the warnings above): {shown}")
-
-
-def _label_key(value: Any) -> float | str:
-    """A label as it compares: ``1``, ``1.0`` and ``"1"`` alike; names stripped."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return str(value).strip()
 
 
 @rank_zero_only

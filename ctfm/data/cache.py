@@ -5,8 +5,8 @@ costs milliseconds. Each scan becomes ``<root>/<key[:2]>/<key>.npy`` (``(1, z, y
 ``np.load(mmap_mode="r")`` maps it without reading it) with ``<key>.json`` beside it (source, geometry, settings).
 
 Values are [0, 1] stored as uint16 (x 65535): the same two bytes per voxel as float16, but a uniform step of
-1/65535 = 0.05 HU over the whole [-1024, 2048] HU window, where float16 steps are up to 1.5 HU near bone and
-0.75 HU in soft tissue; air (0) and the window's top (1) stay exact.
+1/65535 = 0.05 HU over the whole [-1024, 2048] HU range, where float16 steps are up to 1.5 HU near bone and
+0.75 HU in soft tissue; air (0) and the range's top (1) stay exact.
 
 The key hashes the resolved source path, its size and modification time, the preprocessing settings and
 :data:`CACHE_VERSION`, so a changed scan or setting never reads a stale entry. Files are written under a temporary

@@ -8,45 +8,17 @@ is built, before any training starts, and reported with the CSV's line number (:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from monai.data import Dataset
 from torch.utils.data import DataLoader
 
-from ctfm.data.base import SPLITS, DatalistDataModule, assign_splits, require_datalist
-from ctfm.data.datalist import read_datalist
+from ctfm.data.base import DatalistDataModule, require_datalist
+from ctfm.data.datalist import SPLITS, UNKNOWN_LABEL, LabelEncoding, assign_splits, read_datalist
 from ctfm.errors import CTFMError
-
-#: The label of a scan whose label is unknown (``lighter predict`` on unlabelled scans).
-UNKNOWN_LABEL = -1
-
-
-class LabelEncoding:
-    """Labels of a datalist as class indices: 0/1 (or two distinct values) is binary, more values are classes.
-
-    Numbers keep their order; other values (``"haemorrhage"``, ``"normal"``) are sorted by name.
-    """
-
-    def __init__(self, values: Sequence[Any], source: str):
-        known = sorted({v for v in values if not pd.isna(v)}, key=lambda v: (not _is_number(v), str(v)))
-        if any(_is_number(v) for v in known):
-            known = sorted(known, key=lambda v: float(v) if _is_number(v) else float("inf"))
-        if len(known) < 2:
-            raise CTFMError(f"{source}: the label column has a single class ({known}); a classifier needs two or more")
-        self.classes = [_plain(v) for v in known]
-        self._index = {str(_plain(v)): i for i, v in enumerate(known)}
-
-    @property
-    def num_outputs(self) -> int:
-        """1 (one logit) for two classes, else the number of classes."""
-        return 1 if len(self.classes) == 2 else len(self.classes)
-
-    def __call__(self, value: Any) -> int:
-        return UNKNOWN_LABEL if pd.isna(value) else self._index[str(_plain(value))]
 
 
 class ClassificationDataModule(DatalistDataModule):
@@ -64,6 +36,10 @@ class ClassificationDataModule(DatalistDataModule):
         eval_transforms: the same without augmentation, for validation, test and predict.
         predict_split: the rows ``lighter predict`` scores: ``all`` or one of train / val / test.
         external_test: every row is a test scan (an external test set such as CQ500), whatever its split column.
+        label_column: the column of labels.
+        batch_size: items per batch.
+        num_workers: DataLoader worker processes.
+        seed: seeds the 8:1:1 split drawn when there is no ``split`` column, and the workers.
     """
 
     def __init__(
@@ -144,18 +120,3 @@ class ClassificationDataModule(DatalistDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_split, self.eval_transforms)
-
-
-def _is_number(value: Any) -> bool:
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def _plain(value: Any) -> Any:
-    """1.0 -> 1 so a float-typed label column and an int one encode alike."""
-    if _is_number(value) and float(value).is_integer():
-        return int(float(value))
-    return value

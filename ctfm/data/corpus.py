@@ -16,6 +16,10 @@ class ScanListDataModule(pl.LightningDataModule):
 
     Paths stay paths: reading and preprocessing happen in the model's ``predict_step``, where a bad scan is skipped
     and reported instead of failing a DataLoader worker.
+
+    Args:
+        datalist: a CSV with an ``image`` column; None is refused naming ``vars::datalist``.
+        num_workers: DataLoader worker processes.
     """
 
     def __init__(self, datalist: str | Path | None, num_workers: int = 0):

@@ -67,7 +67,17 @@ def external_test_datalist(
     image_dir: str | Path | None = None,
     out_dir: str | Path = ".",
 ) -> Path:
-    """The recipe's datalist: CQ500's ``reads.csv`` + image folder, else an ``image,label`` CSV as it is."""
+    """The recipe's datalist: CQ500's ``reads.csv`` + image folder, else an ``image,label`` CSV as it is.
+
+    Args:
+        datalist: an ``image,label`` CSV, used as it is when no CQ500 reads are given.
+        reads_csv: CQ500's ``reads.csv`` (three radiologists' reads per scan).
+        image_dir: the folder of CQ500 scans ``reads_csv`` names.
+        out_dir: where ``cq500_labels.csv`` is written from the reads.
+
+    Returns:
+        The datalist the recipe reads.
+    """
     if reads_csv is not None:
         if image_dir is None:
             raise CTFMError("CQ500 reads given without their scans: set vars::cq500_images=path/to/scans")

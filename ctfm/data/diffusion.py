@@ -24,31 +24,12 @@ from ctfm.data.base import DatalistDataModule, SkipBadItems, require_datalist
 from ctfm.data.cache import CachedScan, PreprocessCache, default_cache_dir
 from ctfm.data.datalist import read_datalist
 from ctfm.errors import CTFMError
-from ctfm.transforms.preprocess import HU_RANGE, PRETRAINING_SPACING, CTPreprocessing
-from ctfm.transforms.quantise import QUANTISATION_MAX
+from ctfm.transforms.preprocess import PRETRAINING_SPACING, CTPreprocessing
+from ctfm.transforms.quantise import dequantise_hu
+from ctfm.transforms.width_level import LCTFOUND_WINDOWS, apply_window
 from ctfm.transforms.window import check_window
 
 logger = logging.getLogger(__name__)
-
-#: LCTfound's two windows (width, level) in HU: lung and mediastinal.
-LCTFOUND_WINDOWS = ((1500.0, -500.0), (400.0, 0.0))
-
-
-def apply_window(hu: torch.Tensor | np.ndarray, width: float, level: float) -> torch.Tensor:
-    """HU -> [-1, 1]: ``level - width / 2`` becomes -1, ``level + width / 2`` becomes 1, clipped outside."""
-    hu = torch.as_tensor(hu, dtype=torch.float32)
-    return ((hu - (level - width / 2)) / width * 2 - 1).clamp(-1, 1)
-
-
-def remove_window(image: torch.Tensor, width: float, level: float) -> torch.Tensor:
-    """[-1, 1] -> HU inside the window (the inverse of :func:`apply_window` where nothing was clipped)."""
-    return (image.float() + 1) / 2 * width + (level - width / 2)
-
-
-def cached_to_hu(values: np.ndarray) -> np.ndarray:
-    """The cache's uint16 values -> HU (the canonical preprocessing maps [-1024, 2048] HU to [0, 1])."""
-    low, high = HU_RANGE
-    return values.astype(np.float32) / QUANTISATION_MAX * (high - low) + low
 
 
 class DiffusionDataset(Dataset, Randomizable):
@@ -97,7 +78,7 @@ class DiffusionDataset(Dataset, Randomizable):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         scan = self.scans[int(self.R.randint(len(self.scans)))]
-        hu = torch.from_numpy(cached_to_hu(np.asarray(self.crop(scan.read()))))[None, None]
+        hu = torch.from_numpy(dequantise_hu(np.asarray(self.crop(scan.read()))))[None, None]
         mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
         hu = F.interpolate(hu, size=self.image_size, mode=mode, align_corners=False)[0]
         if self.R.rand() < self.flip_prob:
@@ -133,6 +114,20 @@ class DiffusionDataModule(DatalistDataModule):
     ``spacing``; bad scans are skipped and reported, :mod:`ctfm.data.base`). An epoch is ``steps_per_epoch``
     batches of random items.
     ``text_column`` names a datalist column of captions for a denoiser with a text encoder (empty cells: no caption).
+
+    Args:
+        datalist: a CSV with an ``image`` column; None is refused naming ``vars::datalist``.
+        spatial_dims: 2 (axial slices) or 3 (patches).
+        image_size: the item size, ``(y, x)`` in 2D or ``(z, y, x)`` in 3D, in voxels at ``spacing``.
+        batch_size: items per batch.
+        num_workers: DataLoader worker processes.
+        windows: the ``(width, level)`` windows in HU an item is windowed by (one drawn per item; its condition).
+        cache_dir: the preprocessing cache; default ``ctfm_cache/`` beside the datalist.
+        spacing: the preprocessing's voxel spacing (z, y, x) in mm.
+        steps_per_epoch: batches per epoch.
+        max_zoom: crops are 1 to ``max_zoom`` times ``image_size`` before resizing to it.
+        seed: seeds the draws.
+        text_column: a datalist column of captions, or None.
     """
 
     def __init__(

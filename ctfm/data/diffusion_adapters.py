@@ -6,27 +6,26 @@ folder. For segmentation ``label`` is a label-map file on the image's grid (0 ba
 ``datalist.csv`` of :func:`ctfm.data.sample.make_sample_dataset`); for classification it is the scan's class.
 
 Every scan goes through the canonical preprocessing at the pretraining ``spacing`` (orientation SPL, resampling,
-crop to the body, padding with air) and is then windowed by ``window`` to [-1, 1] (:func:`apply_window`), the
-same window that becomes the denoiser's condition: the scaling the denoiser saw in pretraining, without its random
-zoom. Training items are random ``image_size`` crops, an axial slice in 2D or a patch in 3D (segmentation crops
-are centred on each class equally often, ``RandCropByLabelClassesd``), flipped left-right with p 0.5. Validation
-and test items are whole scans, one per batch: the adapter slides over them (segmentation), or scores every
-axial slice of the in-plane centre crop (2D) or the centre patch (3D) for classification.
+crop to the body, padding with air) and is then windowed by ``window`` to [-1, 1]
+(:class:`~ctfm.transforms.width_level.Windowd`), the same window that becomes the denoiser's condition: the scaling
+the denoiser saw in pretraining, without its random zoom. Training items are random ``image_size`` crops, an axial
+slice in 2D or a patch in 3D (segmentation crops are centred on each class equally often,
+``RandCropByLabelClassesd``), flipped left-right with p 0.5. Validation and test items are whole scans, one per
+batch: the adapter slides over them (segmentation), or scores every axial slice of the in-plane centre crop (2D) or
+the centre patch (3D) for classification.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 from monai.data import CacheDataset
 from monai.transforms import (
     CenterSpatialCropd,
     Compose,
-    MapTransform,
     RandCropByLabelClassesd,
     RandFlipd,
     RandSpatialCropd,
@@ -34,36 +33,15 @@ from monai.transforms import (
 )
 from torch.utils.data import DataLoader, RandomSampler
 
-from ctfm.data.base import DatalistDataModule, SkipBadItems, assign_splits, load_problem, require_datalist
-from ctfm.data.classification import LabelEncoding
-from ctfm.data.datalist import read_datalist
-from ctfm.data.diffusion import apply_window, check_image_size
+from ctfm.data.base import DatalistDataModule, SkipBadItems, load_problem, require_datalist
+from ctfm.data.datalist import LabelEncoding, assign_splits, read_datalist
+from ctfm.data.diffusion import check_image_size
 from ctfm.data.segmentation import LabelsBelow
 from ctfm.errors import CTFMError
 from ctfm.transforms.dictionary import CTPreprocessingd, LoadCTd
-from ctfm.transforms.preprocess import HU_RANGE, PRETRAINING_SPACING, CTPreprocessing
+from ctfm.transforms.preprocess import PRETRAINING_SPACING, CTPreprocessing
+from ctfm.transforms.width_level import LUNG_WINDOW, Windowd
 from ctfm.transforms.window import check_window
-
-#: LCTfound's lung window (width, level) in HU: the adapters' default condition.
-LUNG_WINDOW = (1500.0, -500.0)
-
-
-class Windowd(MapTransform):
-    """Preprocessed ``[0, 1]`` image (``HU_RANGE``) -> HU -> ``window`` -> [-1, 1]; adds ``"window"`` (2,) in HU."""
-
-    def __init__(self, window: Sequence[float], key: str = "image"):
-        super().__init__([key])
-        self.window = check_window(*window)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        out = dict(data)
-        low, high = HU_RANGE
-        for key in self.keys:
-            image = out[key]
-            windowed = apply_window(image.as_tensor() * (high - low) + low, *self.window)
-            out[key] = image.set_array(windowed) if hasattr(image, "set_array") else windowed
-        out["window"] = torch.tensor(self.window, dtype=torch.float32)
-        return out
 
 
 class DiffusionAdapterData(DatalistDataModule):
@@ -80,6 +58,10 @@ class DiffusionAdapterData(DatalistDataModule):
         steps_per_epoch: training batches per epoch, drawn with replacement (a few labelled scans make short
             epochs otherwise, and validation would run every other step).
         cache_rate: the fraction of scans kept in memory after preprocessing (``monai.data.CacheDataset``).
+        spacing: the preprocessing's voxel spacing (z, y, x) in mm, as in pretraining.
+        batch_size: items per batch.
+        num_workers: DataLoader worker processes.
+        seed: seeds the 8:1:1 split drawn when there is no ``split`` column, and the crops.
     """
 
     def __init__(

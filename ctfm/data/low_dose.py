@@ -22,13 +22,15 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from ctfm.data.base import DatalistDataModule, SkipBadItems, assign_splits, require_datalist
+from ctfm.data.base import DatalistDataModule, SkipBadItems, require_datalist
 from ctfm.data.cache import CachedScan, PreprocessCache, default_cache_dir
-from ctfm.data.datalist import read_datalist
-from ctfm.data.diffusion import apply_window, cached_to_hu, check_image_size
+from ctfm.data.datalist import assign_splits, read_datalist
+from ctfm.data.diffusion import check_image_size
 from ctfm.errors import CTFMError
 from ctfm.transforms.low_dose import SimulateLowDose
 from ctfm.transforms.preprocess import PRETRAINING_SPACING, CTPreprocessing
+from ctfm.transforms.quantise import dequantise_hu
+from ctfm.transforms.width_level import apply_window
 from ctfm.transforms.window import check_window
 
 #: The whole canonical HU range [-1024, 2048] as a window (width, level): windowing only rescales.
@@ -90,7 +92,7 @@ class LowDoseDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = np.random.RandomState([self.seed, index]) if self.fixed else self.R
         scan = self.scans[index % len(self.scans)] if self.fixed else self.scans[int(rng.randint(len(self.scans)))]
-        hu = torch.from_numpy(cached_to_hu(np.asarray(self._crop(scan.read(), rng))))[None, None]
+        hu = torch.from_numpy(dequantise_hu(np.asarray(self._crop(scan.read(), rng))))[None, None]
         mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
         hu = F.interpolate(hu, size=self.image_size, mode=mode, align_corners=False)[0]
         if not self.fixed and rng.rand() < 0.5:
@@ -111,10 +113,22 @@ class LowDoseDataModule(DatalistDataModule):
     Args:
         datalist: CSV with an ``image`` column and an optional ``split`` column (train / val / test); without
             one, scans are split 8:1:1 (seeded; at least one val and one test scan, so three scans or more).
-        noise, i0, sigma, views: the simulator (:class:`~ctfm.transforms.low_dose.SimulateLowDose`); its pixel
-            size is the in-plane ``spacing``.
         window: (width, level) in HU mapped to [-1, 1] for the network.
-        val_cases / test_cases: held-out pairs per epoch.
+        spatial_dims: 2 (axial slices) or 3 (patches).
+        image_size: the item size, ``(y, x)`` in 2D or ``(z, y, x)`` in 3D, in voxels at ``spacing``.
+        batch_size: items per batch.
+        noise: the simulator's noise model (:class:`~ctfm.transforms.low_dose.SimulateLowDose`); its pixel size is the
+            in-plane ``spacing``.
+        i0: the simulator's incident photon count.
+        sigma: the simulator's image-domain noise level.
+        views: the simulator's projection views.
+        cache_dir: the preprocessing cache; default ``ctfm_cache/`` beside the datalist.
+        spacing: the preprocessing's voxel spacing (z, y, x) in mm.
+        steps_per_epoch: training batches per epoch.
+        val_cases: held-out validation pairs per epoch.
+        test_cases: held-out test pairs.
+        num_workers: DataLoader worker processes.
+        seed: seeds the split, the crops and the simulated noise.
     """
 
     def __init__(

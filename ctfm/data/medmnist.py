@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ctfm.data.datalist import SPLITS
 from ctfm.errors import CTFMError
-
-SPLITS = ("train", "val", "test")
 
 
 def read_medmnist3d(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ctfm.data.datalist import SPLITS
 from ctfm.errors import CTFMError
 
-SPLITS = ("train", "val", "test")
 _SPLIT_IN_NAME = re.compile(r"(?<![a-z])(train|val|test)(?![a-z])", re.IGNORECASE)
 
 

@@ -83,7 +83,15 @@ def read_msd(data_dir: str | Path) -> MSDTask:
 
 
 def msd_class_names(data_dir: str | Path, classes: Sequence[str] | None = None) -> tuple[str, ...]:
-    """Output channel names, background first: the task's labels, or ``classes`` among them."""
+    """Output channel names, background first: the task's labels, or ``classes`` among them.
+
+    Args:
+        data_dir: the task folder (``dataset.json``).
+        classes: label names to keep, or None for all.
+
+    Returns:
+        ``("background", ...)``.
+    """
     labels = read_msd(data_dir).labels
     if classes is None:
         return tuple(labels[v] for v in sorted(labels))
@@ -103,7 +111,10 @@ class MSDDataModule(SegmentationDataModule):
         val_fraction: share of cases held out for validation, drawn with ``seed``; ignored with ``val_cases``.
         val_cases: a JSON file listing the case ids (``liver_3``) to validate on.
         cache_dir: where the label values read at set-up are remembered; default ``<data_dir>/ctfm_cache``.
-        Other arguments: see :class:`~ctfm.data.segmentation.SegmentationDataModule`.
+        preprocessing: the canonical preprocessing (:class:`~ctfm.transforms.preprocess.CTPreprocessing`).
+        patch_size: the training patch (z, y, x) in voxels.
+        seed: seeds the validation draw.
+        kwargs: passed to :class:`~ctfm.data.segmentation.SegmentationDataModule` (``batch_size``, ...).
     """
 
     def __init__(

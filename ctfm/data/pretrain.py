@@ -85,6 +85,20 @@ class CTPretrainDataModule(DatalistDataModule):
     device (:class:`~ctfm.tasks.IntraSampleSimCLR` does, with ``device_views``); ``"auto"`` (default) picks
     ``"device"`` when the trainer runs on a GPU and its module makes device views, else ``"workers"`` (on a CPU
     the worker pipeline is the faster one: it augments the small crop, not the full patch).
+
+    Args:
+        datalist: a CSV with an ``image`` column, or a list of scan paths.
+        cache_dir: the preprocessing cache; default ``ctfm_cache/`` beside the datalist.
+        patch_size: the patch (z, y, x) two views are cut from.
+        patches_per_scan: patches per scan in a batch (the intra-sample negatives).
+        scans_per_device: scans per batch on each device.
+        num_workers: DataLoader worker processes.
+        steps_per_epoch: batches per epoch per device, or None for one pass over the scans.
+        spacing: the preprocessing's voxel spacing (z, y, x) in mm.
+        seed: seeds the draws.
+        augmentation: replaces :func:`~ctfm.transforms.views.view_augmentation`.
+        prepare_workers: processes that fill the cache; None: ``num_workers`` (at least 1).
+        views_on: ``"workers"``, ``"device"`` or ``"auto"``, as above.
     """
 
     def __init__(

@@ -22,18 +22,25 @@ import pandas as pd
 
 from ctfm.atomic import write_atomically
 from ctfm.data.classes import TOTALSEGMENTATOR_CLASSES
+from ctfm.data.datalist import SPLITS
 from ctfm.data.segmentation import SegmentationDataModule
 from ctfm.errors import CTFMError, InvalidScanError
 from ctfm.transforms.preprocess import CTPreprocessing
 
-SPLITS = ("train", "val", "test")
 META_NAME = "meta.csv"
 #: Largest distance (mm) between a mask's affine and its CT's that still counts as the same grid.
 GRID_TOLERANCE_MM = 1e-3
 
 
 def selected_class_names(classes: Sequence[str] | None = None) -> tuple[str, ...]:
-    """Output channel names, background first: ``classes`` in the order given, or all 117 in published order."""
+    """Output channel names, background first: ``classes`` in the order given, or all 117 in published order.
+
+    Args:
+        classes: TotalSegmentator class names, or None for all 117.
+
+    Returns:
+        ``("background", ...)``; an unknown name is refused.
+    """
     if classes is None:
         return ("background", *TOTALSEGMENTATOR_CLASSES)
     if isinstance(classes, str):
@@ -172,7 +179,9 @@ class TotalSegmentatorDataModule(SegmentationDataModule):
         fewshot: train on the first N training subjects of ``meta.csv`` (the paper's 5, 10, 20), None for all.
         cache_dir: where merged label maps go; default ``<data_dir>/ctfm_cache``.
         predict_split: the split ``predict`` segments (``train``, ``val``, ``test`` or ``all``).
-        Other arguments: see :class:`~ctfm.data.segmentation.SegmentationDataModule`.
+        preprocessing: the canonical preprocessing (:class:`~ctfm.transforms.preprocess.CTPreprocessing`).
+        patch_size: the training patch (z, y, x) in voxels.
+        kwargs: passed to :class:`~ctfm.data.segmentation.SegmentationDataModule` (``batch_size``, ...).
     """
 
     def __init__(

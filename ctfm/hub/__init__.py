@@ -2,7 +2,8 @@
 
 One module a job: :mod:`~ctfm.hub.registry` (names, architectures, what each model expects and outputs),
 :mod:`~ctfm.hub.loading` (``load``), :mod:`~ctfm.hub.download` (the Hub and its cache), :mod:`~ctfm.hub.saving`
-(``save_pretrained``).
+(``save_pretrained``), :mod:`~ctfm.hub.checkpoint` (Lightning checkpoints and the pretrained denoiser, read as
+data through :mod:`~ctfm.hub.safe_config`).
 """
 
 from ctfm.hub.loading import infer_config, load, load_state_dict_strict

@@ -9,7 +9,6 @@ region, so the region then follows the scan through the canonical preprocessing 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,32 +17,13 @@ import torch
 from monai.data import MetaTensor
 
 from ctfm.errors import CTFMError, InvalidScanError
+from ctfm.io.label_maps import LABEL_MAP_SUFFIXES as _MASK_SUFFIXES
+from ctfm.io.label_maps import read_label_names
 from ctfm.io.reader import check_same_grid, read_label_map
-
-_MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 
 class EmptyRegionError(CTFMError, ValueError):
     """The region chosen from a mask holds no voxel (or, after preprocessing, no patch)."""
-
-
-def label_names_path(label_map: str | Path) -> Path:
-    """``x.nii.gz`` -> ``x.json``: where ``ctfm segment`` writes the class names of a label map."""
-    path = Path(label_map)
-    name = path.name
-    stem = next((name[: -len(s)] for s in _MASK_SUFFIXES if name.endswith(s)), path.stem)
-    return path.with_name(f"{stem}.json")
-
-
-def read_label_names(label_map: str | Path) -> dict[int, str]:
-    """``{value: name}`` from the sidecar beside a label map; empty when there is none."""
-    path = label_names_path(label_map)
-    if not path.is_file():
-        return {}
-    try:
-        return {int(value): str(name) for value, name in json.loads(path.read_text())["labels"].items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise CTFMError(f"{path}: not a label sidecar ({{'labels': {{value: name}}}}): {err}") from err
 
 
 def _mask_stem(path: Path) -> str | None:

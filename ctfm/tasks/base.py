@@ -46,6 +46,11 @@ class CTFMModule(LighterModule):
 
     Subclasses call :meth:`finite_or_skip` on the loss in ``training_step`` and :meth:`batch_size_of` is used
     for logging; everything else is lighter's.
+
+    Args:
+        args: passed to ``LighterModule`` (network, criterion, optimizer, scheduler, metrics).
+        nonfinite_patience: non-finite losses in a row that stop the run (each one skips its step).
+        kwargs: passed to ``LighterModule``.
     """
 
     def __init__(self, *args: Any, nonfinite_patience: int = NONFINITE_PATIENCE, **kwargs: Any):

@@ -30,6 +30,9 @@ class InterruptedCheckpoint(pl.Callback):
     is written under a temporary name and renamed, so a second, harder kill never leaves a truncated checkpoint under
     the real name; an older ``interrupted.ckpt`` is replaced, and the message says so. A run stopped before its first
     optimizer step writes nothing (there is nothing to resume).
+
+    Args:
+        dirpath: where ``interrupted.ckpt`` goes; None: the checkpoints folder, as above.
     """
 
     def __init__(self, dirpath: str | Path | None = None):

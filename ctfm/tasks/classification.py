@@ -16,7 +16,7 @@ from torch import nn
 from torchmetrics import AUROC, Accuracy, F1Score, MetricCollection, Recall, Specificity
 
 from ctfm.atomic import write_atomically
-from ctfm.data.classification import UNKNOWN_LABEL
+from ctfm.data.datalist import UNKNOWN_LABEL
 from ctfm.errors import CTFMError
 from ctfm.tasks.finetune import FineTuneModule
 
@@ -62,6 +62,16 @@ class ScanClassification(ClassLogits, FineTuneModule):
     Batches are dicts with ``image`` (tensor), ``label`` (``UNKNOWN_LABEL`` when unknown) and ``path`` (source
     scans). The criterion follows the number of outputs unless given. ``weights`` and ``freeze_encoder`` are
     :class:`~ctfm.tasks.finetune.FineTuneModule`'s. ``output_dir`` is where ``predictions.csv`` goes.
+
+    Args:
+        network: a ``ctfm.nn.ScanClassifier`` (encoder + head), one output for two classes, else one per class.
+        optimizer: the optimizer (recipes build it with the network's parameters).
+        scheduler: a learning-rate scheduler, or None.
+        criterion: the loss; default BCE with logits for one output, cross-entropy for more.
+        weights: see :class:`~ctfm.tasks.finetune.FineTuneModule`.
+        freeze_encoder: see :class:`~ctfm.tasks.finetune.FineTuneModule`.
+        output_dir: where ``lighter predict`` writes ``predictions.csv`` and ``lighter test`` the per-case table.
+        scheduler_interval: ``"epoch"`` or ``"step"``, how often the scheduler steps.
     """
 
     def __init__(

@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 from ctfm.atomic import write_atomically
-from ctfm.data.diffusion import remove_window
 from ctfm.errors import CTFMError
 from ctfm.image_quality import METRICS, restoration_metrics
 from ctfm.nn.diffusion.network import WindowConditionedUNet
 from ctfm.nn.diffusion.schedule import NUM_TRAIN_TIMESTEPS
 from ctfm.tasks.base import NONFINITE_PATIENCE, CTFMModule
+from ctfm.transforms.width_level import remove_window
 
 
 class ColdDiffusion(CTFMModule):
@@ -37,6 +37,10 @@ class ColdDiffusion(CTFMModule):
             its pretrained model) except the output layer, zeroed so that training starts from the identity; it
             must be of the network's dimension and preset.
         output_dir: per-case metrics go to ``<output_dir>/<stage>_cases.csv``.
+        optimizer: the optimizer (recipes build it with the network's parameters).
+        scheduler: a learning-rate scheduler, or None.
+        gradient_clip: gradient norm clip; None or 0 does not clip.
+        nonfinite_patience: non-finite losses in a row that stop the run (each one skips its step).
     """
 
     def __init__(
@@ -67,7 +71,7 @@ class ColdDiffusion(CTFMModule):
         self.case_rows: list[dict[str, Any]] = []
 
     def _load_pretrained(self, checkpoint: str | Path) -> None:
-        from ctfm.tasks.ddpm import load_denoiser
+        from ctfm.hub.checkpoint import load_denoiser
 
         prior, _ = load_denoiser(checkpoint, spatial_dims=self.network.spatial_dims)
         try:

@@ -4,14 +4,13 @@ Epsilon prediction with MSE over MONAI's ``DDPMScheduler`` (1000 steps, linear b
 ``DiffusionInferer``; the window condition is replaced by the null window with probability ``condition_dropout``
 (LCTfound: 5%) so sampling can use classifier-free guidance; gradients are clipped to norm ``gradient_clip``;
 ``ema_decay`` keeps an exponential moving average of the weights in ``ema_network`` (saved in the checkpoint);
-:func:`load_denoiser` reads either back.
+:func:`ctfm.hub.checkpoint.load_denoiser` reads either back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,14 +18,25 @@ from monai.inferers import DiffusionInferer
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ctfm.errors import CTFMError
-from ctfm.nn.diffusion.network import NULL_WINDOW, WindowConditionedUNet
+from ctfm.nn.diffusion.network import NULL_WINDOW
 from ctfm.nn.diffusion.schedule import NUM_TRAIN_TIMESTEPS, ddpm_scheduler
 from ctfm.tasks.base import NONFINITE_PATIENCE, CTFMModule, expect_frozen_modules_in_eval
 
 
 class DDPMPretraining(CTFMModule):
-    """Batches ``{"image": (B, 1, *spatial) in [-1, 1], "window": (B, 2) HU}`` -> noise-prediction MSE."""
+    """Batches ``{"image": (B, 1, *spatial) in [-1, 1], "window": (B, 2) HU}`` -> noise-prediction MSE.
+
+    Args:
+        network: a window-conditioned denoiser (``ctfm.nn.diffusion.diffusion_unet``), 2D or 3D.
+        optimizer: the optimizer (recipes build it with the network's parameters).
+        scheduler: a learning-rate scheduler, or None.
+        num_train_timesteps: the noise schedule's steps (LCTfound: 1000).
+        condition_dropout: probability that a row's window (and caption) is replaced by the null condition.
+        gradient_clip: gradient norm clip; None or 0 does not clip.
+        ema_decay: keeps an exponential moving average of the weights in ``ema_network``; None keeps none.
+        scheduler_interval: ``"epoch"`` or ``"step"``, how often the scheduler steps.
+        nonfinite_patience: non-finite losses in a row that stop the run (each one skips its step).
+    """
 
     validation_step = None  # pretraining has no validation data
 
@@ -110,52 +120,3 @@ class DDPMPretraining(CTFMModule):
         if self.scheduler is not None:
             config["lr_scheduler"] = {"scheduler": self.scheduler, "interval": self.scheduler_interval}
         return config
-
-
-#: The recipe ``vars`` that :func:`load_denoiser` reads back (as data) for sampling.
-_SAMPLING_VARS = ("image_size", "spacing")
-
-
-def load_denoiser(
-    checkpoint: str | Path, spatial_dims: int | None = None, ema: bool = False
-) -> tuple[WindowConditionedUNet, dict[str, Any]]:
-    """The denoiser of a pretraining checkpoint (its EMA weights with ``ema``) and the recipe's ``vars``.
-
-    The network is rebuilt from the config lighter saved in the checkpoint, read as data
-    (:func:`ctfm.hub.safe_config.rebuild`); a checkpoint of another dimension than ``spatial_dims``, whose weights do
-    not fit its own config or hold NaN or inf, is refused with one line before anything runs. Of ``vars`` only those
-    sampling needs (image_size, spacing) are returned.
-    """
-    from ctfm.export import read_checkpoint
-    from ctfm.hub.loading import refuse_nonfinite
-    from ctfm.hub.safe_config import has_key, plain, rebuild, stored_config
-
-    state = read_checkpoint(checkpoint)
-    config = stored_config(state, str(checkpoint))
-    network = rebuild(config, "model::network", source=str(checkpoint)) if has_key(config, "model::network") else None
-    if not isinstance(network, WindowConditionedUNet):
-        raise CTFMError(f"{checkpoint}: model::network is not a diffusion denoiser (ctfm.nn.diffusion)")
-    prefix = "ema_network.module." if ema else "network."
-    weights = {k[len(prefix) :]: v for k, v in (state.get("state_dict") or {}).items() if k.startswith(prefix)}
-    if not weights:
-        hint = " (trained without vars::ema_decay)" if ema else ""
-        raise CTFMError(f"{checkpoint}: no weights under {prefix!r}{hint}")
-    refuse_nonfinite(weights, source=str(checkpoint))
-    stored_dims = weights["unet.conv_in.conv.weight"].ndim - 2
-    if spatial_dims is not None and stored_dims != spatial_dims:
-        raise CTFMError(f"{checkpoint}: holds a {stored_dims}D denoiser, but spatial_dims is {spatial_dims}")
-    if stored_dims != network.spatial_dims:
-        raise CTFMError(
-            f"{checkpoint}: its weights are {stored_dims}D but its config builds a {network.spatial_dims}D net"
-        )
-    missing, unexpected = network.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise CTFMError(
-            f"{checkpoint}: weights do not match the network: missing {missing[:3]}, unexpected {unexpected[:3]}"
-        )
-    variables = {
-        name: plain(config, f"vars::{name}", source=str(checkpoint))
-        for name in _SAMPLING_VARS
-        if has_key(config, f"vars::{name}")
-    }
-    return network.eval(), {name: value for name, value in variables.items() if value is not None}

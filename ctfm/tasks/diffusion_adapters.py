@@ -11,8 +11,9 @@
   (:class:`~ctfm.nn.diffusion.features.BottleneckClassifier`), BCE for two classes, CE for more; AUROC per case
   (torchmetrics): in 2D a case's score is the mean of its slices' scores, in 3D it is its centre patch's score.
 
-Only the head trains: the denoiser is loaded from a pretraining checkpoint by :func:`load_denoiser` (a checkpoint
-of another dimension than ``spatial_dims`` is refused when the recipe is built) and stays frozen and in eval mode.
+Only the head trains: the network is a :class:`~ctfm.nn.diffusion.adapter.FrozenDiffusionAdapter`, whose denoiser
+the recipe loads from a pretraining checkpoint with :func:`ctfm.hub.checkpoint.pretrained_denoiser` (a checkpoint of
+another dimension than ``spatial_dims`` is refused when the recipe is built); it stays frozen and in eval mode.
 """
 
 from __future__ import annotations
@@ -25,122 +26,16 @@ from typing import Any
 import numpy as np
 import torch
 from monai.inferers import SlidingWindowInferer
-from monai.losses import FocalLoss
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 from torch import nn
 
 from ctfm.atomic import write_atomically
-from ctfm.data.diffusion_adapters import LUNG_WINDOW
 from ctfm.errors import CTFMError
-from ctfm.nn.diffusion.features import DEFAULT_TIMESTEPS, BottleneckClassifier, DiffusionFeatures, PixelMLP
-from ctfm.nn.diffusion.network import WindowConditionedUNet
+from ctfm.losses.segmentation import CrossEntropyFocalLoss
+from ctfm.nn.diffusion.adapter import FrozenDiffusionAdapter
 from ctfm.tasks.base import CTFMModule, expect_frozen_modules_in_eval
 from ctfm.tasks.classification import ClassLogits, classification_metrics
-from ctfm.tasks.ddpm import load_denoiser
-from ctfm.transforms.window import check_window
-
-
-class FrozenDiffusionAdapter(nn.Module):
-    """A frozen denoiser's features at ``window`` (its condition) and a trainable ``head``.
-
-    ``reads`` is ``decoder`` (per-pixel features for segmentation) or ``bottleneck`` (classification).
-    ``forward(images)`` returns the head's logits.
-    """
-
-    def __init__(self, features: DiffusionFeatures, head: nn.Module, reads: str, window: Sequence[float]):
-        super().__init__()
-        if reads not in ("decoder", "bottleneck"):
-            raise ValueError(f"reads must be 'decoder' or 'bottleneck', got {reads!r}")
-        self.features = features
-        self.head = head
-        self.reads = reads
-        self.window = check_window(*window)
-
-    @property
-    def spatial_dims(self) -> int:
-        return self.features.network.spatial_dims
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.head.num_classes)
-
-    def windows(self, images: torch.Tensor) -> torch.Tensor:
-        """The condition, one row per image."""
-        return torch.tensor(self.window, device=images.device, dtype=images.dtype).expand(images.shape[0], 2)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        decoder, bottleneck = self.features(images, self.windows(images))
-        return self.head(decoder if self.reads == "decoder" else bottleneck)
-
-
-def _features(
-    checkpoint: str | Path | WindowConditionedUNet | None,
-    spatial_dims: int,
-    timesteps: Sequence[int],
-    blocks: Sequence[int] | None,
-    ema: bool,
-    seed: int,
-) -> DiffusionFeatures:
-    if checkpoint is None:
-        raise CTFMError("no pretrained denoiser given: set vars::checkpoint=path/to/pretrain/last.ckpt")
-    if isinstance(checkpoint, WindowConditionedUNet):  # an in-memory denoiser (tests, the learning check)
-        network = checkpoint
-        if network.spatial_dims != spatial_dims:
-            raise CTFMError(f"the denoiser is {network.spatial_dims}D, but spatial_dims is {spatial_dims}")
-    else:
-        network, _ = load_denoiser(checkpoint, spatial_dims=spatial_dims, ema=ema)
-    return DiffusionFeatures(network, timesteps=timesteps, blocks=blocks, seed=seed)
-
-
-def segmentation_adapter(
-    checkpoint: str | Path | WindowConditionedUNet | None,
-    spatial_dims: int,
-    num_classes: int,
-    window: Sequence[float] = LUNG_WINDOW,
-    timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
-    blocks: Sequence[int] | None = None,
-    hidden: Sequence[int] = (128, 32),
-    ema: bool = False,
-    seed: int = 0,
-) -> FrozenDiffusionAdapter:
-    """The frozen denoiser of ``checkpoint`` with a :class:`PixelMLP` over its decoder features."""
-    features = _features(checkpoint, spatial_dims, timesteps, blocks, ema, seed)
-    head = PixelMLP(spatial_dims, features.decoder_channels, num_classes, hidden=tuple(hidden))
-    return FrozenDiffusionAdapter(features, head, "decoder", window)
-
-
-def classification_adapter(
-    checkpoint: str | Path | WindowConditionedUNet | None,
-    spatial_dims: int,
-    num_classes: int,
-    window: Sequence[float] = LUNG_WINDOW,
-    timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
-    width: int = 256,
-    ema: bool = False,
-    seed: int = 0,
-) -> FrozenDiffusionAdapter:
-    """The frozen denoiser of ``checkpoint`` with a :class:`BottleneckClassifier` over its bottleneck features."""
-    features = _features(checkpoint, spatial_dims, timesteps, None, ema, seed)
-    head = BottleneckClassifier(spatial_dims, features.bottleneck_channels, num_classes, width=width)
-    return FrozenDiffusionAdapter(features, head, "bottleneck", window)
-
-
-class CrossEntropyFocalLoss(nn.Module):
-    """Cross-entropy + ``focal_weight`` x focal loss (``monai.losses.FocalLoss``, softmax) on class-index targets.
-
-    ``logits`` ``(N, K, ...)`` and ``targets`` ``(N, ...)`` of class indices, any number of trailing dimensions.
-    """
-
-    def __init__(self, focal_weight: float = 1.0, gamma: float = 2.0):
-        super().__init__()
-        self.cross_entropy = nn.CrossEntropyLoss()
-        self.focal = FocalLoss(to_onehot_y=True, use_softmax=True, gamma=gamma)
-        self.focal_weight = focal_weight
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        targets = targets.long()
-        return self.cross_entropy(logits, targets) + self.focal_weight * self.focal(logits, targets[:, None])
 
 
 def dice_per_case(labels: torch.Tensor, truth: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -217,11 +112,17 @@ class DiffusionSegmentationAdapter(_AdapterModule):
     test one whole windowed scan ``(1, 1, z, y, x)`` with its label map and ``case_id``.
 
     Args:
-        network: :func:`segmentation_adapter`.
+        network: :func:`~ctfm.nn.diffusion.adapter.segmentation_adapter`.
         class_names: names of the output channels, background first (default ``class_1 ...``).
         pixels_per_image: pixels (2D) or voxels (3D) per training crop that the loss sees; None = all.
-        focal_weight, focal_gamma: the loss is CE + focal_weight x focal(gamma).
-        sw_batch_size, overlap: the sliding window over whole scans, whose window is the training crop.
+        roi_size: the sliding window over whole scans (the training crop size), one value per spatial dimension.
+        optimizer: the optimizer (recipes build it with the network's parameters).
+        scheduler: a learning-rate scheduler, or None.
+        focal_weight: the loss is CE + focal_weight x focal.
+        focal_gamma: the focal loss's focusing exponent.
+        sw_batch_size: sliding-window crops (``roi_size``) per forward pass over a whole scan.
+        overlap: the sliding window's overlap, Gaussian blending.
+        output_dir: where ``<stage>_cases.csv`` goes; None writes none.
     """
 
     def __init__(
@@ -254,7 +155,7 @@ class DiffusionSegmentationAdapter(_AdapterModule):
             sw_batch_size=sw_batch_size,
             overlap=overlap,
             mode="gaussian",
-            # Whole-scan validation can take minutes per scan on a CPU: show its windows.
+            # Whole-scan validation can take minutes per scan on a CPU: show its progress.
             progress=True,
         )
         self.scores: list[torch.Tensor] = []
@@ -325,6 +226,13 @@ class DiffusionClassificationAdapter(ClassLogits, _AdapterModule):
     centre ``(1, 1, z, y, x)``, scored slice by slice (``eval_batch_size`` slices a pass, scores averaged) in 2D and
     as one patch in 3D. AUROC, F1, accuracy, sensitivity and specificity are over cases; ``lighter test`` writes
     ``<output_dir>/test_cases.csv`` (case_id, probability or probability_<c>, label).
+
+    Args:
+        network: :func:`~ctfm.nn.diffusion.adapter.classification_adapter`.
+        optimizer: the optimizer (recipes build it with the network's parameters).
+        scheduler: a learning-rate scheduler, or None.
+        eval_batch_size: slices per forward pass when a 2D case is scored.
+        output_dir: where ``<stage>_cases.csv`` goes; None writes none.
     """
 
     def __init__(

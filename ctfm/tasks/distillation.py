@@ -22,6 +22,14 @@ class EmbeddingDistillation(CTFMModule):
 
     The batch is the pretraining one: ``"views"`` of shape ``(scans, patches, 2, channels, z, y, x)``; every view
     is one training input.
+
+    Args:
+        network: the student (``ctfm.nn.DistillationStudent``), whose output regresses the teacher's.
+        teacher: the frozen teacher encoder; kept in eval mode, never trained.
+        criterion: the distillation loss of (student, teacher) embeddings.
+        optimizer: the optimizer (recipes build it with the network's parameters).
+        scheduler: a learning-rate scheduler, or None.
+        nonfinite_patience: non-finite losses in a row that stop the run (each one skips its step).
     """
 
     #: No validation data: without this Lightning warns about a validation_step it cannot run.

@@ -24,8 +24,15 @@ class CorpusEmbedding(LighterModule):
 
     Args:
         network: the encoder (``ctfm.load(...)``); ``model_name`` is what the table's metadata calls it.
-        Other arguments: as ``ctfm embed`` (patch size, overlap, reduction, patches per forward, native spacing,
-            patch-level rows, scans per part).
+        out: the table's folder.
+        model_name: the model's name in the table's metadata.
+        patch_size: the tile size (z, y, x) in voxels.
+        overlap: overlap of neighbouring tiles, in [0, 1).
+        reduce: how the tiles' embeddings become the scan's (``"mean"``, ``"max"``).
+        batch_size: tiles per forward pass.
+        native_spacing: embed at the scan's own spacing instead of resampling.
+        patches: also write one row per tile.
+        scans_per_part: scans per part file of the table.
     """
 
     def __init__(

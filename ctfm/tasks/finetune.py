@@ -43,6 +43,8 @@ class FineTuneModule(CTFMModule):
         weights: see :func:`load_pretrained_encoder`; loaded once, when the module is built.
         freeze_encoder: ``False`` trains everything; ``True`` freezes the encoder for the whole run; an integer N
             freezes it for the first N epochs. A frozen encoder gets no gradients and keeps its BatchNorm statistics.
+        args: passed to :class:`~ctfm.tasks.base.CTFMModule` (network, criterion, optimizer, scheduler).
+        kwargs: passed to :class:`~ctfm.tasks.base.CTFMModule`.
     """
 
     def __init__(self, *args: Any, weights: str | None = None, freeze_encoder: bool | int = False, **kwargs: Any):

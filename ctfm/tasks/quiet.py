@@ -30,7 +30,11 @@ class _WarningsAndCtfm(logging.Filter):
 
 
 class QuietLightning(pl.Callback):
-    """Filter Lightning's INFO lines while a run lasts (``verbose: true`` keeps everything)."""
+    """Filter Lightning's INFO lines while a run lasts (``verbose: true`` keeps everything).
+
+    Args:
+        verbose: keep every line (the filter is off).
+    """
 
     def __init__(self, verbose: bool = False) -> None:
         self.filter = _WarningsAndCtfm()

@@ -10,19 +10,16 @@ as ``<output_dir>/predictions/<image_id>.nii.gz`` with the class names in a JSON
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor, decollate_batch
 from monai.inferers import SlidingWindowInferer
-from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.metrics import DiceMetric, compute_average_surface_distance
 from monai.networks.utils import one_hot
 from torch import nn
@@ -31,38 +28,14 @@ from ctfm.atomic import write_atomically
 from ctfm.errors import InvalidScanError
 from ctfm.hub.safe_config import CLASS_NAMES_CHECKPOINT_KEY
 from ctfm.io.dicom_seg import OutputType, check_output_type, write_dicom_seg
+from ctfm.io.label_maps import write_label_map
+from ctfm.losses.segmentation import deep_supervision_dice_ce
 from ctfm.tasks.finetune import FineTuneModule
 
 logger = logging.getLogger(__name__)
 
 #: The published sliding-window overlap of every CT-FM segmentation setting.
 SW_OVERLAP = 0.625
-
-
-def deep_supervision_dice_ce() -> DeepSupervisionLoss:
-    """DiceCE (softmax, one-hot targets) over every deep-supervision level, as the published recipes train."""
-    return DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True), weight_mode="exp")
-
-
-def write_label_map(labels: np.ndarray, affine: np.ndarray, path: str | Path, class_names: Sequence[str]) -> Path:
-    """Write an integer ``(I, J, K)`` label map as NIfTI (atomically) with ``<name>.json`` naming its values."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dtype = np.uint8 if len(class_names) <= 256 else np.int16
-    image = nib.Nifti1Image(np.asarray(labels).astype(dtype), np.asarray(affine, dtype=np.float64))
-    image.header.set_xyzt_units("mm")
-    write_atomically(path, lambda tmp: nib.save(image, str(tmp)))
-    sidecar = {"labels": {str(value): name for value, name in enumerate(class_names)}}
-    document = json.dumps(sidecar, indent=2) + "\n"
-    write_atomically(sidecar_path(path), lambda tmp: tmp.write_text(document))
-    return path
-
-
-def sidecar_path(path: str | Path) -> Path:
-    """``x.nii.gz`` -> ``x.json``: where the class names of a label map live."""
-    path = Path(path)
-    stem = path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
-    return path.with_name(f"{stem}.json")
 
 
 class SegmentationModule(FineTuneModule):
@@ -72,7 +45,7 @@ class SegmentationModule(FineTuneModule):
         network: a SegResNetDS (``ctfm.nn.ct_fm_segresnet``) with one output channel per class, background first.
         class_names: names of the output channels, background first (logged Dice uses them).
         roi_size: the sliding window (z, y, x) of validation, test and predict; the training patch is usual.
-        sw_batch_size: windows per forward pass during inference.
+        sw_batch_size: sliding-window crops (``roi_size``) per forward pass during inference.
         overlap: sliding-window overlap (published: 0.625), Gaussian blending.
         output_dir: predictions go to ``<output_dir>/predictions``, per-case metrics to
             ``<output_dir>/<stage>_cases.csv``.
@@ -82,6 +55,10 @@ class SegmentationModule(FineTuneModule):
         freeze_encoder: see :class:`~ctfm.tasks.finetune.FineTuneModule`.
         output_type: ``"dicom-seg"`` writes the prediction of a DICOM series input as a DICOM SEG of it (override
             ``model::output_type=dicom-seg``); other inputs, and maps a SEG cannot hold, stay NIfTI with a warning.
+        optimizer: the optimizer (recipes build it with the network's parameters).
+        scheduler: a learning-rate scheduler, or None.
+        criterion: the training loss; default DiceCE over every deep-supervision level
+            (:func:`ctfm.losses.deep_supervision_dice_ce`).
     """
 
     def __init__(
@@ -121,7 +98,7 @@ class SegmentationModule(FineTuneModule):
             sw_batch_size=sw_batch_size,
             overlap=overlap,
             mode="gaussian",
-            # Whole-scan validation can take minutes per scan on a CPU: show its windows.
+            # Whole-scan validation can take minutes per scan on a CPU: show its progress.
             progress=True,
         )
         self.output_dir = None if output_dir is None else Path(output_dir)

@@ -30,6 +30,10 @@ class IntraSampleSimCLR(CTFMModule):
         device_views: makes the views of raw patches on the device; default: :class:`DeviceViews` with the worker
             pipeline's augmentation and seed 0 (recipes pass their seed). Its random stream depends on the seed,
             the DDP rank and the batch count, so ranks differ and a resumed run does not replay its first views.
+        network: maps views ``(N, channels, z, y, x)`` to projections ``(N, dim)``.
+        criterion: the intra-sample loss over ``(scans, patches, 2, dim)``.
+        optimizer: the optimizer (recipes build it with the network's parameters).
+        scheduler: a learning-rate scheduler, or None.
     """
 
     #: Pretraining has no validation data; without this Lightning warns about a validation_step it cannot run.

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ctfm.transforms.preprocess import HU_RANGE
+
 #: uint16 value that stands for 1.0.
 QUANTISATION_MAX = int(np.iinfo(np.uint16).max)
 
@@ -30,3 +32,20 @@ def dequantise(region: np.ndarray | torch.Tensor) -> torch.Tensor:
     if np.issubdtype(region.dtype, np.unsignedinteger):
         return torch.from_numpy(region.astype(np.float32)).mul_(1.0 / np.iinfo(region.dtype).max)
     return torch.from_numpy(np.array(region, dtype=np.float32))
+
+
+def dequantise_hu(values: np.ndarray) -> np.ndarray:
+    """The cache's uint16 values -> HU (the canonical preprocessing maps ``HU_RANGE`` [-1024, 2048] HU to [0, 1]).
+
+    Args:
+        values: stored uint16 values (or floats on the same scale), any shape.
+
+    Returns:
+        float32 HU of ``values``' shape.
+
+    Examples:
+        >>> dequantise_hu(np.array([0, QUANTISATION_MAX], dtype=np.uint16)).tolist()
+        [-1024.0, 2048.0]
+    """
+    low, high = HU_RANGE
+    return values.astype(np.float32) / QUANTISATION_MAX * (high - low) + low

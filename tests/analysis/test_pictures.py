@@ -135,7 +135,7 @@ def test_saliency_of_a_near_constant_encoder_is_reported_as_below_the_noise_floo
 
 
 def test_saliency_picture_is_drawn_through_the_query_point_and_marks_it(encoder, sample_nifti, tmp_path, monkeypatch):
-    from ctfm.analysis.windows import world_to_voxel
+    from ctfm.analysis.tiles import world_to_voxel
     from ctfm.transforms.preprocess import CTPreprocessing
 
     scan = nib.load(sample_nifti)

@@ -8,7 +8,7 @@ import torch
 
 from ctfm.analysis.query_vectors import QueryVector, check_query, load_query_vector, patch_query, save_query_vector
 from ctfm.analysis.semantic_search import point_query, run_semantic_search
-from ctfm.analysis.windows import TargetCache
+from ctfm.analysis.tiles import TargetCache
 from ctfm.embedding_table import TableMismatchError, embed_to_parquet, read_table
 from ctfm.errors import CTFMError
 from ctfm.nn import ct_fm_encoder

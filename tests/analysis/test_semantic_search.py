@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ctfm.analysis.semantic_search import organ_centroid_distance, run_semantic_search
-from ctfm.analysis.windows import TargetCache
+from ctfm.analysis.tiles import TargetCache
 from ctfm.errors import CTFMError, InvalidScanError
 from ctfm.nn import ct_fm_encoder
 from ctfm.transforms.preprocess import CTPreprocessing

@@ -3,7 +3,8 @@
 import pandas as pd
 import pytest
 
-from ctfm.data.classification import ClassificationDataModule, LabelEncoding, assign_splits
+from ctfm.data.classification import ClassificationDataModule
+from ctfm.data.datalist import LabelEncoding, assign_splits
 from ctfm.errors import CTFMError
 
 

@@ -7,15 +7,9 @@ import pytest
 import torch
 from monai.transforms import LoadImaged
 
-from ctfm.data.base import (
-    DatalistDataModule,
-    DatalistError,
-    SkipBadItems,
-    assign_splits,
-    collate_good,
-)
-from ctfm.data.classification import UNKNOWN_LABEL, ClassificationDataModule
-from ctfm.data.datalist import read_datalist
+from ctfm.data.base import DatalistDataModule, SkipBadItems, collate_good
+from ctfm.data.classification import ClassificationDataModule
+from ctfm.data.datalist import UNKNOWN_LABEL, DatalistError, assign_splits, read_datalist
 from ctfm.errors import CTFMError, InvalidScanError
 
 BASE_LOG = "ctfm.data.base"

@@ -4,12 +4,12 @@ import pandas as pd
 import pytest
 import torch
 
-from ctfm.data.diffusion import apply_window
 from ctfm.data.diffusion_adapters import DiffusionAdapterData
 from ctfm.data.sample import LABEL, make_sample_dataset
 from ctfm.errors import CTFMError
 from ctfm.transforms.dictionary import CTPreprocessingd
 from ctfm.transforms.preprocess import HU_RANGE, CTPreprocessing
+from ctfm.transforms.width_level import apply_window
 
 SIZES = {2: (32, 32), 3: (8, 32, 32)}
 SPACING = (3.0, 2.0, 2.0)

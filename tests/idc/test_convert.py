@@ -16,7 +16,7 @@ from s3_server import LocalS3, selection_row
 from ctfm.cli import main
 from ctfm.data.datalist import read_datalist
 from ctfm.data.sample import generate_ct, write_dicom_series
-from ctfm.export import read_checkpoint
+from ctfm.hub.checkpoint import read_checkpoint
 from ctfm.idc.convert import DATALIST_FILE, REPORT_FILE, convert
 from ctfm.idc.selection import SELECTION_FILE
 from ctfm.io.reader import read_ct

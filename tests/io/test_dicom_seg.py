@@ -19,8 +19,8 @@ from ctfm.data.classes import TOTALSEGMENTATOR_CLASSES
 from ctfm.data.sample import generate_ct, write_dicom_series
 from ctfm.errors import InvalidScanError
 from ctfm.io.dicom_seg import GENERIC_TISSUE, snomed_codes, write_dicom_seg
+from ctfm.io.label_maps import write_label_map
 from ctfm.io.reader import read_ct
-from ctfm.tasks.segmentation import write_label_map
 
 CHEST_CT = Path(get_testdata_file("CT_small.dcm")).parent / "dicomdirtests/98892001/CT5N"
 NAMES = ("background", *TOTALSEGMENTATOR_CLASSES)

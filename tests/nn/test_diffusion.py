@@ -126,8 +126,8 @@ def test_bad_window_and_mismatched_measurement_fail_before_sampling(spatial_dims
 
 
 def test_sparse_view_restoration_fits_the_projections():
-    from ctfm.data.diffusion import apply_window
     from ctfm.data.sample import generate_ct
+    from ctfm.transforms.width_level import apply_window
 
     ct = generate_ct((8, 64, 64), (2.5, 4.0, 4.0), seed=3)
     truth = apply_window(torch.from_numpy(ct.hu[4].copy()), 1500, -500)[None, None]

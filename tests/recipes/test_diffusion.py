@@ -7,7 +7,7 @@ import torch
 from recipe_runner import RECIPES
 from sparkwheel import Config
 
-from ctfm.export import read_checkpoint
+from ctfm.hub.checkpoint import read_checkpoint
 from ctfm.recipes import load_recipe, run_recipe
 
 DIMENSION_VARS = {"spatial_dims", "image_size", "batch_size", "preset", "output_dir"}

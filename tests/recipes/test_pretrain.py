@@ -59,7 +59,7 @@ def datalist(tmp_path_factory):
 @pytest.mark.slow
 def test_fit_export_load_and_resume(tmp_path, datalist):
     import ctfm
-    from ctfm.export import read_checkpoint
+    from ctfm.hub.checkpoint import read_checkpoint
 
     fit_tiny(tmp_path, datalist)
     last = tmp_path / "checkpoints" / "last.ckpt"
@@ -91,7 +91,7 @@ def test_bf16_mixed_on_a_cpu_trains_finite_weights(tmp_path, datalist, monkeypat
     16-slice patches give the encoder a 2-voxel-deep level, where oneDNN's bf16 weight gradient is corrupt (see
     tests/tasks/test_simclr.py); the step must see Lightning's autocast, turn it off, and leave no NaN in last.ckpt.
     """
-    from ctfm.export import read_checkpoint
+    from ctfm.hub.checkpoint import read_checkpoint
     from ctfm.tasks import base
 
     seen = []
@@ -106,7 +106,7 @@ def test_bf16_mixed_on_a_cpu_trains_finite_weights(tmp_path, datalist, monkeypat
 @pytest.mark.slow
 def test_the_recipe_trains_with_views_made_on_the_device(tmp_path, datalist, monkeypatch):
     """vars::views_on=device on a CPU: workers read raw patches, the module makes every step's views."""
-    from ctfm.export import read_checkpoint
+    from ctfm.hub.checkpoint import read_checkpoint
     from ctfm.transforms.device_views import DeviceViews
 
     made = []

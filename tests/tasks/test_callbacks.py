@@ -87,7 +87,7 @@ def test_a_new_fit_into_an_earlier_runs_checkpoint_folder_stops_and_leaves_it_al
 def test_the_recipes_trainer_writes_it_on_sigterm(tmp_path):
     """The shared trainer piece has the callback: a tiny pretraining fit stopped by SIGTERM resumes from it."""
     from ctfm.data.sample import make_sample_dataset
-    from ctfm.export import read_checkpoint
+    from ctfm.hub.checkpoint import read_checkpoint
 
     datalist = make_sample_dataset(tmp_path / "data", n_scans=2, shape=(24, 80, 80), seed=0)
     run_dir = tmp_path / "run"

@@ -6,14 +6,10 @@ import pytest
 import torch
 
 from ctfm.errors import CTFMError
+from ctfm.hub.checkpoint import pretrained_denoiser
 from ctfm.nn.diffusion import diffusion_unet
-from ctfm.tasks.diffusion_adapters import (
-    DiffusionClassificationAdapter,
-    DiffusionSegmentationAdapter,
-    classification_adapter,
-    dice_per_case,
-    segmentation_adapter,
-)
+from ctfm.nn.diffusion.adapter import classification_adapter, segmentation_adapter
+from ctfm.tasks.diffusion_adapters import DiffusionClassificationAdapter, DiffusionSegmentationAdapter, dice_per_case
 
 SHAPES = {2: (16, 16), 3: (8, 16, 16)}
 
@@ -43,13 +39,13 @@ def square_case(spatial_dims, n=2):
 
 
 def segmenter(spatial_dims, **kwargs):
-    network = segmentation_adapter(denoiser(spatial_dims), spatial_dims, 2, timesteps=(20, 200), hidden=(16,))
+    network = segmentation_adapter(denoiser(spatial_dims), 2, timesteps=(20, 200), hidden=(16,))
     module = DiffusionSegmentationAdapter(network, SHAPES[spatial_dims], **kwargs)
     return module, torch.optim.Adam(network.parameters(), lr=1e-2)
 
 
 def classifier(spatial_dims):
-    network = classification_adapter(denoiser(spatial_dims), spatial_dims, 1, timesteps=(20, 200), width=16)
+    network = classification_adapter(denoiser(spatial_dims), 1, timesteps=(20, 200), width=16)
     return DiffusionClassificationAdapter(network), torch.optim.Adam(network.parameters(), lr=1e-2)
 
 
@@ -138,9 +134,6 @@ def test_a_2d_case_scores_the_mean_of_its_slices_and_auroc_is_over_cases():
     assert float(module.val_metrics["AUROC"].compute()) == pytest.approx(0.75)
 
 
-def test_a_denoiser_of_another_dimension_is_refused(spatial_dims):
-    other = 5 - spatial_dims
-    with pytest.raises(CTFMError, match=f"is {spatial_dims}D, but spatial_dims is {other}"):
-        segmentation_adapter(denoiser(spatial_dims), other, 2)
-    with pytest.raises(CTFMError, match="vars::checkpoint"):
-        classification_adapter(None, spatial_dims, 1)
+def test_the_adapters_need_a_pretrained_denoiser():
+    with pytest.raises(CTFMError, match="no pretrained denoiser given: set vars::checkpoint="):
+        pretrained_denoiser(None, 2)

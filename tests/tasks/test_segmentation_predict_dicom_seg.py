@@ -12,8 +12,9 @@ from monai.data import list_data_collate
 from monai.networks.nets.segresnet_ds import SegResNetDS
 
 from ctfm.errors import CTFMError
+from ctfm.io.label_maps import write_label_map
 from ctfm.io.reader import read_ct
-from ctfm.tasks.segmentation import SegmentationModule, write_label_map
+from ctfm.tasks.segmentation import SegmentationModule
 
 CLASSES = ("background", "body", "bone")
 

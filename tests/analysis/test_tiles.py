@@ -1,4 +1,4 @@
-"""Sliding-window plumbing: resampling heat maps onto a scan's grid, and the bounded cache of target volumes."""
+"""Tile plumbing: resampling heat maps onto a scan's grid, and the bounded cache of target volumes."""
 
 import nibabel as nib
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from ctfm.analysis.windows import TargetCache, _resample_general, _spread_each, aggregate_windows, resample_to_grid
+from ctfm.analysis.tiles import TargetCache, _resample_general, _spread_each, aggregate_tiles, resample_to_grid
 from ctfm.embedding import PatchEmbeddings, patch_starts
 from ctfm.nn import ct_fm_encoder
 from ctfm.transforms.preprocess import CTPreprocessing
@@ -46,16 +46,16 @@ def test_identity_resampling_returns_the_values():
 
 
 @pytest.mark.parametrize("how", ["mean", "max"])
-def test_windows_on_a_grid_spread_axis_by_axis_as_one_at_a_time(how):
-    """patch_starts' tiling (the last window on each axis shifted inside) is a grid; the per-axis spreading must give
-    what adding each window's value over its voxels gives, and an irregular set must still work."""
+def test_tiles_on_a_grid_spread_axis_by_axis_as_one_at_a_time(how):
+    """patch_starts' tiling (the last tile on each axis shifted inside) is a grid; the per-axis spreading must give
+    what adding each tile's value over its voxels gives, and an irregular set must still work."""
     shape, size = (30, 50, 47), (8, 16, 16)
     starts = np.array(patch_starts(shape, size, 0.5))
     values = np.random.default_rng(3).normal(size=(len(starts), 3))
-    for corners in (starts, starts[:-1]):  # a grid, then one window missing: not a grid
+    for corners in (starts, starts[:-1]):  # a grid, then one tile missing: not a grid
         centres = torch.tensor(corners + (np.array(size) - 1) / 2)
         patches = PatchEmbeddings(torch.zeros(len(corners), 4), centres, centres, size)
-        spread = aggregate_windows(patches, values[: len(corners)], shape, how)
+        spread = aggregate_tiles(patches, values[: len(corners)], shape, how)
         total, count = _spread_each(corners, np.array(size), values[: len(corners)], shape, how)
         expected = total / np.maximum(count, 1) if how == "mean" else total
         expected[:, count == 0] = values[: len(corners)].min(axis=0)[:, None]  # uncovered: each channel's minimum
@@ -64,19 +64,19 @@ def test_windows_on_a_grid_spread_axis_by_axis_as_one_at_a_time(how):
 
 
 @pytest.mark.parametrize("overlap", [0.0, 0.5, 0.75])
-def test_nearest_window_paints_every_voxel_with_the_window_centred_nearest(overlap):
-    """Against a brute-force search over all window centres, on a grid and on an irregular set of windows; every
-    voxel is painted, and on patch_starts' grid each lies inside the window that painted it."""
-    from ctfm.analysis.windows import nearest_window
+def test_nearest_tile_paints_every_voxel_with_the_tile_centred_nearest(overlap):
+    """Against a brute-force search over all tile centres, on a grid and on an irregular set of tiles; every
+    voxel is painted, and on patch_starts' grid each lies inside the tile that painted it."""
+    from ctfm.analysis.tiles import nearest_tile
 
     shape, size = (14, 23, 21), (4, 8, 8)
     starts = np.array(patch_starts(shape, size, overlap))
     values = np.random.default_rng(1).normal(size=(len(starts), 2))
     grid = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), axis=-1).reshape(-1, 3)
-    for corners in (starts, starts[:-1]):  # a grid, then one window missing (a hole no window covers)
+    for corners in (starts, starts[:-1]):  # a grid, then one tile missing (a hole no tile covers)
         centres = corners + (np.array(size) - 1) / 2
         patches = PatchEmbeddings(torch.zeros(len(corners), 4), torch.tensor(centres), torch.tensor(centres), size)
-        painted = nearest_window(patches, values[: len(corners)], shape)
+        painted = nearest_tile(patches, values[: len(corners)], shape)
         assert painted.shape == (*shape, 2) and np.isfinite(painted).all()
         distance = ((grid[:, None, :] - centres[None]) ** 2).sum(axis=2)
         best = distance.min(axis=1)

@@ -1,8 +1,8 @@
-"""Dense sliding windows over a scan: embed every window once, spread per-window values over the voxels each window
+"""Dense overlapping tiles of a scan: embed every tile once, spread per-tile values over the voxels each tile
 covers, and resample the result onto the scan's own grid.
 
 Semantic search (one query, one heat map) and similarity maps (one channel per prototype) both work this way; the
-windows live on the preprocessed grid (SPL, resampled, cropped), the outputs on the grid the scan was read on.
+tiles live on the preprocessed grid (SPL, resampled, cropped), the outputs on the grid the scan was read on.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class TargetCache:
         self.read = 0  # targets actually read and preprocessed
 
     def query_settings(self) -> dict:
-        """What a query vector must have been made with to be compared with these windows."""
+        """What a query vector must have been made with to be compared with these tiles."""
         return query_settings(self.model_sha256, self.patch_size, self.preprocess, self.model_name)
 
     def key(self, path: Path) -> str:
@@ -141,15 +141,15 @@ class TargetCache:
         return patches
 
 
-def aggregate_windows(
+def aggregate_tiles(
     patches: PatchEmbeddings, values: np.ndarray, shape: Sequence[int], how: Aggregation = "mean"
 ) -> np.ndarray:
-    """Per-voxel mean (or max) of the values of the windows covering each voxel of the preprocessed volume.
+    """Per-voxel mean (or max) of the values of the tiles covering each voxel of the preprocessed volume.
 
-    ``values`` is ``(windows,)`` or ``(windows, channels)``; the result ``shape`` or ``(channels, *shape)``. A voxel
-    no window covers (none, with the tiling :func:`ctfm.embedding.patch_starts` makes) gets each channel's minimum.
-    Windows tiled on a grid (every combination of the per-axis starts, as ``patch_starts`` gives) are spread one
-    axis at a time (:func:`_spread_grid`); any other set of windows one window at a time.
+    ``values`` is ``(tiles,)`` or ``(tiles, channels)``; the result ``shape`` or ``(channels, *shape)``. A voxel
+    no tile covers (none, with the tiling :func:`ctfm.embedding.patch_starts` makes) gets each channel's minimum.
+    Tiles tiled on a grid (every combination of the per-axis starts, as ``patch_starts`` gives) are spread one
+    axis at a time (:func:`_spread_grid`); any other set of tiles one tile at a time.
     """
     if how not in ("mean", "max"):
         raise ValueError(f"aggregation must be 'mean' or 'max', got {how!r}")
@@ -165,14 +165,14 @@ def aggregate_windows(
     return out[0] if values.ndim == 1 else out
 
 
-def nearest_window(patches: PatchEmbeddings, values: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Each voxel of the preprocessed volume takes the value of the window whose centre is nearest (ties: the
-    lower one), so every voxel is painted, the best window's value covers the voxels around its centre and nothing
-    beyond that window.
+def nearest_tile(patches: PatchEmbeddings, values: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Each voxel of the preprocessed volume takes the value of the tile whose centre is nearest (ties: the
+    lower one), so every voxel is painted, the best tile's value covers the voxels around its centre and nothing
+    beyond that tile.
 
-    ``values`` is ``(windows,)`` or ``(windows, channels)``; the result ``shape`` or ``(*shape, channels)``. Windows
+    ``values`` is ``(tiles,)`` or ``(tiles, channels)``; the result ``shape`` or ``(*shape, channels)``. Tiles
     on a grid (as :func:`ctfm.embedding.patch_starts` tiles them) are resolved one axis at a time; any other set of
-    windows through a k-d tree, a slice at a time.
+    tiles through a k-d tree, a slice at a time.
     """
     values = np.asarray(values)
     centres = patches.centers_voxel.numpy().astype(np.float64)
@@ -200,14 +200,14 @@ def nearest_window(patches: PatchEmbeddings, values: np.ndarray, shape: Sequence
 
 
 def _is_grid(starts: np.ndarray) -> bool:
-    """Whether the window corners are every combination of their per-axis values, each once."""
+    """Whether the tile corners are every combination of their per-axis values, each once."""
     combinations = np.prod([len(np.unique(starts[:, axis])) for axis in range(3)])
     return len(starts) == combinations == len(np.unique(starts, axis=0))
 
 
 def _spread_grid(starts: np.ndarray, size: np.ndarray, flat: np.ndarray, shape: tuple[int, ...], how: Aggregation):
-    """(sum or max of covering windows, count of covering windows) for windows on a grid: a voxel's covering windows
-    are the combinations of the covering windows of each axis, so both reduce one axis at a time."""
+    """(sum or max of covering tiles, count of covering tiles) for tiles on a grid: a voxel's covering tiles
+    are the combinations of the covering tiles of each axis, so both reduce one axis at a time."""
     corners = [np.unique(starts[:, axis]) for axis in range(3)]
     index = tuple(np.searchsorted(corners[axis], starts[:, axis]) for axis in range(3))
     result = np.zeros((flat.shape[1], *(len(c) for c in corners)))
@@ -221,11 +221,11 @@ def _spread_grid(starts: np.ndarray, size: np.ndarray, flat: np.ndarray, shape: 
         for k, corner in enumerate(corners[axis]):
             target = [slice(None)] * result.ndim
             target[1 + axis] = slice(corner, corner + size[axis])
-            window = np.take(result, [k], axis=1 + axis)
+            tile = np.take(result, [k], axis=1 + axis)
             if how == "mean":
-                expanded[tuple(target)] += window
+                expanded[tuple(target)] += tile
             else:
-                np.maximum(expanded[tuple(target)], window, out=expanded[tuple(target)])
+                np.maximum(expanded[tuple(target)], tile, out=expanded[tuple(target)])
             along[corner : corner + size[axis]] += 1
         result = expanded
         count = np.multiply.outer(count, along)
