@@ -73,7 +73,8 @@ class DiffusionDataset(Dataset, Randomizable):
         size = [1] * (3 - self.spatial_dims) + [max(1, round(s * zoom)) for s in self.image_size]
         size = [min(s, extent) for s, extent in zip(size, shape)]
         start = [int(self.R.randint(extent - s + 1)) for s, extent in zip(size, shape)]
-        region = volume[(0, *(slice(b, b + s) for b, s in zip(start, size)))]
+        box = tuple(slice(b, b + s) for b, s in zip(start, size))
+        region = volume[(0,) + box]
         return region[0] if self.spatial_dims == 2 else region
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
@@ -147,9 +148,10 @@ class DiffusionDataModule(DatalistDataModule):
     ):
         super().__init__(num_workers=num_workers, seed=seed)
         require_datalist(datalist)
+        assert datalist is not None  # for the type checker: require_datalist refused None
+        self.datalist = datalist
         check_image_size(spatial_dims, image_size)
         self.windows = [check_window(*w) for w in windows]
-        self.datalist = datalist
         self.spatial_dims = spatial_dims
         self.image_size = tuple(int(s) for s in image_size)
         self.batch_size = batch_size

@@ -82,6 +82,7 @@ class DiffusionAdapterData(DatalistDataModule):
     ):
         super().__init__(num_workers=num_workers, seed=seed)
         require_datalist(datalist, "columns image,label[,split]")
+        assert datalist is not None  # for the type checker: require_datalist refused None
         if task not in ("segment", "classify"):
             raise ValueError(f"task must be 'segment' or 'classify', got {task!r}")
         check_image_size(spatial_dims, image_size)

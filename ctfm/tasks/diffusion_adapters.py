@@ -45,7 +45,9 @@ def dice_per_case(labels: torch.Tensor, truth: torch.Tensor, num_classes: int) -
     """
     pred = one_hot(labels.reshape(1, 1, -1).long(), num_classes)
     target = one_hot(truth.reshape(1, 1, -1).long(), num_classes)
-    return DiceMetric(include_background=False, reduction="none")(pred, target)[0]
+    scores = DiceMetric(include_background=False, reduction="none")(pred, target)
+    assert isinstance(scores, torch.Tensor)  # MONAI's declared union; one tensor for tensor inputs
+    return scores[0]
 
 
 def _stack_slices(volume: torch.Tensor) -> torch.Tensor:
@@ -170,17 +172,18 @@ class DiffusionSegmentationAdapter(_AdapterModule):
         features = self.network.features.at_points(images, points, self.network.windows(images))
         logits = self.network.head(features)  # (N, K, P)
         flat = labels.reshape(n, -1)
-        index = sum(points[..., d] * int(np.prod(spatial[d + 1 :])) for d in range(len(spatial)))
+        strides = torch.tensor([int(np.prod(spatial[d + 1 :])) for d in range(len(spatial))], device=points.device)
+        index = (points * strides).sum(dim=-1)  # each point's offset in the flattened label map
         return self.criterion(logits, flat.gather(1, index))
 
     @torch.no_grad()
     def infer(self, volume: torch.Tensor) -> torch.Tensor:
         """Label map ``(1, 1, z, y, x)`` of one windowed scan: a sliding window over its slices (2D) or itself."""
         volume = _plain(volume)
-        if self.spatial_dims == 3:
-            return self.inferer(volume, self.network).argmax(dim=1, keepdim=True)
-        labels = self.inferer(_stack_slices(volume), self.network).argmax(dim=1, keepdim=True)  # (z, 1, y, x)
-        return labels.transpose(0, 1)[None]
+        logits = self.inferer(volume if self.spatial_dims == 3 else _stack_slices(volume), self.network)
+        assert isinstance(logits, torch.Tensor)  # the adapter returns one tensor, so the inferer does too
+        labels = logits.argmax(dim=1, keepdim=True)
+        return labels if self.spatial_dims == 3 else labels.transpose(0, 1)[None]  # 2D: (z, 1, y, x) -> (1, 1, z, y, x)
 
     def _evaluate(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         self._batch_size = 1

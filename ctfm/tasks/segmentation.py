@@ -120,6 +120,7 @@ class SegmentationModule(FineTuneModule):
         logits = self.inferer(image, self.network)
         if isinstance(logits, (list, tuple)):  # a network left in training mode returns every level
             logits = logits[0]
+        assert isinstance(logits, torch.Tensor)  # SegResNetDS returns no dict
         return torch.softmax(logits.float(), dim=1).argmax(dim=1, keepdim=True)
 
     def _evaluate(self, batch: dict[str, Any], stage: str) -> dict[str, torch.Tensor]:
@@ -128,6 +129,7 @@ class SegmentationModule(FineTuneModule):
         classes = len(self.class_names)
         pred, truth = one_hot(labels, classes), one_hot(batch["label"].long(), classes)
         scores = self.dice[stage](pred, truth)
+        assert isinstance(scores, torch.Tensor)  # MONAI's declared union; one tensor for tensor inputs
         spacings = batch["image"].pixdim if isinstance(batch["image"], MetaTensor) else None
         for index, name in enumerate(_image_ids(batch)):
             row: dict[str, Any] = {"image_id": name}
@@ -152,6 +154,7 @@ class SegmentationModule(FineTuneModule):
     def _log_dice(self, stage: str) -> dict[str, float]:
         """Per-class and macro Dice over the cases of the epoch (classes absent from a case do not count there)."""
         scores = self.dice[stage].aggregate()  # (cases, classes - 1), NaN where a class is absent from the truth
+        assert isinstance(scores, torch.Tensor)  # reduction "none" aggregates to one tensor
         self.dice[stage].reset()
         per_class = torch.nanmean(scores.float(), dim=0) if scores.numel() else torch.empty(0)
         logged = {}

@@ -26,12 +26,14 @@ class FrozenDiffusionAdapter(nn.Module):
 
     Args:
         features: the frozen denoiser's feature reader.
-        head: the trainable head, with a ``num_classes`` attribute.
+        head: the trainable head: a pixel MLP (segmentation) or a bottleneck classifier.
         reads: ``"decoder"`` (per-pixel features, segmentation) or ``"bottleneck"`` (classification).
         window: ``(width, level)`` in HU the denoiser is conditioned on; the images are windowed by it.
     """
 
-    def __init__(self, features: DiffusionFeatures, head: nn.Module, reads: str, window: Sequence[float]):
+    def __init__(
+        self, features: DiffusionFeatures, head: PixelMLP | BottleneckClassifier, reads: str, window: Sequence[float]
+    ):
         super().__init__()
         if reads not in ("decoder", "bottleneck"):
             raise ValueError(f"reads must be 'decoder' or 'bottleneck', got {reads!r}")
@@ -46,7 +48,7 @@ class FrozenDiffusionAdapter(nn.Module):
 
     @property
     def num_classes(self) -> int:
-        return int(self.head.num_classes)
+        return self.head.num_classes
 
     def windows(self, images: torch.Tensor) -> torch.Tensor:
         """The condition, one row per image."""
