@@ -2,11 +2,11 @@
 
 The published whole-body card's pipeline (orientation SPL, [-1024, 2048] HU -> [0, 1], crop to the body, Gaussian
 sliding window 96 x 160 x 160 with overlap 0.625, softmax, argmax, largest component per class, inverse of the
-preprocessing), with one change of method and none of result: the windows are stitched slab by slab along z.
-A voxel's label is the argmax of the Gaussian-weighted sum of its windows' logits (softmax and the division by the
-weight sum do not change an argmax), and once every window starting at or before a slice has run, the slices before
-the next window start are final. So only one window's depth of class scores is ever held, instead of the whole
-scan's (118 channels of a 300 x 512 x 512 scan are 37 GB in float32), and the windows and their weights are
+preprocessing), with one change of method and none of result: the tiles are stitched slab by slab along z.
+A voxel's label is the argmax of the Gaussian-weighted sum of its tiles' logits (softmax and the division by the
+weight sum do not change an argmax), and once every tile starting at or before a slice has run, the slices before
+the next tile start are final. So only one tile's depth of class scores is ever held, instead of the whole
+scan's (118 channels of a 300 x 512 x 512 scan are 37 GB in float32), and the tiles and their weights are
 MONAI's own, so the labels agree with ``SlidingWindowInferer`` up to float rounding.
 """
 
@@ -30,7 +30,7 @@ from ctfm.hub.format import CLASSES_FILE
 from ctfm.transforms.dictionary import CTPreprocessingd
 from ctfm.transforms.preprocess import CTPreprocessing
 
-#: The whole-body card's window (z, y, x) and overlap.
+#: The whole-body card's sliding-window tile (z, y, x) and overlap.
 ROI_SIZE = (96, 160, 160)
 OVERLAP = 0.625
 #: The card does not resample.
@@ -107,26 +107,26 @@ def stitched_argmax(
     shape = tuple(volume.shape[1:])
     roi = tuple(int(r) for r in roi_size)
     if any(s < r for s, r in zip(shape, roi, strict=True)):
-        raise ValueError(f"volume {shape} is smaller than the window {roi}; pad it first")
+        raise ValueError(f"volume {shape} is smaller than the tile {roi}; pad it first")
     stitch_device = torch.device(stitch_device or device)
     interval = [r if r == s else max(int(r * (1 - overlap)), 1) for r, s in zip(roi, shape, strict=True)]
-    windows = dense_patch_slices(shape, roi, interval)
+    tiles = dense_patch_slices(shape, roi, interval)
     weight = compute_importance_map(roi, mode="gaussian", device=stitch_device)
     weight = weight.clamp(min=max(float(weight[weight > 0].min()), 1e-3))
-    starts = sorted({w[0].start for w in windows})
+    starts = sorted({tile[0].start for tile in tiles})
     labels = torch.zeros(shape, dtype=torch.int64)
     buffer: torch.Tensor | None = None
     for index, z0 in enumerate(starts):
-        row = [w for w in windows if w[0].start == z0]
+        row = [tile for tile in tiles if tile[0].start == z0]
         for first in range(0, len(row), batch_size):
             chunk = row[first : first + batch_size]
-            batch = torch.stack([volume[(slice(None),) + w] for w in chunk]).to(device, torch.float32)
+            batch = torch.stack([volume[(slice(None),) + tile] for tile in chunk]).to(device, torch.float32)
             logits = network(batch)
             logits = (logits[0] if isinstance(logits, (list, tuple)) else logits).to(stitch_device, torch.float32)
             if buffer is None:
                 buffer = torch.zeros((logits.shape[1], roi[0], *shape[1:]), device=stitch_device)
-            for scores, w in zip(logits, chunk, strict=True):
-                buffer[:, :, w[1], w[2]].addcmul_(scores, weight)
+            for scores, tile in zip(logits, chunk, strict=True):
+                buffer[:, :, tile[1], tile[2]].addcmul_(scores, weight)
         assert buffer is not None
         z1 = starts[index + 1] if index + 1 < len(starts) else shape[0]
         done = z1 - z0
@@ -170,8 +170,8 @@ def segment(
         image: a path (NIfTI, NRRD, MHA), a DICOM series folder, or an HU MetaTensor.
         roi_size: the sliding window (z, y, x) in voxels of the preprocessed scan; a multiple of the network's
             downsampling factor (16 for CT-FM's five levels).
-        overlap: fraction of a window shared by its neighbours; more is smoother and slower.
-        batch_size: windows per forward pass.
+        overlap: fraction of a tile shared by its neighbours; more is smoother and slower.
+        batch_size: tiles per forward pass.
         device: where the network runs, e.g. ``"cuda"``.
         stitch_device: where the class scores are summed; ``"cpu"`` keeps them in host memory when the
             accelerator is small (default ``device``).
@@ -196,7 +196,7 @@ def segment(
     keep = _class_values(segmenter.class_names, classes)
     factor = segmenter.network.shape_factor() if isinstance(segmenter.network, SegResNetDS) else [1, 1, 1]
     if any(int(r) % f for r, f in zip(roi_size, factor, strict=True)):
-        raise CTFMError(f"the window {tuple(roi_size)} must be a multiple of {tuple(factor)} voxels for this network")
+        raise CTFMError(f"the tile {tuple(roi_size)} must be a multiple of {tuple(factor)} voxels for this network")
     settings = dataclasses.replace(segmenter.preprocessing, min_size=tuple(int(r) for r in roi_size))
     preprocess = CTPreprocessingd(settings)
     item = preprocess({"image": image})

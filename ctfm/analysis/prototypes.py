@@ -1,12 +1,12 @@
 """Class prototypes from a few labelled scans: the reference vectors of similarity maps and pseudo-labels.
 
-Every dense sliding-window patch of a reference scan whose centre falls inside a class contributes its embedding to
+Every tile of a reference scan whose centre falls inside a class contributes its embedding to
 that class; the prototype is their mean (or ``centres`` k-means centres, for a class whose look varies), and
 patches centred on no selected class make the background prototype. Any ``(K, D)`` matrix of reference vectors
 (text embeddings, say) becomes :class:`Prototypes` the same way through :meth:`Prototypes.from_matrix`.
 
 The file (``torch.save``, read back with ``weights_only=True``) carries the model's fingerprint and the
-preprocessing and window settings, so maps are only ever computed with the network and geometry that made the
+preprocessing and tile settings, so maps are only ever computed with the network and geometry that made the
 prototypes.
 """
 
@@ -34,14 +34,14 @@ from ctfm.io.reader import read_ct, read_label_map
 from ctfm.transforms.preprocess import CTPreprocessing
 
 BACKGROUND = "background"
-#: Window and overlap of prototypes unless asked otherwise: a quarter of the pretraining patch's extent, so
-#: windows are small against the organs they describe, at half overlap.
+#: Tile size and overlap of prototypes unless asked otherwise: a quarter of the pretraining patch's extent, so
+#: tiles are small against the organs they describe, at half overlap.
 PATCH_SIZE = (16, 64, 64)
 OVERLAP = 0.5
 
 
 class PrototypeMismatchError(CTFMError, ValueError):
-    """Prototypes used with another model, preprocessing or window than the ones that made them."""
+    """Prototypes used with another model, preprocessing or tile size than the ones that made them."""
 
 
 @dataclass
@@ -182,7 +182,7 @@ def resolve_classes(classes: Mapping[int, str] | None, label_maps: Sequence[str 
 
 
 def centre_classes(patches, labels) -> np.ndarray:
-    """The label under each window centre (nearest voxel of the label map), -1 for a centre outside the map."""
+    """The label under each tile centre (nearest voxel of the label map), -1 for a centre outside the map."""
     voxels = np.round(world_to_voxel(labels.affine, patches.centers_mm.numpy())).astype(int)
     array = np.asarray(labels[0])
     inside = np.all((voxels >= 0) & (voxels < array.shape), axis=1)
@@ -223,7 +223,7 @@ def compute_prototypes(
         classes: ``{label value: name}`` of the classes to learn; default every named non-zero value of the first
             label map's ``.json`` sidecar (without one, ``classes`` is required).
         patch_size: the sliding window (z, y, x) in voxels of the preprocessed scan.
-        overlap: fraction of a window shared by its neighbours; more puts more window centres inside small organs.
+        overlap: fraction of a tile shared by its neighbours; more puts more tile centres inside small organs.
         preprocess: the preprocessing of the scans.
         centres: vectors per class: 1 is the mean, more are k-means centres (for a class whose look varies).
         seed: seeds the k-means.
@@ -233,7 +233,7 @@ def compute_prototypes(
 
     Raises:
         CTFMError: images and label maps do not pair up, no classes are given or named, a class has no voxel, or
-            no window centre falls inside a class.
+            no tile centre falls inside a class.
     """
     if len(images) != len(labels) or not images:
         raise CTFMError(f"give one label map per image: {len(images)} images, {len(labels)} label maps")
@@ -260,7 +260,7 @@ def compute_prototypes(
     no_patch = [names[i] for i, group in enumerate(stacked) if len(group) == 0]
     if no_patch:
         raise CTFMError(
-            f"no window centre falls inside class {', '.join(no_patch)}: use a smaller --patch-size, "
+            f"no tile centre falls inside class {', '.join(no_patch)}: use a smaller --patch-size, "
             "more --overlap or more reference scans"
         )
     rows = [_centres(group, centres, seed) for group in stacked]

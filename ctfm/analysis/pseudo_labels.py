@@ -300,7 +300,7 @@ def pseudo_label(
         prototypes: the class prototypes (:func:`~ctfm.analysis.prototypes.compute_prototypes`).
         model: the encoder the prototypes were made with (checked by weight fingerprint).
         out: the output folder.
-        aggregation: how overlapping windows combine per voxel: ``"mean"`` or ``"max"``.
+        aggregation: how overlapping tiles combine per voxel: ``"mean"`` or ``"max"``.
         normalisation: ``"minmax"``, ``"sigmoid"`` or ``"softmax"`` (see
             :func:`~ctfm.analysis.similarity_maps.normalise`).
         temperature: the temperature of ``sigmoid`` and ``softmax``.
@@ -367,7 +367,7 @@ def pseudo_label(
             scores += _score(target, name, labels, affine, names, reference_dir, classes, unusable.get(name), maps)
         if totalsegmentator_layout is not None:
             add_totalsegmentator_subject(totalsegmentator_layout, name, target, labels, affine, names)
-        cache.memory.clear()  # one target's windows at a time
+        cache.memory.clear()  # one target's tiles at a time
         report.labelled.append(str(target))
     if scores:
         report.evaluation = pd.DataFrame(scores, columns=EVALUATION_COLUMNS)

@@ -1,7 +1,7 @@
 """Occlusion saliency of an embedding: which voxels of a patch does its embedding depend on?
 
-Each window of the patch is replaced by air (0 after preprocessing) and the patch re-embedded; the saliency of
-the window's voxels is ``1 - cosine(embedding, occluded embedding)``, averaged where windows overlap. The occluded
+Each occluding box of the patch is replaced by air (0 after preprocessing) and the patch re-embedded; the saliency of
+the box's voxels is ``1 - cosine(embedding, occluded embedding)``, averaged where boxes overlap. The occluded
 copies are embedded a batch at a time (MONAI's ``OcclusionSensitivity`` scores class logits, not embeddings).
 """
 

@@ -4,10 +4,10 @@ The query is the embedding of the patch centred at a world point (RAS mm, as :cl
 centres; LPS on request) of a source scan, or a patch embedded before (:mod:`ctfm.analysis.query_vectors`: a saved
 vector or a row of a patch table, refused when another model or other patch settings made it). Each target is
 embedded on a dense sliding window once (cached in memory and, with ``cache_dir``, on disk, so ten queries cost one
-embedding per target); the cosine similarity of every window to the query is painted on the voxels nearest its
+embedding per target); the cosine similarity of every tile to the query is painted on the voxels nearest its
 centre (:func:`ctfm.analysis.tiles.nearest_tile`) and resampled onto the target's own grid, so the map's
-brightest voxels surround the best window's centre, which is the match reported in ``matches.csv`` (a mean over
-overlapping windows would favour the scan's edges, covered by fewer windows, and put the map's peak elsewhere than
+brightest voxels surround the best tile's centre, which is the match reported in ``matches.csv`` (a mean over
+overlapping tiles would favour the scan's edges, covered by fewer tiles, and put the map's peak elsewhere than
 the match). With an organ mask on the target's grid, the organ
 centroid distance (OCD) and whether the match lies inside the organ are reported as in the CT-FM paper.
 """
@@ -86,7 +86,7 @@ def embed_point(model: nn.Module, volume: MetaTensor, point_mm: np.ndarray, patc
 
 @dataclass
 class Match:
-    """The best window of one target: its centre (RAS mm), similarity, and the heat maps on both grids."""
+    """The best tile of one target: its centre (RAS mm), similarity, and the heat maps on both grids."""
 
     target: str
     point_mm: np.ndarray
@@ -98,7 +98,7 @@ class Match:
 
 
 def search_target(query: torch.Tensor, target: str | Path, cache: TargetCache, query_name: str = "the query") -> Match:
-    """Cosine similarity of ``query`` to every window of ``target``; the best window and the heat maps."""
+    """Cosine similarity of ``query`` to every tile of ``target``; the best tile and the heat maps."""
     scan, volume = cache.load(target)
     patches = cache.get(target, volume)
     if query.shape != patches.embeddings.shape[1:]:
@@ -223,7 +223,7 @@ def run_semantic_search(
         point_ras = np.asarray(point, dtype=np.float64) * flip
         query_voxel = np.round(world_to_voxel(source_volume.affine, point_ras)[0]).astype(int)
     elif query.settings is not None:
-        check_query(query, len(query.vector), cache.query_settings(), "this search's model and windows")
+        check_query(query, len(query.vector), cache.query_settings(), "this search's model and tiles")
     query_vector = torch.from_numpy(np.asarray(query.vector, dtype=np.float32))
     rows = []
     for target, name in zip(targets, output_names(targets)):

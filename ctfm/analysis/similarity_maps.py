@@ -1,9 +1,9 @@
 """Multi-channel probability maps of a target scan from its patch similarity to class prototypes.
 
-The sliding-window probability maps of J. Kim's proposal "Leveraging Foundation Models, Knowledge Distillation, and
+The tiled probability maps of J. Kim's proposal "Leveraging Foundation Models, Knowledge Distillation, and
 Pseudo-Labeling for Robust Lung Segmentation in Computed Tomography Scans" (UCLA), in 3D, with image prototypes in
-place of text embeddings. Every dense sliding-window patch of the target gets its cosine similarity to each class
-(the best of the class's prototypes); overlapping windows are aggregated per voxel (mean or max), the map is
+place of text embeddings. Every tile of the target gets its cosine similarity to each class
+(the best of the class's prototypes); overlapping tiles are aggregated per voxel (mean or max), the map is
 normalised to [0, 1] (min-max, ``(P - min P) / (max P - min P)``; a temperature sigmoid; or a temperature softmax
 across channels: all three keep the channels on one scale, so a voxel's highest channel is its nearest prototype)
 and resampled onto the target's own grid. Voxels the preprocessing cropped away (air around the body) are
@@ -34,7 +34,7 @@ NORMALISATIONS = ("minmax", "sigmoid", "softmax")
 @dataclass
 class SimilarityMaps:
     """Normalised maps, background first: ``maps`` on the target's grid ``(C, I, J, K)``, ``preprocessed`` on the
-    windows' grid ``(C, z, y, x)`` with ``volume`` (the preprocessed target, for pictures); ``scan`` as read."""
+    tiles' grid ``(C, z, y, x)`` with ``volume`` (the preprocessed target, for pictures); ``scan`` as read."""
 
     maps: np.ndarray
     preprocessed: np.ndarray
@@ -57,7 +57,7 @@ def encoder_width(model: nn.Module, patch_size: Sequence[int]) -> int:
 
 
 def class_similarity(prototypes: Prototypes, embeddings: torch.Tensor) -> np.ndarray:
-    """``(windows, classes)``: cosine of each window to each class, the best of that class's prototype rows."""
+    """``(tiles, classes)``: cosine of each tile to each class, the best of that class's prototype rows."""
     cosine = (
         torch.nn.functional.normalize(embeddings.float(), dim=1)
         @ torch.nn.functional.normalize(prototypes.vectors.float(), dim=1).T
@@ -112,7 +112,7 @@ def prototype_cache(
 
 
 def check_cache(prototypes: Prototypes, cache: TargetCache, where: str | Path = "prototypes") -> None:
-    """:meth:`Prototypes.check_compatible` against the model and window settings of ``cache``."""
+    """:meth:`Prototypes.check_compatible` against the model and tile settings of ``cache``."""
     settings = cache.settings
     prototypes.check_compatible(
         {"model_sha256": settings["model"], "preprocessing": asdict(cache.preprocess),
@@ -138,8 +138,8 @@ def similarity_maps(
         check_cache(prototypes, cache)
     scan, volume = cache.load(target)
     patches = cache.get(target, volume)
-    per_window = class_similarity(prototypes, patches.embeddings)
-    raw = aggregate_tiles(patches, per_window, volume.shape[1:], how=aggregation)
+    per_tile = class_similarity(prototypes, patches.embeddings)
+    raw = aggregate_tiles(patches, per_tile, volume.shape[1:], how=aggregation)
     preprocessed = normalise(raw, normalisation, temperature)
     maps = resample_to_grid(preprocessed, volume.affine, scan, fill=np.nan)
     outside = np.isnan(maps)

@@ -26,10 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     saliency = kinds.add_parser("saliency", help="occlusion saliency of the patch at a point: NIfTI + PNG")
     saliency.add_argument("scan")
     saliency.add_argument("--point", type=float, nargs=3, metavar=("X", "Y", "Z"), help="RAS mm (default: centre)")
-    saliency.add_argument("--window", type=int, nargs=3, default=(8, 8, 8), help="occluded window (voxels)")
+    saliency.add_argument(
+        "--window", type=int, nargs=3, default=(8, 8, 8), help="the occluding box slid over the patch (voxels)"
+    )
     pca = kinds.add_parser("pca", help="two scans coloured by one PCA of their patch embeddings")
     pca.add_argument("scans", nargs=2)
-    pca.add_argument("--overlap", type=fraction, default=0.75, help="fraction of a window shared by its neighbours")
+    pca.add_argument("--overlap", type=fraction, default=0.75, help="fraction of a tile shared by its neighbours")
     tsne = kinds.add_parser("tsne", help="t-SNE of a table's embeddings coloured by a label column")
     tsne.add_argument("--table", required=True, help="embedding table written by `ctfm embed`")
     tsne.add_argument("--labels", required=True, help="CSV with a path column and the label column")

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="prototypes file to write (.pt)")
     parser.add_argument("--centres", type=int, default=1, help="k-means centres per class (1: the mean)")
     parser.add_argument("--patch-size", type=int, nargs=3, default=(16, 64, 64), metavar=("Z", "Y", "X"))
-    parser.add_argument("--overlap", type=float, default=0.5, help="fraction of a window shared by its neighbours")
+    parser.add_argument("--overlap", type=float, default=0.5, help="fraction of a tile shared by its neighbours")
     parser.add_argument("--native-spacing", action="store_true", help="do not resample to 3 x 1 x 1 mm")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -49,5 +49,5 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     prototypes.save(args.out)
     counts = ", ".join(f"{name} {count}" for name, count in zip(prototypes.class_names, prototypes.counts))
-    print(f"{args.out}: {len(prototypes.vectors)} prototypes of {prototypes.dim}-d (windows per class: {counts})")
+    print(f"{args.out}: {len(prototypes.vectors)} prototypes of {prototypes.dim}-d (tiles per class: {counts})")
     return 0

@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prototypes", required=True, help="file `ctfm prototypes` wrote")
     parser.add_argument("--model", default="ct-fm", help="the model that made the prototypes")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--aggregation", choices=("mean", "max"), default="mean", help="of overlapping windows")
+    parser.add_argument("--aggregation", choices=("mean", "max"), default="mean", help="of overlapping tiles")
     parser.add_argument("--normalisation", choices=("minmax", "sigmoid", "softmax"), default="minmax")
     parser.add_argument("--temperature", type=float, default=0.01, help="of sigmoid and softmax")
     parser.add_argument("--sigma-mm", type=float, default=2.0, help="Gaussian smoothing before thresholding (0: none)")

@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mask-dir", help="organ masks named like the targets, on their grids: adds OCD columns")
     parser.add_argument("--lps", action="store_true", help="--point and the csv are DICOM/ITK (LPS) coordinates")
     parser.add_argument("--patch-size", type=int, nargs=3, default=(24, 64, 64), metavar=("Z", "Y", "X"))
-    parser.add_argument("--overlap", type=fraction, default=0.5, help="fraction of a window shared by its neighbours")
+    parser.add_argument("--overlap", type=fraction, default=0.5, help="fraction of a tile shared by its neighbours")
     parser.add_argument("--native-spacing", action="store_true", help="do not resample to 3 x 1 x 1 mm")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
