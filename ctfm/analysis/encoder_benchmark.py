@@ -32,7 +32,7 @@ from ctfm.atomic import write_atomically
 from ctfm.errors import CTFMError
 from ctfm.transforms.preprocess import PATCH_SIZE, CTPreprocessing
 
-#: The challenge's preprocessing: 1 mm isotropic, the CT-FM HU window; the whole scan, not a body crop.
+#: The challenge's preprocessing: 1 mm isotropic, the CT-FM HU range; the whole scan, not a body crop.
 CHALLENGE_PREPROCESSING = CTPreprocessing(spacing=(1.0, 1.0, 1.0), crop_foreground=False)
 #: The challenge's whole-scan input and the crop around a mask for ROI diseases (voxels at 1 mm).
 WHOLE_SIZE = (320, 320, 320)

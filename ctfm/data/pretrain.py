@@ -71,7 +71,7 @@ class CachedScanDataset(Dataset, Randomizable):
 class CTPretrainDataModule(DatalistDataModule):
     """Datalist -> batches ``{"views": (S, M, 2, 1, pz, py, px), "image": list of S paths}`` for pretraining.
 
-    Scans are preprocessed once (``spacing``, HU window, crop to body, pad to a patch) into ``cache_dir`` by
+    Scans are preprocessed once (``spacing``, HU range, crop to body, pad to a patch) into ``cache_dir`` by
     ``prepare_data`` (once per node under DDP) and ``setup`` (which only looks entries up when they exist); the
     default is :func:`~ctfm.data.cache.default_cache_dir`, ``ctfm_cache/`` beside a datalist CSV. Bad scans are
     skipped, counted and reported: a missing file by its CSV line at set-up, an unusable scan by the cache's report,

@@ -67,7 +67,7 @@ class CTPreprocessingd(Compose):
     """The canonical preprocessing for ``{"image": ..., "label": ...}`` dicts, invertible with ``Invertd``.
 
     Args:
-        settings: the frozen :class:`CTPreprocessing` (spacing, HU window, body threshold, minimum size).
+        settings: the frozen :class:`CTPreprocessing` (spacing, HU range, body threshold, minimum size).
         image_key: the CT (path or HU MetaTensor).
         label_keys: label maps on the CT's grid; resampled with nearest neighbour, padded with 0 (background).
         load: read paths first (``False`` when the dict already holds MetaTensors from elsewhere).

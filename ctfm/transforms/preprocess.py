@@ -21,7 +21,7 @@ from ctfm.io.reader import read_ct
 
 #: Pretraining geometry: (z, y, x) voxel spacing in mm after orientation SPL.
 PRETRAINING_SPACING = (3.0, 1.0, 1.0)
-#: HU window mapped to [0, 1]; air (-1024 HU) becomes exactly 0, which is also the padding value.
+#: HU range mapped to [0, 1]; air (-1024 HU) becomes exactly 0, which is also the padding value.
 HU_RANGE = (-1024.0, 2048.0)
 #: Pretraining patch (z, y, x) in voxels: 7.2 x 12.8 x 12.8 cm at PRETRAINING_SPACING.
 PATCH_SIZE = (24, 128, 128)

@@ -1,7 +1,7 @@
 """[0, 1] model input stored as uint16 and back: the preprocessing cache's codec, used by whoever reads it.
 
 uint16 takes the same two bytes per voxel as float16, but steps uniformly by 1/65535 = 0.05 HU over the whole
-[-1024, 2048] HU window, where float16 steps are up to 1.5 HU near bone and 0.75 HU in soft tissue; air (0) and the
+[-1024, 2048] HU range, where float16 steps are up to 1.5 HU near bone and 0.75 HU in soft tissue; air (0) and the
 window's top (1) stay exact.
 """
 
