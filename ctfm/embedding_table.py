@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from ctfm.atomic import write_atomically
 from ctfm.data.cache import preprocess_checked
 from ctfm.embedding import (
+    FROM_MODEL,
     REGION_CROP,
     PatchEmbeddings,
     Reduction,
@@ -56,7 +57,7 @@ from ctfm.errors import CTFMError, InvalidScanError, UsageError
 from ctfm.io.reader import output_name
 from ctfm.io.regions import MissingMaskError, mask_for
 from ctfm.reports import ReportRow, RunReport
-from ctfm.transforms.preprocess import PRETRAINING_SPACING, CTPreprocessing
+from ctfm.transforms.preprocess import CTPreprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -590,7 +591,7 @@ def embed_to_parquet(
     if masks is not None:
         check_mask_rule(paths, masks, patches or whole_volume)
     patch_size = model_defaults(model, patch_size, None)[0]
-    preprocess = corpus_preprocessing(patch_size, native_spacing)
+    preprocess = corpus_preprocessing(patch_size, native_spacing, model)
     settings = table_settings(
         model, model_name, preprocess, patch_size, overlap, reduce, patches, whole_volume=whole_volume,
         crop_size=crop_size, pool=pool if masks is not None else None,
@@ -791,9 +792,14 @@ def whole_volume_patch(model: nn.Module, volume: torch.Tensor, size: Sequence[in
     return PatchEmbeddings(embed_whole_volume(model, volume, size)[None], centre[None], centre_mm[None], tuple(box))
 
 
-def corpus_preprocessing(patch_size: Sequence[int], native_spacing: bool = False) -> CTPreprocessing:
-    """The canonical preprocessing of a corpus table: pretraining spacing unless ``native_spacing``."""
-    return CTPreprocessing(spacing=None if native_spacing else PRETRAINING_SPACING, min_size=tuple(patch_size))
+def corpus_preprocessing(
+    patch_size: Sequence[int], native_spacing: bool = False, model: nn.Module | None = None
+) -> CTPreprocessing:
+    """The preprocessing of a corpus table: the model's own (its spec's; CT-FM's without one), padded to a patch,
+    at native spacing with ``native_spacing`` -- so a table embeds each scan as ``ctfm.embed`` does."""
+    base = model_defaults(model, None, FROM_MODEL)[1] if model is not None else None
+    base = base or CTPreprocessing()
+    return dataclasses.replace(base, spacing=None if native_spacing else base.spacing, min_size=tuple(patch_size))
 
 
 def embed_like_table(scan: str | Path, settings: dict[str, Any], model: nn.Module | None = None) -> np.ndarray:

@@ -320,3 +320,22 @@ def test_the_patch_size_defaults_to_the_models_own(scans, tmp_path):
     out = tmp_path / "t.parquet"
     assert main(["embed", str(scans[0]), "--model", str(folder), "--out", str(out)]) == 0
     assert read_settings(out)["patch_size"] == list(PATCH)
+
+
+def test_the_table_preprocesses_as_the_models_spec_says_as_ctfm_embed_does(scans, tmp_path):
+    """A model made at 2 mm isotropic is embedded at 2 mm, not at CT-FM's 3 x 1 x 1 mm; the row equals ctfm.embed."""
+    import ctfm
+    from ctfm.hub import ModelSpec
+    from ctfm.hub.registry import attach_spec
+    from ctfm.transforms.preprocess import CTPreprocessing
+
+    spec = ModelSpec("iso", "", "SegResEncoder", {}, "", CTPreprocessing(spacing=(2.0, 2.0, 2.0)), patch_size=PATCH)
+    torch.manual_seed(0)
+    model = attach_spec(ct_fm_encoder(init_filters=4).eval(), spec)
+    out = tmp_path / "t.parquet"
+    embed_to_parquet(scans[:1], out, model=model)
+    assert read_settings(out)["preprocessing"]["spacing"] == [2.0, 2.0, 2.0]
+    row = np.asarray(pd.read_parquet(out)["embedding"][0])
+    np.testing.assert_allclose(row, ctfm.embed(model, scans[0]).numpy(), rtol=1e-4, atol=1e-5)
+    embed_to_parquet(scans[:1], tmp_path / "native.parquet", model=model, native_spacing=True)
+    assert read_settings(tmp_path / "native.parquet")["preprocessing"]["spacing"] is None

@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         labels=args.labels,
         pool=args.pool,
     )
-    preprocessing = corpus_preprocessing(patch_size, args.native_spacing)
+    preprocessing = corpus_preprocessing(patch_size, args.native_spacing, model)
     record_command(args.out, args, inputs=args.paths, model=model, preprocessing=preprocessing, merge=True,
                    beside_file=True)  # fmt: skip
     print(report.summary())
