@@ -17,10 +17,6 @@ from pathlib import Path
 
 from ctfm.recipes import recipes_dir, run_recipe
 
-#: Framework messages a quickstart user cannot act on (Lightning's LeafSpec deprecation comes from torch's pytree).
-_FRAMEWORK_NOISE = (r".*LeafSpec.* is deprecated",)
-
-
 #: What a quickstart writes into its folder besides the sample data (which is regenerated identically each time).
 RUN_OUTPUTS = ("checkpoints", "encoder", "logs", "training_loss.png")
 
@@ -111,8 +107,10 @@ def _only_warnings() -> Iterator[None]:
     for name in levels:
         logging.getLogger(name).setLevel(logging.WARNING)
     logger.disable("lighter")  # its only messages in a fit are "Saved config to ..."
+    from ctfm.tasks.quiet import FRAMEWORK_NOISE
+
     with warnings.catch_warnings():
-        for pattern in _FRAMEWORK_NOISE:
+        for pattern in FRAMEWORK_NOISE:
             warnings.filterwarnings("ignore", message=pattern)
         try:
             yield

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-#: Messages nobody running a recipe can act on (Lightning's LeafSpec deprecation comes from torch's pytree).
-FRAMEWORK_NOISE = (r".*LeafSpec.* is deprecated",)
+#: Messages nobody running a recipe can act on (Lightning's LeafSpec deprecation comes from torch's pytree). A
+#: non-empty checkpoint folder is only ever a resumed run's own: ``FreshCheckpointFolder`` stops any other run first.
+FRAMEWORK_NOISE = (r".*LeafSpec.* is deprecated", r"Checkpoint directory .* exists and is not empty")
 _PREFIXES = ("pytorch_lightning", "lightning_fabric", "lightning")
 #: ctfm reports through Lightning's rank_zero_info, whose records carry the ctfm caller's file.
 _CTFM = str(Path(__file__).resolve().parents[1])

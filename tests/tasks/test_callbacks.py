@@ -1,6 +1,8 @@
 """An interrupted fit (Ctrl-C, a scheduler's SIGTERM) leaves checkpoints/interrupted.ckpt, and a fit resumes from it;
 a new fit never mixes its checkpoints into an earlier run's folder."""
 
+import warnings
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -97,7 +99,10 @@ def test_the_recipes_trainer_writes_it_on_sigterm(tmp_path):
         fit_tiny(run_dir, datalist, "vars::steps_per_epoch=3", stop)
     saved = run_dir / "checkpoints" / "interrupted.ckpt"
     assert read_checkpoint(saved)["global_step"] == 1
-    fit_tiny(run_dir, datalist, "vars::steps_per_epoch=3", ckpt_path=str(saved))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit_tiny(run_dir, datalist, "vars::steps_per_epoch=3", ckpt_path=str(saved))
+    assert not [w for w in caught if "exists and is not empty" in str(w.message)]  # resuming into its own folder
     assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 3
     assert not list((run_dir / "checkpoints").glob("last-v*.ckpt"))  # one last.ckpt, the newest
 
