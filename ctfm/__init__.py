@@ -9,8 +9,9 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from ctfm.lazy import lazy_attribute, lazy_dir
 
 __version__ = "0.1.0"
 
@@ -33,12 +34,8 @@ __all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'ctfm' has no attribute {name!r}")
+    return lazy_attribute(__name__, _LAZY, name)
 
 
 def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+    return lazy_dir(__name__, _LAZY)

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ctfm"
 
 #: Bottom to top. A module may import its own package and anything in a lower layer.
 LAYERS = [
-    ("ctfm.errors",),
+    ("ctfm.errors", "ctfm.lazy"),
     ("ctfm.atomic",),
     ("ctfm.reports", "ctfm.plotting", "ctfm.outputs", "ctfm.recipe_build"),
     ("ctfm.io",),

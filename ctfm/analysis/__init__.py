@@ -7,8 +7,9 @@ one module that imports matplotlib.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from ctfm.lazy import lazy_attribute, lazy_dir
 
 _LAZY = {
     "BenchmarkSettings": "ctfm.analysis.encoder_benchmark",
@@ -43,12 +44,8 @@ __all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'ctfm.analysis' has no attribute {name!r}")
+    return lazy_attribute(__name__, _LAZY, name)
 
 
 def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+    return lazy_dir(__name__, _LAZY)
