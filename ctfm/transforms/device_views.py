@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ctfm.transforms.view_settings import VIEWS
+
 #: Views sampled by one grid_sample call: bounds the sampling grid's memory (about 5 MB per 24x128x128 view).
 CHUNK = 64
 
@@ -54,7 +56,7 @@ class ViewParameters:
 class DeviceViews:
     """Raw patches ``(S, M, 1, z, y, x)`` -> float32 views ``(S, M, 2, 1, z, y, x)``, batched on their device.
 
-    The defaults are :func:`~ctfm.transforms.views.view_augmentation`'s (the paper's augmentation); views keep the
+    The defaults are :data:`~ctfm.transforms.view_settings.VIEWS`, shared with the workers' pipeline; views keep the
     patch's size. Patches may be the cache's unsigned integers (read as the unit range, like
     :func:`~ctfm.transforms.quantise.dequantise`) or floats in [0, 1].
 
@@ -80,17 +82,17 @@ class DeviceViews:
     def __init__(
         self,
         *,
-        crop_scale: tuple[float, float] = (0.33, 1.0),
-        flip_prob: float = 0.5,
-        affine_prob: float = 0.2,
-        rotate_range: Sequence[float] = (0.26, 0.05, 0.05),
-        affine_scale: float = 0.1,
-        intensity_scale_prob: float = 0.5,
-        intensity_scale: float = 0.1,
-        histogram_shift_prob: float = 0.5,
-        num_control_points: int = 5,
-        smooth_prob: float = 0.5,
-        smooth_sigma: tuple[float, float] = (0.25, 1.5),
+        crop_scale: tuple[float, float] = VIEWS.crop_scale,
+        flip_prob: float = VIEWS.flip_prob,
+        affine_prob: float = VIEWS.affine_prob,
+        rotate_range: Sequence[float] = VIEWS.rotate_range,
+        affine_scale: float = VIEWS.affine_scale,
+        intensity_scale_prob: float = VIEWS.intensity_scale_prob,
+        intensity_scale: float = VIEWS.intensity_scale,
+        histogram_shift_prob: float = VIEWS.histogram_shift_prob,
+        num_control_points: int = VIEWS.num_control_points,
+        smooth_prob: float = VIEWS.smooth_prob,
+        smooth_sigma: tuple[float, float] = VIEWS.smooth_sigma,
         seed: int = 0,
         chunk: int = CHUNK,
     ):

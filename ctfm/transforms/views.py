@@ -36,6 +36,7 @@ from monai.utils import MAX_SEED, convert_to_tensor
 from ctfm.transforms.fast import FastHistogramShift, RandSmoothThenResize, SkipIdleRandAffine
 from ctfm.transforms.preprocess import PATCH_SIZE
 from ctfm.transforms.quantise import dequantise
+from ctfm.transforms.view_settings import VIEWS
 
 #: Patches drawn per scan and contrasted with each other (the paper's M).
 PATCHES_PER_SCAN = 20
@@ -48,7 +49,7 @@ class RandScaledCrop(RandomizableTransform):
     axes keeps the voxel aspect ratio, so anatomy is zoomed, not stretched.
     """
 
-    def __init__(self, scale_range: tuple[float, float] = (0.33, 1.0)):
+    def __init__(self, scale_range: tuple[float, float] = VIEWS.crop_scale):
         RandomizableTransform.__init__(self, prob=1.0)
         low, high = scale_range
         if not 0.0 < low <= high <= 1.0:
@@ -74,25 +75,23 @@ class RandScaledCrop(RandomizableTransform):
 def view_augmentation(
     patch_size: Sequence[int] = PATCH_SIZE,
     *,
-    crop_scale: tuple[float, float] = (0.33, 1.0),
-    flip_prob: float = 0.5,
-    affine_prob: float = 0.2,
-    rotate_range: Sequence[float] = (0.26, 0.05, 0.05),
-    affine_scale: float = 0.1,
-    intensity_scale_prob: float = 0.5,
-    intensity_scale: float = 0.1,
-    histogram_shift_prob: float = 0.5,
-    num_control_points: int = 5,
-    smooth_prob: float = 0.5,
-    smooth_sigma: tuple[float, float] = (0.25, 1.5),
+    crop_scale: tuple[float, float] = VIEWS.crop_scale,
+    flip_prob: float = VIEWS.flip_prob,
+    affine_prob: float = VIEWS.affine_prob,
+    rotate_range: Sequence[float] = VIEWS.rotate_range,
+    affine_scale: float = VIEWS.affine_scale,
+    intensity_scale_prob: float = VIEWS.intensity_scale_prob,
+    intensity_scale: float = VIEWS.intensity_scale,
+    histogram_shift_prob: float = VIEWS.histogram_shift_prob,
+    num_control_points: int = VIEWS.num_control_points,
+    smooth_prob: float = VIEWS.smooth_prob,
+    smooth_sigma: tuple[float, float] = VIEWS.smooth_sigma,
 ) -> Compose:
     """The augmentation giving one view of a ``(1, *patch_size)`` patch; recipes may pass any other callable.
 
-    Defaults follow the paper and the released CT-FM config (crop scale 0.33-1.0, flip along z p 0.5, histogram
-    shift with 5 control points p 0.5, Gaussian smoothing sigma 0.25-1.5 voxels p 0.5). The paper names intensity
-    scaling and a random affine without numbers; here: intensity x (1 +- 0.1) with p 0.5, and with p 0.2 a rotation
-    of up to 0.26 rad in the axial (y, x) plane, 0.05 rad out of it (voxels are 3x thicker along z), scale +- 0.1.
-    The released code had no affine: ``affine_prob=0`` reproduces it. Output: float32 ``(1, *patch_size)``.
+    Defaults are :data:`ctfm.transforms.view_settings.VIEWS` (the paper's and the released CT-FM config's, shared
+    with :class:`~ctfm.transforms.device_views.DeviceViews`). The released code had no affine: ``affine_prob=0``
+    reproduces it. Output: float32 ``(1, *patch_size)``.
     """
     patch_size = tuple(int(p) for p in patch_size)
     return Compose(

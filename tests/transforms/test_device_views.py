@@ -240,3 +240,22 @@ def test_contrastive_patches_are_the_raw_patches_of_the_volume():
     assert small.shape == (2, 1, *PATCH)
     small = small.int()
     assert small[:, :, :4, :20].min() == 1 and small[:, :, 4:].max() == 0 and small[..., 20:, :].max() == 0
+
+
+def test_both_view_pipelines_default_to_the_one_set_of_view_settings():
+    """The distribution tests compare the pipelines at their defaults: both must read them from VIEWS."""
+    import dataclasses
+    import inspect
+
+    from ctfm.transforms.device_views import DeviceViews
+    from ctfm.transforms.view_settings import VIEWS
+    from ctfm.transforms.views import view_augmentation
+
+    expected = dataclasses.asdict(VIEWS)
+    for function in (view_augmentation, DeviceViews.__init__):
+        defaults = {
+            name: parameter.default
+            for name, parameter in inspect.signature(function).parameters.items()
+            if name in expected
+        }
+        assert defaults == expected, function.__qualname__
