@@ -88,9 +88,11 @@ class FreshCheckpointFolder(pl.Callback):
             folder = Path(dirpath)
             earlier = sorted(folder.glob("*.ckpt"))
             if earlier:
+                last = folder / "last.ckpt"
+                resume = last if last.exists() else max(earlier, key=lambda path: path.stat().st_mtime)
                 raise OutputExistsError(
                     f"{folder}: holds checkpoints of an earlier run ({', '.join(path.name for path in earlier[:3])}"
-                    f"{', ...' if len(earlier) > 3 else ''}); resume it with --ckpt_path {folder / 'last.ckpt'}"
+                    f"{', ...' if len(earlier) > 3 else ''}); resume it with --ckpt_path {resume}"
                     ", or start this run in another vars::output_dir"
                 )
 

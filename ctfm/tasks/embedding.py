@@ -63,7 +63,7 @@ class CorpusEmbedding(LighterModule):
 
     def on_predict_start(self) -> None:
         self.network.eval()
-        preprocess = corpus_preprocessing(self.patch_size, self.native_spacing)
+        preprocess = corpus_preprocessing(self.patch_size, self.native_spacing, self.network)
         settings = table_settings(
             self.network, self.model_name, preprocess, self.patch_size, self.overlap, self.reduce, self.keep_patches
         )

@@ -2,6 +2,7 @@
 a new fit never mixes its checkpoints into an earlier run's folder."""
 
 import warnings
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -80,8 +81,12 @@ def test_a_new_fit_into_an_earlier_runs_checkpoint_folder_stops_and_leaves_it_al
     earlier = {path.name: path.read_bytes() for path in (tmp_path / "checkpoints").iterdir()}
     assert earlier  # Lightning would write the second run's files as *-v1.ckpt beside these
 
-    with pytest.raises(OutputExistsError, match=r"holds checkpoints of an earlier run \(.*\.ckpt\); resume it with"):
+    with pytest.raises(
+        OutputExistsError, match=r"holds checkpoints of an earlier run \(.*\.ckpt\); resume it with"
+    ) as raised:
         _trainer(tmp_path, max_steps=4).fit(_Regression(), _loader())
+    suggested = str(raised.value).split("--ckpt_path ")[1].split(",")[0]
+    assert Path(suggested).is_file()  # no last.ckpt here: the newest checkpoint is offered instead
     assert {path.name: path.read_bytes() for path in (tmp_path / "checkpoints").iterdir()} == earlier
 
 
